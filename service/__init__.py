@@ -1,0 +1,1 @@
+"""The taskcast web service: REST, WebSocket and the progress hub."""

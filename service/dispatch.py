@@ -1,0 +1,64 @@
+"""Publishing and cancelling tasks: blocking Celery calls, run in worker threads."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import anyio.to_thread
+from celery import Celery
+
+from workers import keys
+from workers.app import backend_client
+from workers.config import CelerySettings
+
+logger = logging.getLogger(__name__)
+
+
+class DispatchError(Exception):
+    """The broker could not take the task; nothing was left half-dispatched."""
+
+
+class Dispatcher:
+    """Sends tasks to the broker and revokes them, off the event loop."""
+
+    def __init__(self, celery_app: Celery, settings: CelerySettings) -> None:
+        self.celery_app = celery_app
+        self.settings = settings
+
+    async def submit(self, celery_name: str, kwargs: dict[str, Any]) -> str:
+        """Publish a task and return its id. Its SENT record exists before the message."""
+        task_id = str(uuid.uuid4())
+        await anyio.to_thread.run_sync(self._publish, celery_name, kwargs, task_id)
+        return task_id
+
+    async def revoke(self, task_id: str) -> None:
+        """Cancel a task: a queued one never runs, a running one is stopped."""
+        await anyio.to_thread.run_sync(self._revoke, task_id)
+
+    def _publish(self, celery_name: str, kwargs: dict[str, Any], task_id: str) -> None:
+        try:
+            self.celery_app.send_task(celery_name, kwargs=kwargs, task_id=task_id)
+        except Exception as exc:
+            # The SENT record was written before the publish failed: without the message
+            # it would read as queued forever.
+            logger.warning("publishing %s failed: %r", task_id, exc)
+            try:
+                backend_client().delete(keys.task_meta_key(self.settings.key_prefix, task_id))
+            except Exception:
+                logger.exception("could not remove the SENT record of %s", task_id)
+            raise DispatchError(str(exc)) from exc
+
+    def _revoke(self, task_id: str) -> None:
+        # The marker stops a worker that misses the broadcast (it starts later).
+        backend_client().set(
+            keys.revoked_key(self.settings.key_prefix, task_id),
+            b"1",
+            ex=self.settings.result_expires,
+        )
+        self.celery_app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+        # Recorded now rather than when a worker gets round to it, so every watcher
+        # sees REVOKED even if no worker holds the task. The first final state wins
+        # (see workers.backend), so a late progress write cannot undo it.
+        self.celery_app.backend.mark_as_revoked(task_id, "revoked")

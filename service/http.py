@@ -1,0 +1,100 @@
+"""REST routes: dispatch, status, cancel, health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.catalog import TASKS
+from service.dispatch import DispatchError
+from service.errors import ApiError
+from service.responses import json_response
+from service.state import AppState
+from service.status import Status, decode_status
+from service.validation import parse_params, parse_task_id, read_body
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.taskcast
+    return state
+
+
+def task_links(request: Request, task_id: str) -> dict[str, str]:
+    """Where a client reads a task's status once (REST) and follows it live (WebSocket)."""
+    status_url = request.url_for("task_status", task_id=task_id)
+    ws_scheme = "wss" if status_url.scheme == "https" else "ws"
+    ws_url = status_url.replace(
+        scheme=ws_scheme, path=f"{request.scope.get('root_path', '')}/ws/tasks/{task_id}"
+    )
+    return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url)}
+
+
+async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
+    """Publish a task, answering 503 (and queueing nothing) when the broker is down."""
+    try:
+        return await _state(request).dispatcher.submit(celery_name, dict(kwargs))
+    except DispatchError as exc:
+        raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
+
+
+async def read_status(request: Request, task_id: str) -> Status:
+    """The status of a known task, or 404 ``unknown_task``."""
+    raw = await _state(request).store.read(task_id)
+    if raw is None:
+        raise ApiError(404, "unknown_task", f"no task with id {task_id}")
+    return decode_status(task_id, raw)
+
+
+async def submit(request: Request) -> Response:
+    name = request.path_params["name"]
+    spec = TASKS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(TASKS))
+        raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
+    body = await read_body(request, _state(request).settings.max_body_bytes)
+    params = parse_params(spec.params, body)
+    task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
+    links = task_links(request, task_id)
+    return json_response(links, status_code=202, headers={"Location": links["status_url"]})
+
+
+async def task_status(request: Request) -> Response:
+    task_id = parse_task_id(request.path_params["task_id"])
+    return json_response(await read_status(request, task_id))
+
+
+async def cancel_task(request: Request) -> Response:
+    task_id = parse_task_id(request.path_params["task_id"])
+    status = await read_status(request, task_id)
+    if status["final"]:
+        raise ApiError(409, "already_final", f"task {task_id} already ended {status['state']}")
+    await _state(request).dispatcher.revoke(task_id)
+    return json_response(task_links(request, task_id), status_code=202)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    try:
+        async with asyncio.timeout(state.settings.ready_timeout):
+            await state.redis.ping()
+    except Exception as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        return json_response({"status": "degraded", "redis": reason}, status_code=503)
+    return json_response({"status": "ready", "redis": "ok"})
+
+
+routes = [
+    Route("/tasks/{name}", submit, methods=["POST"]),
+    Route("/tasks/{task_id}", task_status, methods=["GET"], name="task_status"),
+    Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

@@ -1,0 +1,194 @@
+"""The OpenAPI description of the REST API, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import tutorial
+from service.catalog import TASKS
+from service.responses import json_response
+
+_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _query(model: type[Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    },
+    "TaskLinks": {
+        "type": "object",
+        "required": ["task_id", "status_url", "ws_url"],
+        "properties": {
+            "task_id": {"type": "string", "format": "uuid"},
+            "status_url": {"type": "string"},
+            "ws_url": {"type": "string"},
+        },
+    },
+    "Progress": {
+        "type": ["object", "null"],
+        "properties": {
+            "current": {"type": ["number", "null"]},
+            "total": {"type": ["number", "null"]},
+            "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+            "message": {"type": ["string", "null"]},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["task_id", "state", "final", "progress", "result", "error"],
+        "properties": {
+            "task_id": {"type": "string", "format": "uuid"},
+            "state": {"type": "string", "examples": ["SENT", "STARTED", "PROGRESS", "SUCCESS"]},
+            "final": {"type": "boolean"},
+            "progress": {"$ref": "#/components/schemas/Progress"},
+            "result": {},
+            "error": {
+                "type": ["object", "null"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+@cache
+def spec() -> dict[str, Any]:
+    """Build the document once; it only depends on code."""
+    schemas = dict(_SCHEMAS)
+    paths: dict[str, Any] = {}
+    for name, task in TASKS.items():
+        model_schema = task.params.model_json_schema()
+        schemas[task.params.__name__] = model_schema
+        paths[f"/tasks/{name}"] = {
+            "post": {
+                "summary": task.summary,
+                "operationId": f"submit_{name}",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{task.params.__name__}"}
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _ok("Queued.", "TaskLinks"),
+                    "400": _error("Body is not JSON."),
+                    "413": _error("Body too large."),
+                    "422": _error("Invalid parameters."),
+                    "503": _error("Broker unavailable."),
+                },
+            }
+        }
+    paths["/tasks/{task_id}"] = {
+        "get": {
+            "summary": "Current status of a task.",
+            "operationId": "get_status",
+            "parameters": [_ID],
+            "responses": {
+                "200": _ok("The status object.", "Status"),
+                "404": _error("Unknown task."),
+                "422": _error("Malformed task id."),
+            },
+        },
+        "delete": {
+            "summary": "Cancel a task: a queued one never runs, a running one is stopped.",
+            "operationId": "cancel_task",
+            "parameters": [_ID],
+            "responses": {
+                "202": _ok("Cancelled; the task ends REVOKED.", "TaskLinks"),
+                "404": _error("Unknown task."),
+                "409": _error("The task already ended."),
+                "422": _error("Malformed task id."),
+            },
+        },
+    }
+    probe = {"type": "object", "properties": {"status": {"type": "string"}}}
+    paths["/healthz"] = {
+        "get": {"summary": "Process alive.", "responses": {"200": _ok("Alive.", probe)}}
+    }
+    paths["/readyz"] = {
+        "get": {
+            "summary": "Redis answers.",
+            "responses": {"200": _ok("Ready.", probe), "503": _ok("Degraded.", probe)},
+        }
+    }
+    sleep_query = _query(tutorial.SleepQuery)
+    paths["/sync-process/"] = {
+        "get": {
+            "summary": "Tutorial: run the job inside the request.",
+            "parameters": sleep_query,
+            "responses": {"200": _ok("Done.", {"type": "object"}), "422": _error("Bad query.")},
+        }
+    }
+    paths["/async-process/"] = {
+        "get": {
+            "summary": "Tutorial: queue the job.",
+            "parameters": sleep_query,
+            "responses": {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")},
+        }
+    }
+    paths["/process-data-with-status/"] = {
+        "post": {
+            "summary": "Tutorial: queue a job that reports progress.",
+            "parameters": _query(tutorial.ProgressQuery),
+            "responses": {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")},
+        }
+    }
+    paths["/task-status/{task_id}"] = {
+        "get": {
+            "summary": "Tutorial: status in the tutorial's shape.",
+            "parameters": [_ID],
+            "responses": {
+                "200": _ok("Status.", {"type": "object"}),
+                "404": _error("Unknown task."),
+                "422": _error("Malformed task id."),
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "taskcast", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    return json_response(spec())
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

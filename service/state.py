@@ -1,0 +1,21 @@
+"""What the lifespan opens and every handler shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from service.dispatch import Dispatcher
+from service.settings import Settings
+from service.store import ResultStore
+
+
+@dataclass(slots=True)
+class AppState:
+    """Shared clients of one service process, available as ``app.state.taskcast``."""
+
+    settings: Settings
+    redis: Redis
+    store: ResultStore
+    dispatcher: Dispatcher

@@ -1,0 +1,42 @@
+"""Worker-side settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Return ``prefix`` ending in a separator, as Celery's backend would make it.
+
+    Celery appends ``_`` to a global key prefix that does not end in one of ``:_-.``;
+    doing the same here keeps the keys the service computes equal to the worker's.
+    """
+    if prefix and prefix[-1] not in ":_-.":
+        return prefix + "_"
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class CelerySettings:
+    """Where Celery keeps its queue and its results."""
+
+    broker_url: str
+    result_backend_url: str
+    key_prefix: str = ""
+    result_expires: int = 86_400
+    queue: str = "celery"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> CelerySettings:
+        env = os.environ if environ is None else environ
+        redis_url = env.get("TASKCAST_REDIS_URL") or DEFAULT_REDIS_URL
+        return cls(
+            broker_url=env.get("TASKCAST_BROKER_URL") or redis_url,
+            result_backend_url=env.get("TASKCAST_RESULT_BACKEND_URL") or redis_url,
+            key_prefix=normalize_prefix(env.get("TASKCAST_KEY_PREFIX", "")),
+            result_expires=int(env.get("TASKCAST_RESULT_EXPIRES", "86400")),
+            queue=env.get("TASKCAST_QUEUE") or "celery",
+        )

@@ -15,7 +15,6 @@ from service.settings import Settings
 from service.state import AppState
 from service.store import ResultStore
 from workers.app import celery_app
-from workers.app import settings as celery_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -24,12 +23,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = Redis.from_url(celery_settings.result_backend_url)
+        redis = Redis.from_url(settings.celery.result_backend_url)
         app.state.taskcast = AppState(
             settings=settings,
             redis=redis,
-            store=ResultStore(redis, celery_settings.key_prefix),
-            dispatcher=Dispatcher(celery_app, celery_settings),
+            store=ResultStore(redis, settings.celery.key_prefix),
+            dispatcher=Dispatcher(celery_app, settings.celery),
         )
         try:
             yield

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from workers.app import settings as celery_settings
+from workers.config import CelerySettings
 
 
 def _bool(value: str) -> bool:
@@ -18,12 +21,11 @@ def _bool(value: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What the service reads from its environment (see the README's table).
+    """What the service reads from its environment (see the README's table)."""
 
-    Where Redis is, and the key prefix, belong to the Celery app (``workers.config``),
-    which both the service and the workers read.
-    """
-
+    # Where Redis is and the key prefix: the Celery app's own settings, read once when
+    # ``workers.app`` is imported, so the service and the workers always agree.
+    celery: CelerySettings = field(default_factory=lambda: celery_settings)
     # Largest request body accepted, in bytes.
     max_body_bytes: int = 64 * 1024
     # Bound on how long /readyz waits for Redis before answering "not ready".

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests import env  # first: fixes the environment before taskcast is imported
+from tests.support import WorkerProcess, running_server
+from workers.app import celery_app
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    """A synchronous client for assertions; removes this session's keys at the end."""
+    client = redis.Redis.from_url(env.REDIS_URL)
+    yield client
+    for key in client.scan_iter(match=f"{env.KEY_PREFIX}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
+    """One real Celery worker for the whole session."""
+    process = WorkerProcess(concurrency=2)
+    process.start()
+    try:
+        deadline_pings = 0
+        while not celery_app.control.ping(destination=[process.hostname], timeout=0.5):
+            deadline_pings += 1
+            assert deadline_pings < 60, "the test worker did not answer within 30 s"
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+async def base_url(worker: WorkerProcess) -> AsyncIterator[str]:
+    """A real uvicorn serving the app on a free port, with the worker running."""
+    from service.app import create_app
+
+    async with running_server(create_app()) as url:
+        yield url
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        yield http

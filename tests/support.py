@@ -1,0 +1,121 @@
+"""Helpers shared by the integration tests: waiting, a worker process, a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from service.devstack import free_port
+
+T = TypeVar("T")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    within: float = 15.0,
+    interval: float = 0.02,
+) -> T:
+    """Call ``probe`` until ``accept`` approves its answer; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if accept(last):
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within}s; last answer: {last!r}")
+
+
+async def wait_for_state(
+    client: httpx.AsyncClient,
+    task_id: str,
+    accept: Callable[[dict[str, Any]], bool],
+    within: float = 15.0,
+) -> dict[str, Any]:
+    """Poll ``GET /tasks/{id}`` until its status satisfies ``accept``."""
+
+    async def probe() -> dict[str, Any]:
+        response = await client.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        status: dict[str, Any] = response.json()
+        return status
+
+    return await eventually(probe, accept, within)
+
+
+def final(status: dict[str, Any]) -> bool:
+    return bool(status["final"])
+
+
+class WorkerProcess:
+    """A real Celery worker (prefork pool) in a subprocess, with this session's settings."""
+
+    def __init__(
+        self,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        queues: str | None = None,
+        logfile: str | None = None,
+    ) -> None:
+        self.concurrency = concurrency
+        self.queues = queues
+        self.logfile = logfile
+        self.hostname = f"test-{os.getpid()}-{free_port()}@localhost"
+        self.env = dict(os.environ if env is None else env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "--pool", "prefork", "--concurrency", str(self.concurrency),
+            "--hostname", self.hostname, "--loglevel", "WARNING",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        if self.queues:
+            argv += ["--queues", self.queues]
+        if self.logfile:
+            argv += ["--logfile", self.logfile, "--loglevel", "INFO"]
+        self.process = subprocess.Popen(argv, env=self.env, cwd=ROOT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGQUIT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def running_server(app: Starlette, **config: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with a real uvicorn on a free loopback port; yield its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: asyncio.sleep(0, server.started), bool, within=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

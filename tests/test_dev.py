@@ -1,0 +1,67 @@
+"""`taskcast dev` on a machine with no Redis: it embeds one, serves, and cleans up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import httpx
+import psutil
+
+from service.devstack import free_port
+from tests.support import ROOT, eventually, final, wait_for_state
+
+
+async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCAST_")}
+    taskcast = os.path.join(os.path.dirname(sys.executable), "taskcast")
+    process = await asyncio.create_subprocess_exec(
+        taskcast, "dev", "--port", str(port),
+        # Nothing listens here, so dev must start its embedded Redis.
+        "--local-redis", f"redis://127.0.0.1:{free_port()}/0",
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output: list[str] = []
+
+    async def pump() -> None:
+        # Keep reading: a full pipe would block the worker's logging.
+        assert process.stdout is not None
+        async for line in process.stdout:
+            output.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(pump())
+    descendants: list[psutil.Process] = []
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, "".join(output)),
+            lambda text: "taskcast dev is ready" in text or process.returncode is not None,
+            within=60,
+        )
+        text = "".join(output)
+        assert "taskcast dev is ready" in text, text
+        assert "(embedded, nothing kept on disk)" in text
+        assert f"http://127.0.0.1:{port}/tasks/{{name}}" in text
+
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in descendants)
+        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            response = await http.post("/tasks/progress", json={"total": 3, "step_seconds": 0.05})
+            assert response.status_code == 202
+            done = await wait_for_state(http, response.json()["task_id"], final, within=30)
+            assert done["state"] == "SUCCESS"
+            assert done["progress"]["percent"] == 100.0
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), timeout=30)
+        await reader
+    assert code == 0
+    assert descendants
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    assert not alive, [proc.cmdline() for proc in alive]

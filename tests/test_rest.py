@@ -1,0 +1,178 @@
+"""The REST contract against a real uvicorn, a real worker and a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from service.app import create_app
+from service.catalog import TASKS
+from tests import env
+from tests.support import final, wait_for_state
+
+
+def task_keys(redis_client: redis.Redis) -> set[bytes]:
+    return set(redis_client.scan_iter(match=f"{env.KEY_PREFIX}celery-task-meta-*", count=1000))
+
+
+async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncClient) -> None:
+    response = await client.post("/tasks/progress", json={"total": 5, "step_seconds": 0.2})
+    assert response.status_code == 202
+    links = response.json()
+    task_id = links["task_id"]
+    assert uuid.UUID(task_id).version == 4
+    assert links["status_url"] == f"{client.base_url}/tasks/{task_id}"
+    assert (
+        links["ws_url"] == f"ws://{client.base_url.host}:{client.base_url.port}/ws/tasks/{task_id}"
+    )
+    assert response.headers["location"] == links["status_url"]
+
+    running = await wait_for_state(client, task_id, lambda s: s["state"] == "PROGRESS")
+    progress = running["progress"]
+    assert progress["total"] == 5
+    assert 1 <= progress["current"] <= 5
+    assert progress["percent"] == progress["current"] * 20.0
+
+    done = await wait_for_state(client, task_id, final)
+    assert done["state"] == "SUCCESS"
+    assert done["result"] == {"status": "completed"}
+    assert done["progress"] == {"current": 5, "total": 5, "percent": 100.0, "message": None}
+    assert done["error"] is None
+
+
+async def test_sleep_task_returns_the_tutorial_message(client: httpx.AsyncClient) -> None:
+    response = await client.post("/tasks/sleep", json={"seconds": 0.05})
+    done = await wait_for_state(client, response.json()["task_id"], final)
+    assert (done["state"], done["result"]) == ("SUCCESS", "Task completed after 0.05 seconds")
+    assert done["progress"] is None
+
+
+async def test_empty_body_uses_defaults(client: httpx.AsyncClient) -> None:
+    response = await client.post("/tasks/sleep", content=b"")
+    assert response.status_code == 202
+    await client.delete(f"/tasks/{response.json()['task_id']}")
+
+
+async def test_unknown_and_malformed_ids(client: httpx.AsyncClient) -> None:
+    missing = await client.get(f"/tasks/{uuid.uuid4()}")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "unknown_task"
+    malformed = await client.get("/tasks/not-a-uuid")
+    assert malformed.status_code == 422
+    assert malformed.json() == {
+        "error": "invalid_task_id",
+        "detail": "task id must be a UUID, got 'not-a-uuid'",
+    }
+    injected = await client.get("/tasks/*")
+    assert injected.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "field"),
+    [
+        ("sleep", {"seconds": -1}, "seconds"),
+        ("sleep", {"seconds": 3601}, "seconds"),
+        ("sleep", {"seconds": "5"}, "seconds"),
+        ("progress", {"total": 0}, "total"),
+        ("progress", {"total": 100_001}, "total"),
+        ("progress", {"total": 2.5}, "total"),
+        ("progress", {"total": True}, "total"),
+        ("progress", {"step_seconds": 61}, "step_seconds"),
+        ("progress", {"totl": 5}, "totl"),
+    ],
+)
+async def test_bad_params_are_422_naming_the_field_and_queue_nothing(
+    client: httpx.AsyncClient, redis_client: redis.Redis, name: str, body: object, field: str
+) -> None:
+    before = task_keys(redis_client)
+    response = await client.post(f"/tasks/{name}", json=body)
+    assert response.status_code == 422
+    error = response.json()
+    assert error["error"] == "invalid_params"
+    assert error["detail"].startswith(f"{field}: ")
+    assert task_keys(redis_client) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"[1, 2]", 422, "invalid_params"),
+        (b'"text"', 422, "invalid_params"),
+    ],
+)
+async def test_malformed_bodies(
+    client: httpx.AsyncClient, content: bytes, status: int, code: str
+) -> None:
+    response = await client.post("/tasks/progress", content=content)
+    assert response.status_code == status
+    assert response.json()["error"] == code
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_oversized_bodies_get_413(client: httpx.AsyncClient) -> None:
+    big = b'{"total": 5, "pad": "' + b"x" * 70_000 + b'"}'
+    declared = await client.post("/tasks/progress", content=big)
+    assert declared.status_code == 413
+    assert declared.json()["error"] == "payload_too_large"
+
+    async def chunks():  # no Content-Length: the limit applies while reading
+        for _ in range(10):
+            yield b"x" * 10_000
+
+    streamed = await client.post("/tasks/progress", content=chunks())
+    assert streamed.status_code == 413
+
+
+async def test_unknown_task_name_and_routes_are_json_errors(client: httpx.AsyncClient) -> None:
+    unknown = await client.post("/tasks/rm-rf", json={})
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "error": "unknown_task_name",
+        "detail": "no task named 'rm-rf'; known: progress, sleep",
+    }
+    nowhere = await client.get("/nowhere")
+    assert (nowhere.status_code, nowhere.json()["error"]) == (404, "not_found")
+    wrong_method = await client.put(f"/tasks/{uuid.uuid4()}")
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, "method_not_allowed")
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "redis": "ok"})
+
+
+async def test_readiness_reports_redis_down() -> None:
+    import dataclasses
+
+    from service.devstack import free_port
+    from service.settings import Settings
+    from tests.support import running_server
+
+    settings = Settings()
+    dead = dataclasses.replace(
+        settings.celery, result_backend_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    app = create_app(dataclasses.replace(settings, celery=dead))
+    async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "degraded"
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.")
+    for name in TASKS:
+        assert f"/tasks/{name}" in spec["paths"]
+    app = create_app()
+    documented = set(spec["paths"]) | {"/openapi.json", "/tasks/{name}"}
+    for route in app.routes:
+        assert getattr(route, "path", None) in documented
+    progress = spec["components"]["schemas"]["ProgressParams"]["properties"]["total"]
+    assert (progress["minimum"], progress["maximum"]) == (1, 100_000)

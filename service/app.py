@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from service import http, openapi, tutorial
+from service import http, openapi, tutorial, ws
 from service.dispatch import Dispatcher
 from service.errors import EXCEPTION_HANDLERS
+from service.hub import Hub
 from service.settings import Settings
 from service.state import AppState
 from service.store import ResultStore
@@ -24,19 +27,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.celery.result_backend_url)
+        store = ResultStore(redis, settings.celery.key_prefix)
+        hub = Hub(
+            store,
+            poll_interval=settings.poll_interval,
+            push=settings.push,
+            slow_client_timeout=settings.slow_client_timeout,
+        )
         app.state.taskcast = AppState(
             settings=settings,
             redis=redis,
-            store=ResultStore(redis, settings.celery.key_prefix),
+            store=store,
             dispatcher=Dispatcher(celery_app, settings.celery),
+            hub=hub,
         )
+        # A hard reference: the loop itself keeps only a weak one to its tasks.
+        hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
         try:
             yield
         finally:
+            hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hub_task
+            await hub.close()
             await redis.aclose()
 
     return Starlette(
-        routes=[*http.routes, *tutorial.routes, *openapi.routes],
+        routes=[*http.routes, *ws.routes, *tutorial.routes, *openapi.routes],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

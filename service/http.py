@@ -26,10 +26,8 @@ def _state(request: Request) -> AppState:
 def task_links(request: Request, task_id: str) -> dict[str, str]:
     """Where a client reads a task's status once (REST) and follows it live (WebSocket)."""
     status_url = request.url_for("task_status", task_id=task_id)
-    ws_scheme = "wss" if status_url.scheme == "https" else "ws"
-    ws_url = status_url.replace(
-        scheme=ws_scheme, path=f"{request.scope.get('root_path', '')}/ws/tasks/{task_id}"
-    )
+    ws_url = request.url_for("ws_task", task_id=task_id)
+    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
     return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url)}
 
 
@@ -88,6 +86,9 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         return json_response({"status": "degraded", "redis": reason}, status_code=503)
+    if not state.hub.healthy:
+        # Redis answers again, but the hub has not yet caught up after the outage.
+        return json_response({"status": "degraded", "redis": "recovering"}, status_code=503)
     return json_response({"status": "ready", "redis": "ok"})
 
 

@@ -30,6 +30,19 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # Bound on how long /readyz waits for Redis before answering "not ready".
     ready_timeout: float = 1.0
+    # The hub's safety-net poll of watched tasks, in seconds.
+    poll_interval: float = 0.5
+    # Follow Celery's PUBLISH of each stored state (else poll only).
+    push: bool = True
+    # A client that stops reading for this long is closed (code 4408).
+    slow_client_timeout: float = 30.0
+    # Subscriptions one /ws socket may hold at once.
+    max_subscriptions: int = 100
+    # Largest client WebSocket frame; a larger one closes the socket with 1009.
+    ws_max_message_bytes: int = 4096
+    # permessage-deflate: off, since for small JSON frames it costs far more CPU and
+    # memory per socket than it saves.
+    ws_deflate: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,4 +50,10 @@ class Settings:
         return cls(
             max_body_bytes=int(env.get("TASKCAST_MAX_BODY_BYTES", "65536")),
             ready_timeout=float(env.get("TASKCAST_READY_TIMEOUT", "1.0")),
+            poll_interval=float(env.get("TASKCAST_POLL_INTERVAL", "0.5")),
+            push=_bool(env.get("TASKCAST_PUSH", "true")),
+            slow_client_timeout=float(env.get("TASKCAST_SLOW_CLIENT_TIMEOUT", "30")),
+            max_subscriptions=int(env.get("TASKCAST_MAX_SUBSCRIPTIONS", "100")),
+            ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
+            ws_deflate=_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
         )

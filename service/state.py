@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.dispatch import Dispatcher
+from service.hub import Hub
 from service.settings import Settings
 from service.store import ResultStore
 
@@ -19,3 +20,4 @@ class AppState:
     redis: Redis
     store: ResultStore
     dispatcher: Dispatcher
+    hub: Hub

@@ -14,7 +14,8 @@ from service.errors import ApiError, describe_validation_error
 P = TypeVar("P", bound=Params)
 Q = TypeVar("Q", bound=BaseModel)
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def is_task_id(raw: str) -> bool:

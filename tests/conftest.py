@@ -5,8 +5,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import redis
+from starlette.applications import Starlette
 
 from tests import env  # first: fixes the environment before taskcast is imported
+
+# isort: split
+from service.hub import Hub
+from service.state import AppState
 from tests.support import WorkerProcess, running_server
 from workers.app import celery_app
 
@@ -37,12 +42,24 @@ def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture(scope="session")
-async def base_url(worker: WorkerProcess) -> AsyncIterator[str]:
-    """A real uvicorn serving the app on a free port, with the worker running."""
+def app() -> Starlette:
     from service.app import create_app
 
-    async with running_server(create_app()) as url:
+    return create_app()
+
+
+@pytest.fixture(scope="session")
+async def base_url(app: Starlette, worker: WorkerProcess) -> AsyncIterator[str]:
+    """A real uvicorn serving the app on a free port, with the worker running."""
+    async with running_server(app) as url:
         yield url
+
+
+@pytest.fixture
+def hub(app: Starlette, base_url: str) -> Hub:
+    """The hub of the session's server (to check what it watches)."""
+    state: AppState = app.state.taskcast
+    return state.hub
 
 
 @pytest.fixture

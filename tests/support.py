@@ -109,6 +109,8 @@ class WorkerProcess:
 async def running_server(app: Starlette, **config: Any) -> AsyncIterator[str]:
     """Serve ``app`` with a real uvicorn on a free loopback port; yield its base URL."""
     port = free_port()
+    config.setdefault("ws", "websockets-sansio")
+    config.setdefault("ws_per_message_deflate", False)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
     )

@@ -7,6 +7,7 @@ import uuid
 import httpx
 import pytest
 import redis
+from starlette.routing import Route
 
 from service.app import create_app
 from service.catalog import TASKS
@@ -173,6 +174,7 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     app = create_app()
     documented = set(spec["paths"]) | {"/openapi.json", "/tasks/{name}"}
     for route in app.routes:
-        assert getattr(route, "path", None) in documented
+        if isinstance(route, Route):  # WebSocket routes are in docs/protocol.md instead
+            assert route.path in documented
     progress = spec["components"]["schemas"]["ProgressParams"]["properties"]["total"]
     assert (progress["minimum"], progress["maximum"]) == (1, 100_000)

@@ -65,7 +65,7 @@ def run_dev(args: argparse.Namespace) -> int:
         )  # fmt: skip
         supervisor.spawn(
             "web",
-            [python, "-m", "uvicorn", APP_FACTORY, "--factory",
+            [python, "-m", "service.cli", "serve",
              "--host", args.host, "--port", str(args.port), "--log-level", "warning"],
         )  # fmt: skip
 
@@ -103,7 +103,22 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve the web service (production entry point; workers run separately)."""
     import uvicorn
 
-    uvicorn.run(APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers)
+    from service.settings import Settings
+
+    settings = Settings.from_env()
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        # The sans-I/O implementation: its send() only waits while that one socket's
+        # buffer is full, which the hub's per-connection mailboxes rely on.
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_deflate,
+    )
     return 0
 
 
@@ -136,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="service processes")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
     commands.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     return parser

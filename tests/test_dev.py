@@ -48,7 +48,7 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
 
         descendants = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in descendants)
-        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+        assert "redis-server" in names and "celery" in names and "service.cli serve" in names
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             response = await http.post("/tasks/progress", json={"total": 3, "step_seconds": 0.05})

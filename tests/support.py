@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,10 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+import websockets.asyncio.client
 from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from service.devstack import free_port
 
@@ -106,18 +111,66 @@ class WorkerProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_server(app: Starlette, **config: Any) -> AsyncIterator[str]:
-    """Serve ``app`` with a real uvicorn on a free loopback port; yield its base URL."""
-    port = free_port()
+async def running_server(
+    app: Starlette, send_buffer: int | None = None, **config: Any
+) -> AsyncIterator[str]:
+    """Serve ``app`` with a real uvicorn on a free loopback port; yield its base URL.
+
+    ``send_buffer`` caps the kernel send buffer of every accepted socket (they inherit
+    it from the listening socket), so a client that stops reading backs the server up
+    within kilobytes rather than the megabytes loopback would otherwise absorb.
+    """
     config.setdefault("ws", "websockets-sansio")
     config.setdefault("ws_per_message_deflate", False)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
-    )
-    task = asyncio.create_task(server.serve())
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         await eventually(lambda: asyncio.sleep(0, server.started), bool, within=10)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+        listener.close()
+
+
+def ws_url(base_url: str, path: str) -> str:
+    return "ws" + base_url.removeprefix("http") + path
+
+
+def ws_connect(base_url: str, path: str, **options: Any) -> websockets.asyncio.client.connect:
+    """A real WebSocket client (no compression, no keepalive pings) to ``path``."""
+    options.setdefault("compression", None)
+    options.setdefault("ping_interval", None)
+    return websockets.asyncio.client.connect(ws_url(base_url, path), **options)
+
+
+async def recv_json(ws: ClientConnection, within: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        message: dict[str, Any] = json.loads(await ws.recv())
+        return message
+
+
+async def read_until_closed(
+    ws: ClientConnection, within: float = 15.0
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Every message until the server closes; and the close code it sent."""
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(within):
+        # Iteration ends quietly on 1000 and raises on any other close code.
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                messages.append(json.loads(raw))
+    return messages, ws.close_code
+
+
+async def submit(client: httpx.AsyncClient, name: str, **params: Any) -> str:
+    response = await client.post(f"/tasks/{name}", json=params)
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id

@@ -11,16 +11,9 @@ import httpx
 import redis
 
 from tests import env
-from tests.support import WorkerProcess, eventually, final, wait_for_state
+from tests.support import WorkerProcess, eventually, final, submit, wait_for_state
 from workers import keys
 from workers.app import celery_app
-
-
-async def submit(client: httpx.AsyncClient, name: str, **params: object) -> str:
-    response = await client.post(f"/tasks/{name}", json=params)
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["task_id"]
-    return task_id
 
 
 def active_ids(worker: WorkerProcess) -> set[str]:

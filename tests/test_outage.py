@@ -1,0 +1,145 @@
+"""Redis dies mid-task and comes back: every subscriber keeps its socket and gets the final."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.devstack import free_port, redis_answers, redis_server_binary
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    eventually,
+    read_until_closed,
+    recv_json,
+    submit,
+    ws_connect,
+)
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, which it may kill and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = tempfile.mkdtemp(prefix="taskcast-outage-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", self.workdir, "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        assert asyncio.run(_wait_sync(lambda: redis_answers(server.url)))
+        yield server
+    finally:
+        server.kill()
+
+
+async def _wait_sync(check: Any) -> bool:
+    return bool(await eventually(lambda: asyncio.to_thread(check), bool, within=10))
+
+
+@contextlib.asynccontextmanager
+async def service_process(env: dict[str, str]) -> AsyncIterator[str]:
+    """`taskcast serve` in its own process, as in production."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+        "--log-level", "warning", env=env, cwd=ROOT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+
+            async def healthy() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/healthz")).status_code == 200
+                return False
+
+            await eventually(healthy, bool, within=20)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def test_final_state_survives_a_redis_restart(private_redis: PrivateRedis) -> None:
+    env = {**os.environ, "TASKCAST_REDIS_URL": private_redis.url, "TASKCAST_KEY_PREFIX": ""}
+    worker = WorkerProcess(concurrency=1, env=env)
+    worker.start()
+    try:
+        async with (
+            service_process(env) as base,
+            httpx.AsyncClient(base_url=base, timeout=5) as http,
+        ):
+            task_id = await submit(http, "progress", total=40, step_seconds=0.1)
+            async with contextlib.AsyncExitStack() as stack:
+                singles = [
+                    await stack.enter_async_context(ws_connect(base, f"/ws/tasks/{task_id}"))
+                    for _ in range(3)
+                ]
+                multi = await stack.enter_async_context(ws_connect(base, "/ws"))
+                await multi.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+                clients = [*singles, multi]
+                seen: list[list[dict[str, Any]]] = [[] for _ in clients]
+                for ws, messages in zip(clients, seen, strict=True):
+                    while not messages or messages[-1]["state"] != "PROGRESS":
+                        messages.append(await recv_json(ws, within=20))
+
+                private_redis.kill()
+
+                async def readiness() -> int:
+                    return (await http.get("/readyz")).status_code
+
+                await eventually(readiness, lambda code: code == 503, within=20)
+                private_redis.start()
+                await eventually(readiness, lambda code: code == 200, within=30)
+
+                for ws, messages in zip(singles, seen[:3], strict=True):
+                    rest, code = await read_until_closed(ws, within=30)
+                    messages.extend(rest)
+                    assert code == 1000
+                async with asyncio.timeout(30):
+                    while not seen[-1][-1]["final"]:
+                        seen[-1].append(await recv_json(multi, within=30))
+                # The multiplexed socket is still open and serving.
+                await multi.send('{"op": "ping"}')
+                assert await recv_json(multi) == {"type": "pong"}
+    finally:
+        worker.stop()
+    for messages in seen:
+        finals = [m for m in messages if m["final"]]
+        assert len(finals) == 1 and messages[-1] is finals[0]
+        assert finals[0]["state"] == "SUCCESS"
+        currents = [m["progress"]["current"] for m in messages if m["state"] == "PROGRESS"]
+        assert currents == sorted(currents)

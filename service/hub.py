@@ -65,7 +65,8 @@ class Hub:
         self.push = push
         self.slow_client_timeout = slow_client_timeout
         self.healthy = True
-        self.connections: set[Subscriber] = set()
+        # Every connection's mailbox, with its sender (cancelled if the client stalls).
+        self.connections: dict[Subscriber, asyncio.Task[object]] = {}
         self._watches: dict[str, _Watch] = {}
         self._to_read: set[str] = set()
         self._to_subscribe: set[str] = set()
@@ -74,7 +75,6 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._slow_clients: dict[Subscriber, asyncio.Task[object]] = {}
 
     # -- called by the WebSocket endpoints (synchronous: no await between check and act)
 
@@ -85,15 +85,13 @@ class Hub:
 
     def connect(self, subscriber: Subscriber, sender: asyncio.Task[object]) -> None:
         """Register a connection; ``sender`` is cancelled if the client stops reading."""
-        self.connections.add(subscriber)
-        self._slow_clients[subscriber] = sender
+        self.connections[subscriber] = sender
 
     def disconnect(self, subscriber: Subscriber) -> None:
         """Forget a connection and every subscription it held."""
         for task_id in list(subscriber.tasks):
             self.unwatch(task_id, subscriber)
-        self.connections.discard(subscriber)
-        self._slow_clients.pop(subscriber, None)
+        self.connections.pop(subscriber, None)
 
     def watch(self, task_id: str, subscriber: Subscriber) -> None:
         """Subscribe; the current status reaches the mailbox now (if known) or after one read."""
@@ -179,7 +177,7 @@ class Hub:
             self._wake.clear()
             # Nothing watched and nobody connected: sleep until something happens.
             deadlines = [next_poll] if self._watches else []
-            if self._slow_clients:
+            if self.connections:
                 deadlines.append(next_reap)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(min(deadlines) if deadlines else None):
@@ -292,7 +290,7 @@ class Hub:
 
     def _reap_slow_clients(self, now: float) -> None:
         limit = self.slow_client_timeout
-        for subscriber, sender in list(self._slow_clients.items()):
+        for subscriber, sender in list(self.connections.items()):
             since = subscriber.sending_since
             if since is not None and now - since > limit and not sender.done():
                 logger.info("closing a client that stopped reading for %.0f s", now - since)

@@ -131,6 +131,10 @@ class EmbeddedRedis:
         self.workdir = tempfile.mkdtemp(prefix="taskcast-redis-")
 
     @property
+    def logfile(self) -> str:
+        return os.path.join(self.workdir, "redis.log")
+
+    @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
@@ -143,12 +147,15 @@ class EmbeddedRedis:
             "--appendonly", "no",
             "--dir", self.workdir,
             "--loglevel", "warning",
+            # Its start-up banner and warnings would bury the URLs dev prints.
+            "--logfile", self.logfile,
         ]  # fmt: skip
         child = self.supervisor.spawn("redis", argv)
-        if not wait_until(lambda: redis_answers(self.url) or not child.alive(), timeout):
-            raise RuntimeError(f"embedded Redis did not answer on {self.url}")
-        if not child.alive():
-            raise RuntimeError("embedded Redis exited at start")
+        answered = wait_until(lambda: redis_answers(self.url) or not child.alive(), timeout)
+        if not answered or not child.alive():
+            with contextlib.suppress(OSError), open(self.logfile) as log:
+                sys.stderr.write(log.read()[-2000:])
+            raise RuntimeError(f"embedded Redis did not start on {self.url}")
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.kill()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 async def _wait_sync(check: Any) -> bool:

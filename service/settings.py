@@ -7,16 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from workers.app import settings as celery_settings
-from workers.config import CelerySettings
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
+from workers.config import CelerySettings, parse_bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +42,9 @@ class Settings:
             max_body_bytes=int(env.get("TASKCAST_MAX_BODY_BYTES", "65536")),
             ready_timeout=float(env.get("TASKCAST_READY_TIMEOUT", "1.0")),
             poll_interval=float(env.get("TASKCAST_POLL_INTERVAL", "0.5")),
-            push=_bool(env.get("TASKCAST_PUSH", "true")),
+            push=parse_bool(env.get("TASKCAST_PUSH", "true")),
             slow_client_timeout=float(env.get("TASKCAST_SLOW_CLIENT_TIMEOUT", "30")),
             max_subscriptions=int(env.get("TASKCAST_MAX_SUBSCRIPTIONS", "100")),
             ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
-            ws_deflate=_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
+            ws_deflate=parse_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
         )

@@ -19,6 +19,16 @@ def normalize_prefix(prefix: str) -> str:
     return prefix
 
 
+def parse_bool(value: str) -> bool:
+    """Read a yes/no setting: ``1/true/yes/on`` or ``0/false/no/off`` (empty is no)."""
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class CelerySettings:
     """Where Celery keeps its queue and its results."""

@@ -8,6 +8,11 @@ TASK_META = "celery-task-meta-"
 # Set when a task is cancelled, so a worker that never heard the revoke broadcast
 # (it started later) still refuses to run the task.
 REVOKED = "taskcast-revoked-"
+# The message ids of an e-mail task's send, written as soon as the send succeeds, so a
+# retry or a redelivered message of that task does not send the e-mail again.
+EMAIL_SENT = "taskcast-email-sent-"
+# The e-mails "sent" without a Mailtrap token in dev mode, newest first.
+DEV_OUTBOX = "taskcast-dev-outbox"
 
 
 def task_meta_key(prefix: str, task_id: str) -> str:
@@ -18,3 +23,13 @@ def task_meta_key(prefix: str, task_id: str) -> str:
 def revoked_key(prefix: str, task_id: str) -> str:
     """The key that marks ``task_id`` as cancelled."""
     return f"{prefix}{REVOKED}{task_id}"
+
+
+def email_sent_key(prefix: str, task_id: str) -> str:
+    """The key that records the message ids ``task_id`` has sent."""
+    return f"{prefix}{EMAIL_SENT}{task_id}"
+
+
+def dev_outbox_key(prefix: str) -> str:
+    """The list of e-mails kept in the dev outbox."""
+    return f"{prefix}{DEV_OUTBOX}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,7 +11,20 @@ from celery.exceptions import Ignore
 
 from workers import keys
 from workers.app import backend_client, celery_app, settings
+from workers.mail import (
+    MailNotConfigured,
+    MailSettings,
+    MailtrapSender,
+    MailUnavailable,
+    OutgoingMail,
+    Sender,
+    backoff_delay,
+)
+from workers.outbox import DevOutbox
 from workers.progress import ProgressReporter
+from workers.sent import SentRecord
+
+mail_settings = MailSettings.from_env()
 
 
 class TaskcastTask(Task):  # type: ignore[type-arg]
@@ -41,3 +55,60 @@ def progress(self: TaskcastTask, total: int = 100, step_seconds: float = 1.0) ->
             time.sleep(step_seconds)
             reporter.update(current)
     return {"status": "completed"}
+
+
+def compose(to: str, data: dict[str, Any], task_id: str) -> OutgoingMail:
+    """Process ``data`` into the e-mail that reports it."""
+    rendered = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    return OutgoingMail(
+        to=to,
+        subject="Your data has been processed",
+        text=f"Your data has been processed ({len(data)} fields):\n\n{rendered}\n",
+        task_id=task_id,
+    )
+
+
+def mail_sender() -> Sender:
+    """Mailtrap when a token is set; else the dev outbox in dev mode; else nowhere."""
+    if mail_settings.token:
+        return MailtrapSender(mail_settings)
+    if mail_settings.dev:
+        return DevOutbox(
+            backend_client(), settings.key_prefix, mail_settings, settings.result_expires
+        )
+    raise MailNotConfigured(
+        "MAILTRAP_API_TOKEN is not set: set it to send e-mail, "
+        "or TASKCAST_DEV=1 to keep e-mail in the dev outbox"
+    )
+
+
+@celery_app.task(base=TaskcastTask, bind=True, name="taskcast.email")
+def email(self: TaskcastTask, to: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Process ``data`` and e-mail the result to ``to``: the tutorial's third job.
+
+    Transient failures are retried with backoff, permanent ones fail at once, and the
+    e-mail is sent at most once per task id however often the task runs.
+    """
+    task_id = str(self.request.id)
+    progress = ProgressReporter(self, total=2, min_interval=0)
+    progress.update(0, "processing")
+    mail = compose(to, data, task_id)
+    progress.update(1, "sending")
+    sent = SentRecord(backend_client(), settings.key_prefix, settings.result_expires)
+    message_ids = sent.get(task_id)
+    if message_ids is None:
+        message_ids = _send(self, mail)
+        sent.put(task_id, message_ids)
+    return {"status": "sent", "message_ids": message_ids}
+
+
+def _send(task: TaskcastTask, mail: OutgoingMail) -> list[str]:
+    try:
+        return mail_sender().send(mail)
+    except MailUnavailable as exc:
+        retries = task.request.retries
+        if retries >= mail_settings.max_retries:
+            raise MailUnavailable(f"{exc}; gave up after {retries + 1} attempts") from None
+        delay = backoff_delay(retries, mail_settings.retry_backoff, mail_settings.retry_backoff_max)
+        # The retry keeps the task id, so it finds the sent record of this task.
+        raise task.retry(exc=exc, countdown=delay, max_retries=mail_settings.max_retries) from None

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+# Largest ``data`` an e-mail task accepts, as JSON: it is rendered into the e-mail's body.
+MAX_EMAIL_DATA_BYTES = 16 * 1024
 
 
 class Params(BaseModel):
@@ -22,6 +27,22 @@ class ProgressParams(Params):
     step_seconds: float = Field(1.0, ge=0, le=60, description="Seconds per step.")
 
 
+class EmailParams(Params):
+    to: EmailStr = Field(description="Where the e-mail goes.")
+    data: dict[str, Any] = Field(
+        description=f"The data to process: a JSON object of at most {MAX_EMAIL_DATA_BYTES} "
+        "bytes, reported in the e-mail."
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _small_enough(cls, data: dict[str, Any]) -> dict[str, Any]:
+        size = len(orjson.dumps(data))
+        if size > MAX_EMAIL_DATA_BYTES:
+            raise ValueError(f"must be at most {MAX_EMAIL_DATA_BYTES} bytes as JSON, got {size}")
+        return data
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """A task as the API names it: the Celery task it runs and its parameter model."""
@@ -35,5 +56,8 @@ TASKS: dict[str, TaskSpec] = {
     "sleep": TaskSpec("taskcast.sleep", SleepParams, "Wait a number of seconds."),
     "progress": TaskSpec(
         "taskcast.progress", ProgressParams, "Count to a total, reporting progress."
+    ),
+    "email": TaskSpec(
+        "taskcast.email", EmailParams, "Process data, then e-mail the result through Mailtrap."
     ),
 }

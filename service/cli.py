@@ -53,6 +53,8 @@ def run_dev(args: argparse.Namespace) -> int:
             embedded.start()
             redis_url, where = embedded.url, "embedded, nothing kept on disk"
         supervisor.env["TASKCAST_REDIS_URL"] = redis_url
+        # Dev mode: without a Mailtrap token, e-mail goes to the dev outbox.
+        supervisor.env["TASKCAST_DEV"] = "1"
 
         python = sys.executable
         supervisor.spawn(
@@ -79,10 +81,15 @@ def run_dev(args: argparse.Namespace) -> int:
             print("taskcast dev: the web service did not start", file=sys.stderr, flush=True)
             return 1
         if not stop.is_set():
+            if supervisor.env.get("MAILTRAP_API_TOKEN"):
+                mail = "through Mailtrap (MAILTRAP_API_TOKEN is set)"
+            else:
+                mail = f"{base}/dev/outbox  (no MAILTRAP_API_TOKEN: nothing is sent)"
             print(
                 f"taskcast dev is ready\n"
                 f"  API        {base}/tasks/{{name}}  (OpenAPI: {base}/openapi.json)\n"
                 f"  WebSocket  ws://{args.host}:{args.port}/ws\n"
+                f"  E-mail     {mail}\n"
                 f"  Redis      {describe_redis(redis_url)} ({where})\n"
                 f"Press Ctrl-C to stop.",
                 flush=True,

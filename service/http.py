@@ -18,7 +18,8 @@ from service.status import Status, decode_status
 from service.validation import parse_params, parse_task_id, read_body
 
 
-def _state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
+    """What the lifespan opened for this process."""
     state: AppState = request.app.state.taskcast
     return state
 
@@ -34,14 +35,14 @@ def task_links(request: Request, task_id: str) -> dict[str, str]:
 async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
     """Publish a task, answering 503 (and queueing nothing) when the broker is down."""
     try:
-        return await _state(request).dispatcher.submit(celery_name, dict(kwargs))
+        return await app_state(request).dispatcher.submit(celery_name, dict(kwargs))
     except DispatchError as exc:
         raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
 
 
 async def read_status(request: Request, task_id: str) -> Status:
     """The status of a known task, or 404 ``unknown_task``."""
-    raw = await _state(request).store.read(task_id)
+    raw = await app_state(request).store.read(task_id)
     if raw is None:
         raise ApiError(404, "unknown_task", f"no task with id {task_id}")
     return decode_status(task_id, raw)
@@ -53,7 +54,7 @@ async def submit(request: Request) -> Response:
     if spec is None:
         known = ", ".join(sorted(TASKS))
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
-    body = await read_body(request, _state(request).settings.max_body_bytes)
+    body = await read_body(request, app_state(request).settings.max_body_bytes)
     params = parse_params(spec.params, body)
     task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
     links = task_links(request, task_id)
@@ -70,7 +71,7 @@ async def cancel_task(request: Request) -> Response:
     status = await read_status(request, task_id)
     if status["final"]:
         raise ApiError(409, "already_final", f"task {task_id} already ended {status['state']}")
-    await _state(request).dispatcher.revoke(task_id)
+    await app_state(request).dispatcher.revoke(task_id)
     return json_response(task_links(request, task_id), status_code=202)
 
 
@@ -79,7 +80,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     try:
         async with asyncio.timeout(state.settings.ready_timeout):
             await state.redis.ping()

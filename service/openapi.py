@@ -10,7 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import tutorial
-from service.catalog import TASKS
+from service.catalog import TASKS, EmailParams
+from service.http import app_state
 from service.responses import json_response
 
 _ID = {
@@ -85,8 +86,8 @@ _SCHEMAS: dict[str, Any] = {
 
 
 @cache
-def spec() -> dict[str, Any]:
-    """Build the document once; it only depends on code."""
+def spec(dev: bool = False) -> dict[str, Any]:
+    """Build the document once per mode; it only depends on code and on dev mode."""
     schemas = dict(_SCHEMAS)
     paths: dict[str, Any] = {}
     for name, task in TASKS.items():
@@ -161,6 +162,27 @@ def spec() -> dict[str, Any]:
             "responses": {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")},
         }
     }
+    paths["/process-and-email/"] = {
+        "post": {
+            "summary": "Tutorial: queue the e-mail job; the JSON body is the data to process.",
+            "parameters": _query(tutorial.EmailQuery),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": EmailParams.model_json_schema()["properties"]["data"]
+                    }
+                },
+            },
+            "responses": {
+                "200": _ok("Queued.", {"type": "object"}),
+                "400": _error("Body is not JSON."),
+                "413": _error("Body too large."),
+                "422": _error("Bad query or data."),
+                "503": _error("Broker unavailable."),
+            },
+        }
+    }
     paths["/process-data-with-status/"] = {
         "post": {
             "summary": "Tutorial: queue a job that reports progress.",
@@ -179,6 +201,13 @@ def spec() -> dict[str, Any]:
             },
         }
     }
+    if dev:
+        paths["/dev/outbox"] = {
+            "get": {
+                "summary": "Dev mode only: e-mail kept instead of sent, newest first.",
+                "responses": {"200": _ok("The dev outbox.", {"type": "object"})},
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "taskcast", "version": "1"},
@@ -188,7 +217,7 @@ def spec() -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return json_response(spec())
+    return json_response(spec(app_state(request).settings.dev))
 
 
 routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -34,6 +34,8 @@ class Settings:
     # permessage-deflate: off, since for small JSON frames it costs far more CPU and
     # memory per socket than it saves.
     ws_deflate: bool = False
+    # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
+    dev: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,4 +49,5 @@ class Settings:
             max_subscriptions=int(env.get("TASKCAST_MAX_SUBSCRIPTIONS", "100")),
             ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
             ws_deflate=parse_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
+            dev=parse_bool(env.get("TASKCAST_DEV", "")),
         )

@@ -12,16 +12,16 @@ from typing import Any
 
 import anyio.to_thread
 from celery import states
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.catalog import TASKS
-from service.http import dispatch_task, read_status
+from service.catalog import TASKS, EmailParams
+from service.http import app_state, dispatch_task, read_status
 from service.responses import json_response
 from service.status import Status
-from service.validation import parse_query, parse_task_id
+from service.validation import check_params, parse_json, parse_query, parse_task_id, read_body
 from workers import tasks
 from workers.states import SENT
 
@@ -36,6 +36,10 @@ class SleepQuery(_Query):
 
 class ProgressQuery(_Query):
     time: int = Field(ge=1, le=100_000, description="Seconds the job runs, one step each.")
+
+
+class EmailQuery(_Query):
+    email: EmailStr = Field(description="Where the e-mail goes.")
 
 
 async def sync_process(request: Request) -> Response:
@@ -56,6 +60,18 @@ async def process_data_with_status(request: Request) -> Response:
     kwargs = {"total": query.time, "step_seconds": 1.0}
     task_id = await dispatch_task(request, TASKS["progress"].celery_name, kwargs)
     return json_response({"task_id": task_id})
+
+
+async def process_and_email(request: Request) -> Response:
+    """Queue the e-mail job: the address in the query, the data as the JSON body."""
+    query = parse_query(EmailQuery, request)
+    body = await read_body(request, app_state(request).settings.max_body_bytes)
+    values: dict[str, Any] = {"to": query.email}
+    if body.strip():
+        values["data"] = parse_json(body)
+    params = check_params(EmailParams, values)
+    task_id = await dispatch_task(request, TASKS["email"].celery_name, params.model_dump())
+    return json_response({"message": "Email task started", "task_id": task_id})
 
 
 def tutorial_shape(status: Status) -> dict[str, Any]:
@@ -89,6 +105,7 @@ async def task_status(request: Request) -> Response:
 routes = [
     Route("/sync-process/", sync_process, methods=["GET"]),
     Route("/async-process/", async_process, methods=["GET"]),
+    Route("/process-and-email/", process_and_email, methods=["POST"]),
     Route("/process-data-with-status/", process_data_with_status, methods=["POST"]),
     Route("/task-status/{task_id}", task_status, methods=["GET"]),
 ]

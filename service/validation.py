@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
@@ -45,14 +46,38 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _not_json() -> ApiError:
+    return ApiError(400, "invalid_json", "request body is not valid JSON")
+
+
+def _invalid_params(exc: ValidationError) -> ApiError:
+    return ApiError(422, "invalid_params", describe_validation_error(exc))
+
+
 def parse_params(model: type[P], body: bytes) -> P:
     """Validate a JSON object body against ``model``; an empty body means no parameters."""
     try:
         return model.model_validate_json(body if body.strip() else b"{}")
     except ValidationError as exc:
         if any(problem["type"] == "json_invalid" for problem in exc.errors()):
-            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
-        raise ApiError(422, "invalid_params", describe_validation_error(exc)) from None
+            raise _not_json() from None
+        raise _invalid_params(exc) from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON body, decoded; 400 when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _not_json() from None
+
+
+def check_params(model: type[P], values: dict[str, Any]) -> P:
+    """Validate parameters gathered from several parts of a request against ``model``."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid_params(exc) from None
 
 
 def parse_query(model: type[Q], request: Request) -> Q:

@@ -12,6 +12,7 @@ from tests import env  # first: fixes the environment before taskcast is importe
 # isort: split
 from service.hub import Hub
 from service.state import AppState
+from tests.mailtrap_server import FakeMailtrap
 from tests.support import WorkerProcess, running_server
 from workers.app import celery_app
 
@@ -39,6 +40,21 @@ def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def mailtrap_server() -> Iterator[FakeMailtrap]:
+    """The session's fake Mailtrap, which every worker sends to (see ``tests.env``)."""
+    env.MAILTRAP.start()
+    yield env.MAILTRAP
+    env.MAILTRAP.stop()
+
+
+@pytest.fixture
+def mailtrap(mailtrap_server: FakeMailtrap) -> FakeMailtrap:
+    """The fake Mailtrap, with nothing received yet and nothing scripted."""
+    mailtrap_server.reset()
+    return mailtrap_server
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
+import redis
+import redis.asyncio
 import uvicorn
 import websockets.asyncio.client
 from starlette.applications import Starlette
@@ -22,6 +24,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from service.devstack import free_port
+from workers import keys
+from workers.states import FINAL_STATES
 
 T = TypeVar("T")
 
@@ -64,6 +68,44 @@ async def wait_for_state(
 
 def final(status: dict[str, Any]) -> bool:
     return bool(status["final"])
+
+
+def task_keys(client: redis.Redis, prefix: str) -> set[bytes]:
+    """The record keys of every task this session has published so far."""
+    return set(client.scan_iter(match=keys.task_meta_key(prefix, "*"), count=1000))
+
+
+class Published:
+    """Every record the result backend PUBLISHes for one task, in order.
+
+    Enter it before the task is sent: then no state is missed however brief, such as
+    a RETRY that lasts only as long as its retry's countdown.
+    """
+
+    def __init__(self, redis_url: str, prefix: str, task_id: str) -> None:
+        self._channel = keys.task_meta_key(prefix, task_id)
+        self._pubsub = redis.asyncio.Redis.from_url(redis_url).pubsub()
+        self.records: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> Published:
+        await self._pubsub.subscribe(self._channel)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pubsub.aclose()
+
+    async def until_final(self, within: float = 15.0) -> list[dict[str, Any]]:
+        """The records so far, once the last of them is a final state."""
+
+        async def collect() -> list[dict[str, Any]]:
+            while (message := await self._pubsub.get_message(timeout=0.05)) is not None:
+                if message["type"] == "message":
+                    self.records.append(json.loads(message["data"]))
+            return self.records
+
+        return await eventually(
+            collect, lambda records: bool(records) and records[-1]["status"] in FINAL_STATES, within
+        )
 
 
 class WorkerProcess:

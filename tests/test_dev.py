@@ -16,7 +16,7 @@ from tests.support import ROOT, eventually, final, wait_for_state
 
 async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCAST_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "MAILTRAP_"))}
     taskcast = os.path.join(os.path.dirname(sys.executable), "taskcast")
     process = await asyncio.create_subprocess_exec(
         taskcast, "dev", "--port", str(port),
@@ -45,6 +45,7 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
         assert "taskcast dev is ready" in text, text
         assert "(embedded, nothing kept on disk)" in text
         assert f"http://127.0.0.1:{port}/tasks/{{name}}" in text
+        assert f"E-mail     http://127.0.0.1:{port}/dev/outbox" in text
 
         descendants = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in descendants)
@@ -56,6 +57,17 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
             done = await wait_for_state(http, response.json()["task_id"], final, within=30)
             assert done["state"] == "SUCCESS"
             assert done["progress"]["percent"] == 100.0
+
+            # No Mailtrap token: the e-mail lands in the dev outbox.
+            response = await http.post(
+                "/tasks/email", json={"to": "ada@example.com", "data": {"n": 1}}
+            )
+            task_id = response.json()["task_id"]
+            sent = await wait_for_state(http, task_id, final, within=30)
+            assert sent["state"] == "SUCCESS", sent
+            [entry] = (await http.get("/dev/outbox")).json()["messages"]
+            assert (entry["task_id"], entry["to"]) == (task_id, "ada@example.com")
+            assert sent["result"]["message_ids"] == [entry["message_id"]]
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

@@ -12,11 +12,7 @@ from starlette.routing import Route
 from service.app import create_app
 from service.catalog import TASKS
 from tests import env
-from tests.support import final, wait_for_state
-
-
-def task_keys(redis_client: redis.Redis) -> set[bytes]:
-    return set(redis_client.scan_iter(match=f"{env.KEY_PREFIX}celery-task-meta-*", count=1000))
+from tests.support import final, task_keys, wait_for_state
 
 
 async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncClient) -> None:
@@ -83,18 +79,25 @@ async def test_unknown_and_malformed_ids(client: httpx.AsyncClient) -> None:
         ("progress", {"total": True}, "total"),
         ("progress", {"step_seconds": 61}, "step_seconds"),
         ("progress", {"totl": 5}, "totl"),
+        ("email", {"to": "not-an-address", "data": {}}, "to"),
+        ("email", {"to": "someone@example", "data": {}}, "to"),
+        ("email", {"data": {}}, "to"),
+        ("email", {"to": "someone@example.com"}, "data"),
+        ("email", {"to": "someone@example.com", "data": [1, 2]}, "data"),
+        ("email", {"to": "someone@example.com", "data": {"pad": "x" * 17_000}}, "data"),
+        ("email", {"to": "someone@example.com", "data": {}, "cc": "x@example.com"}, "cc"),
     ],
 )
 async def test_bad_params_are_422_naming_the_field_and_queue_nothing(
     client: httpx.AsyncClient, redis_client: redis.Redis, name: str, body: object, field: str
 ) -> None:
-    before = task_keys(redis_client)
+    before = task_keys(redis_client, env.KEY_PREFIX)
     response = await client.post(f"/tasks/{name}", json=body)
     assert response.status_code == 422
     error = response.json()
     assert error["error"] == "invalid_params"
     assert error["detail"].startswith(f"{field}: ")
-    assert task_keys(redis_client) == before
+    assert task_keys(redis_client, env.KEY_PREFIX) == before
 
 
 @pytest.mark.parametrize(
@@ -133,7 +136,7 @@ async def test_unknown_task_name_and_routes_are_json_errors(client: httpx.AsyncC
     assert unknown.status_code == 404
     assert unknown.json() == {
         "error": "unknown_task_name",
-        "detail": "no task named 'rm-rf'; known: progress, sleep",
+        "detail": "no task named 'rm-rf'; known: email, progress, sleep",
     }
     nowhere = await client.get("/nowhere")
     assert (nowhere.status_code, nowhere.json()["error"]) == (404, "not_found")

@@ -320,7 +320,7 @@ async def test_the_tutorial_path_queues_the_email_job(
     done = await wait_for_state(client, body["task_id"], final)
     assert done["state"] == "SUCCESS"
     [request] = mailtrap.received
-    text = 'Your data has been processed (1 fields):\n\n{\n  "name": "Ada"\n}\n'
+    text = 'Your data has been processed (1 field):\n\n{\n  "name": "Ada"\n}\n'
     assert request.body == expected_request("ada@example.com", body["task_id"], text)
 
 

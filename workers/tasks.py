@@ -60,10 +60,11 @@ def progress(self: TaskcastTask, total: int = 100, step_seconds: float = 1.0) ->
 def compose(to: str, data: dict[str, Any], task_id: str) -> OutgoingMail:
     """Process ``data`` into the e-mail that reports it."""
     rendered = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    fields = "1 field" if len(data) == 1 else f"{len(data)} fields"
     return OutgoingMail(
         to=to,
         subject="Your data has been processed",
-        text=f"Your data has been processed ({len(data)} fields):\n\n{rendered}\n",
+        text=f"Your data has been processed ({fields}):\n\n{rendered}\n",
         task_id=task_id,
     )
 

@@ -120,11 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        # The sans-I/O implementation: its send() only waits while that one socket's
-        # buffer is full, which the hub's per-connection mailboxes rely on.
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=settings.ws_deflate,
+        **settings.uvicorn_options(),
     )
     return 0
 

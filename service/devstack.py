@@ -105,9 +105,14 @@ class Supervisor:
         name: str,
         argv: Sequence[str],
         stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
+        env: Mapping[str, str] | None = None,
     ) -> Child:
+        """Start ``argv`` in its own process group, with ``env`` or else the supervisor's."""
         process = subprocess.Popen(
-            list(argv), env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            list(argv),
+            env=dict(self.env if env is None else env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         child = Child(name, process, stop_signals)
         self.children.append(child)

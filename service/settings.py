@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from workers.app import settings as celery_settings
 from workers.config import CelerySettings, parse_bool
@@ -36,6 +37,16 @@ class Settings:
     ws_deflate: bool = False
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The WebSocket options taskcast serves with (benchmarks reuse them for a baseline)."""
+        return {
+            # The sans-I/O implementation: its send() only waits while that one socket's
+            # buffer is full, which the hub's per-connection mailboxes rely on.
+            "ws": "websockets-sansio",
+            "ws_max_size": self.ws_max_message_bytes,
+            "ws_per_message_deflate": self.ws_deflate,
+        }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -18,7 +18,7 @@ from service.hub import Hub
 from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
 from service.settings import Settings
 from service.state import AppState
-from service.subscriber import Kind, MailboxOverflow, Subscriber
+from service.subscriber import MailboxOverflow, Subscriber
 from service.validation import is_task_id
 
 # How long a close frame may wait for a congested socket before the connection is dropped.
@@ -47,8 +47,8 @@ async def ws_task(websocket: WebSocket) -> None:
 async def _serve(websocket: WebSocket, first_task: str | None) -> None:
     state: AppState = websocket.app.state.taskcast
     hub = state.hub
-    subscriber = Subscriber()
-    sender = asyncio.create_task(_send(websocket, subscriber, single=first_task is not None))
+    subscriber = Subscriber(websocket.send_text, single=first_task is not None)
+    sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
         _receive(websocket, hub, subscriber, state.settings, multiplexed=first_task is None)
     )
@@ -71,20 +71,6 @@ async def _serve(websocket: WebSocket, first_task: str | None) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await websocket.close(code)
-
-
-async def _send(websocket: WebSocket, subscriber: Subscriber, single: bool) -> int | None:
-    """Drain the mailbox; on ``/ws/tasks/{id}`` the terminal frame ends the connection."""
-    loop = asyncio.get_running_loop()
-    send = websocket.send_text
-    while True:
-        frames = await subscriber.take()
-        for frame, kind in frames:
-            subscriber.sending_since = loop.time()
-            await send(frame)
-            if single and kind.terminal:
-                return protocol.CLOSE_NORMAL if kind is Kind.FINAL else protocol.CLOSE_UNKNOWN_TASK
-        subscriber.sending_since = None
 
 
 async def _receive(

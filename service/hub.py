@@ -67,6 +67,8 @@ class Hub:
         self.healthy = True
         # Every connection's mailbox, with its sender (cancelled if the client stalls).
         self.connections: dict[Subscriber, asyncio.Task[object]] = {}
+        # The connections whose send is waiting on the client (kept by the subscribers).
+        self.stalled: set[Subscriber] = set()
         self._watches: dict[str, _Watch] = {}
         self._to_read: set[str] = set()
         self._to_subscribe: set[str] = set()
@@ -92,6 +94,7 @@ class Hub:
         for task_id in list(subscriber.tasks):
             self.unwatch(task_id, subscriber)
         self.connections.pop(subscriber, None)
+        self.stalled.discard(subscriber)
 
     def watch(self, task_id: str, subscriber: Subscriber) -> None:
         """Subscribe; the current status reaches the mailbox now (if known) or after one read."""
@@ -290,8 +293,8 @@ class Hub:
 
     def _reap_slow_clients(self, now: float) -> None:
         limit = self.slow_client_timeout
-        for subscriber, sender in list(self.connections.items()):
-            since = subscriber.sending_since
-            if since is not None and now - since > limit and not sender.done():
+        for subscriber in list(self.stalled):
+            since, sender = subscriber.sending_since, self.connections.get(subscriber)
+            if since is not None and now - since > limit and sender and not sender.done():
                 logger.info("closing a client that stopped reading for %.0f s", now - since)
                 sender.cancel(msg="slow client")

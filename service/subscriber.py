@@ -29,14 +29,14 @@ Send = Callable[[str], Coroutine[Any, Any, None]]
 class Kind(enum.Enum):
     """What a frame means for the subscription it belongs to."""
 
-    STATUS = "status"  # a non-final status: more may follow
-    FINAL = "final"  # the final status: the subscription ends
-    UNKNOWN = "unknown"  # no such task: the subscription ends
-    REPLY = "reply"  # an answer to the client (pong, error, unsubscribed)
+    STATUS = ("status", False)  # a non-final status: more may follow
+    FINAL = ("final", True)  # the final status: the subscription ends
+    UNKNOWN = ("unknown", True)  # no such task: the subscription ends
+    REPLY = ("reply", False)  # an answer to the client (pong, error, unsubscribed)
 
-    @property
-    def terminal(self) -> bool:
-        return self in (Kind.FINAL, Kind.UNKNOWN)
+    def __init__(self, label: str, terminal: bool) -> None:
+        # A plain attribute, not a property: it is read once per client per change.
+        self.terminal = terminal
 
 
 class MailboxOverflow(Exception):
@@ -59,13 +59,14 @@ class Subscriber:
     """One connection: its pending frames, its live subscriptions, and its sender."""
 
     __slots__ = (
+        "_busy",
         "_failure",
         "_loop",
         "_pending",
         "_replies",
         "_send",
-        "_sending",
         "_stalled",
+        "_stalled_set",
         "_wakeup",
         "close_code",
         "max_replies",
@@ -74,8 +75,18 @@ class Subscriber:
         "tasks",
     )
 
-    def __init__(self, send: Send, *, single: bool = False, max_replies: int = 256) -> None:
+    def __init__(
+        self,
+        send: Send,
+        stalled: set[Subscriber],
+        *,
+        single: bool = False,
+        max_replies: int = 256,
+    ) -> None:
         self._send = send
+        # Shared by every connection: those whose send waits on the client right now,
+        # so the hub's slow-client reaper looks at them and not at everyone.
+        self._stalled_set = stalled
         self._loop = asyncio.get_running_loop()
         # Status frames are keyed by task id (the newest replaces the older); replies by
         # a counter (never coalesced). Dicts keep insertion order.
@@ -85,7 +96,9 @@ class Subscriber:
         # A send that found the socket's buffer full, for the sender to finish.
         self._stalled: tuple[Coroutine[Any, Any, None], Any, Kind] | None = None
         self._failure: Exception | None = None
-        self._sending = False
+        # Whether the sender owns the connection (a send or frames are outstanding): then
+        # frames queue in the mailbox, behind what is already there, so order holds.
+        self._busy = False
         # One task per socket (/ws/tasks/{id}): its terminal frame ends the connection.
         self.single = single
         self.max_replies = max_replies
@@ -101,15 +114,15 @@ class Subscriber:
         """Called by the hub with a task's newest frame."""
         if kind.terminal:
             self.tasks.discard(task_id)
-        if self._idle():
-            self._send_now(frame, kind)
-        else:
+        if self._busy:
             self._pending[task_id] = (frame, kind)
             self._wake()
+        else:
+            self._send_now(frame, kind)
 
     def reply(self, frame: str) -> None:
         """Send an answer to the client, after whatever is already pending."""
-        if self._idle():
+        if not self._busy:
             self._send_now(frame, Kind.REPLY)
             return
         if len(self._pending) >= self.max_replies + len(self.tasks):
@@ -128,49 +141,45 @@ class Subscriber:
         socket; raises whatever a send raised (the client is gone).
         """
         while True:
-            if self._failure is not None:
-                raise self._failure
-            self._sending = True
-            if self._stalled is not None:
-                send, waiting_on, kind = self._stalled
-                self._stalled = None
-                await _finish(send, waiting_on)
-                self._sent(kind)
+            await self._finish_stalled()
             while self._pending and self.close_code is None:
                 frames = list(self._pending.values())
                 self._pending.clear()
                 for frame, kind in frames:
-                    self.sending_since = self._loop.time()
-                    await self._send(frame)
-                    self._sent(kind)
+                    self._send_now(frame, kind)
+                    await self._finish_stalled()
                     if self.close_code is not None:
                         break
-            self._sending = False
-            self.sending_since = None
             if self.close_code is not None:
                 return self.close_code
-            if self._stalled is None and self._failure is None:
-                self._wakeup = self._loop.create_future()
-                try:
-                    await self._wakeup
-                finally:
-                    self._wakeup = None
+            self._busy = False
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
 
-    def _idle(self) -> bool:
-        return not (
-            self._pending
-            or self._sending
-            or self._stalled is not None
-            or self._failure is not None
-            or self.close_code is not None
-        )
+    async def _finish_stalled(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._stalled is None:
+            return
+        send, waiting_on, kind = self._stalled
+        try:
+            await _finish(send, waiting_on)
+        finally:
+            self._stalled = None
+            self.sending_since = None
+            self._stalled_set.discard(self)
+        self._sent(kind)
 
     def _send_now(self, frame: str, kind: Kind) -> None:
         send = self._send(frame)
         try:
             waiting_on = send.send(None)
         except StopIteration:
-            self._sent(kind)
+            if kind.terminal and self.single:
+                self._sent(kind)
         except Exception as exc:  # the client is gone: its sender ends the connection
             self._failure = exc
             self._wake()
@@ -179,6 +188,7 @@ class Subscriber:
             # serves: the connection's own sender finishes this send instead.
             self._stalled = (send, waiting_on, kind)
             self.sending_since = self._loop.time()
+            self._stalled_set.add(self)
             self._wake()
 
     def _sent(self, kind: Kind) -> None:
@@ -187,6 +197,7 @@ class Subscriber:
             self._wake()
 
     def _wake(self) -> None:
+        self._busy = True
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)

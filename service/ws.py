@@ -47,7 +47,7 @@ async def ws_task(websocket: WebSocket) -> None:
 async def _serve(websocket: WebSocket, first_task: str | None) -> None:
     state: AppState = websocket.app.state.taskcast
     hub = state.hub
-    subscriber = Subscriber(websocket.send_text, single=first_task is not None)
+    subscriber = Subscriber(websocket.send_text, hub.stalled, single=first_task is not None)
     sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
         _receive(websocket, hub, subscriber, state.settings, multiplexed=first_task is None)

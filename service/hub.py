@@ -3,7 +3,8 @@
 It knows which task ids have subscribers, reads their result-backend keys in batches
 (MGET, one round trip per 1,000 keys, however many clients watch each task), compares
 the raw bytes with the last ones seen, and only then decodes and encodes, once per
-change, handing the frame to every subscriber's mailbox.
+change, handing the frame to every subscriber (see ``service.subscriber``: written at
+once to a socket with room, else kept in that connection's mailbox; never awaited).
 
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
 The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
@@ -206,9 +207,10 @@ class Hub:
                 status = decode_status(task_id, raw)
                 watch.frame = status_message(status)
                 watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
+            frame, kind = watch.frame, watch.kind
             for subscriber in watch.subscribers:
-                subscriber.offer(task_id, watch.frame, watch.kind)
-            if watch.kind.terminal:
+                subscriber.offer(task_id, frame, kind)
+            if kind.terminal:
                 # Handed out to everyone watching: the subscription is over.
                 self._forget(task_id)
 

@@ -1,0 +1,276 @@
+"""Load generators: many WebSocket clients, or HTTP pollers, in processes of their own.
+
+A benchmark client must cost far less than the server it measures, or it measures
+itself. So each socket is the ``websockets`` library's sans-I/O client protocol on a
+bare asyncio transport: no task, no queue, just frame parsing and a counter. Clients
+do not decode frames; they note when the k-th frame of every socket has arrived, and
+the process reports the first and last arrival of each k to the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import WebSocketURI, parse_uri
+
+# Sockets a process opens at once: enough to connect thousands quickly, few enough
+# not to overflow the server's listen backlog.
+_CONNECTING = 64
+
+_context = multiprocessing.get_context("spawn")
+
+
+class _Tally:
+    """When the k-th frame reached each socket of this process; reports each full k."""
+
+    def __init__(self, sockets: int, report: Connection) -> None:
+        self.sockets = sockets
+        self.report = report
+        self.arrivals: dict[int, list[float]] = {}  # k -> [count, first, last]
+        self.closing = False
+
+    def received(self, k: int) -> None:
+        now = time.time()
+        entry = self.arrivals.get(k)
+        if entry is None:
+            entry = self.arrivals[k] = [0, now, now]
+        entry[0] += 1
+        entry[2] = now
+        if entry[0] == self.sockets:
+            del self.arrivals[k]
+            self.report.send(("frame", k, entry[1], entry[2]))
+
+    def failed(self, why: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.report.send(("error", why))
+
+
+class _Socket(asyncio.Protocol):
+    """One WebSocket client that counts the text frames it receives."""
+
+    def __init__(self, uri: WebSocketURI, tally: _Tally) -> None:
+        self.protocol = ClientProtocol(uri, max_size=None)
+        self.tally = tally
+        self.frames = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    self.frames += 1
+                    self.tally.received(self.frames)
+            elif isinstance(event, Response) and event.status_code != 101:
+                self.tally.failed(f"handshake refused: HTTP {event.status_code}")
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tally.failed(f"a socket closed early (code {self.protocol.close_code}, {exc!r})")
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+
+async def _run_sockets(report: Connection, urls: Sequence[str]) -> None:
+    loop = asyncio.get_running_loop()
+    tally = _Tally(len(urls), report)
+    stop = asyncio.Event()
+    # Any word from the driver means stop.
+    loop.add_reader(report.fileno(), stop.set)
+    gate = asyncio.Semaphore(_CONNECTING)
+    transports: list[asyncio.BaseTransport] = []
+
+    async def open_one(url: str) -> None:
+        uri = parse_uri(url)
+        async with gate:
+            transport, _ = await loop.create_connection(
+                lambda: _Socket(uri, tally), uri.host, uri.port
+            )
+        transports.append(transport)
+
+    try:
+        await asyncio.gather(*(open_one(url) for url in urls))
+    except OSError as exc:
+        tally.failed(f"cannot connect: {exc!r}")
+    await stop.wait()
+    tally.closing = True
+    for transport in transports:
+        transport.abort()
+
+
+def _sockets_main(report: Connection, urls: Sequence[str]) -> None:
+    asyncio.run(_run_sockets(report, urls))
+
+
+class Sockets:
+    """WebSocket clients to ``urls``, spread over ``processes`` processes.
+
+    Every socket's first frame (the snapshot, or the baseline's greeting) means it is
+    connected and subscribed; the context manager returns once all of them have it.
+    """
+
+    def __init__(self, urls: Sequence[str], processes: int = 2, timeout: float = 120.0) -> None:
+        self.shares = [list(urls[i::processes]) for i in range(processes) if urls[i::processes]]
+        self.timeout = timeout
+        self.pipes: list[Connection] = []
+        self.processes: list[Any] = []
+
+    def __enter__(self) -> Sockets:
+        for share in self.shares:
+            here, there = _context.Pipe()
+            process = _context.Process(target=_sockets_main, args=(there, share), daemon=True)
+            process.start()
+            self.pipes.append(here)
+            self.processes.append(process)
+        self.frame(1, self.timeout)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send("stop")
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def frame(self, k: int, timeout: float = 60.0) -> tuple[float, float]:
+        """Wait until every socket has its k-th frame; the first and last arrival times."""
+        deadline = time.monotonic() + timeout
+        arrivals: list[tuple[float, float]] = []
+        waiting = list(self.pipes)
+        while waiting:
+            left = deadline - time.monotonic()
+            ready = multiprocessing.connection.wait(waiting, timeout=max(left, 0))
+            if not ready:
+                raise TimeoutError(f"frame {k} did not reach every socket within {timeout} s")
+            for pipe in ready:
+                assert isinstance(pipe, Connection)
+                message = pipe.recv()
+                if message[0] == "error":
+                    raise RuntimeError(message[1])
+                if message[1] == k:
+                    arrivals.append((message[2], message[3]))
+                    waiting.remove(pipe)
+        return min(first for first, _ in arrivals), max(last for _, last in arrivals)
+
+
+async def _run_pollers(
+    report: Connection, address: str, paths: Sequence[str], period: float, duration: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    host, port = address.rsplit(":", 1)
+    streams = [await asyncio.open_connection(host, int(port)) for _ in paths]
+    report.send(("ready",))
+    go = asyncio.Event()
+    loop.add_reader(report.fileno(), go.set)
+    await go.wait()
+    loop.remove_reader(report.fileno())
+    report.recv()
+    start = loop.time()
+    deadline = start + duration
+    done = failed = 0
+
+    async def poll(i: int, path: str) -> None:
+        nonlocal done, failed
+        reader, writer = streams[i]
+        request = f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode()
+        # Spread over the period, as independent clients would be.
+        due = start + period * i / len(paths)
+        while due < deadline:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            done += 1
+            if not head.startswith(b"HTTP/1.1 200"):
+                failed += 1
+            due += period
+
+    await asyncio.gather(*(poll(i, path) for i, path in enumerate(paths)))
+    report.send(("polled", done, failed, loop.time() - start))
+    for _, writer in streams:
+        writer.close()
+
+
+def _pollers_main(
+    report: Connection, address: str, paths: Sequence[str], period: float, duration: float
+) -> None:
+    asyncio.run(_run_pollers(report, address, paths, period, duration))
+
+
+class Pollers:
+    """HTTP clients, each requesting its path once per ``period`` on a kept-alive connection."""
+
+    def __init__(
+        self,
+        address: str,
+        paths: Sequence[str],
+        period: float,
+        duration: float,
+        processes: int = 2,
+    ) -> None:
+        self.processes = []
+        self.pipes: list[Connection] = []
+        for i in range(processes):
+            share = list(paths[i::processes])
+            if not share:
+                continue
+            here, there = _context.Pipe()
+            args = (there, address, share, period, duration)
+            self.processes.append(_context.Process(target=_pollers_main, args=args, daemon=True))
+            self.pipes.append(here)
+
+    def run(self, on_start: Any = None) -> tuple[int, int, float]:
+        """Connect, then poll for the duration; requests done, failed, and seconds taken."""
+        for process in self.processes:
+            process.start()
+        for pipe in self.pipes:
+            if pipe.recv()[0] != "ready":
+                raise RuntimeError("a poller did not connect")
+        if on_start is not None:
+            on_start()
+        for pipe in self.pipes:
+            pipe.send("go")
+        done = failed = 0
+        took = 0.0
+        for pipe in self.pipes:
+            _, d, f, t = pipe.recv()
+            done, failed, took = done + d, failed + f, max(took, t)
+        for process in self.processes:
+            process.join(10)
+        return done, failed, took

@@ -43,7 +43,8 @@ _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
 class _Watch:
     """One watched task: its subscribers and the last record seen."""
 
-    subscribers: set[Subscriber] = field(default_factory=set)
+    # A dict as an ordered set: a change reaches subscribers in the order they came.
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
     loaded: bool = False
     raw: bytes | None = None
     frame: str | None = None
@@ -107,7 +108,7 @@ class Hub:
                 self._to_unsubscribe.discard(task_id)
                 self._to_subscribe.add(task_id)
             self._wake.set()
-        watch.subscribers.add(subscriber)
+        watch.subscribers[subscriber] = None
         subscriber.tasks.add(task_id)
         if watch.frame is not None:
             subscriber.offer(task_id, watch.frame, watch.kind)
@@ -117,7 +118,7 @@ class Hub:
         watch = self._watches.get(task_id)
         if watch is None:
             return
-        watch.subscribers.discard(subscriber)
+        watch.subscribers.pop(subscriber, None)
         if not watch.subscribers:
             self._forget(task_id)
 

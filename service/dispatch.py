@@ -57,8 +57,9 @@ class Dispatcher:
             b"1",
             ex=self.settings.result_expires,
         )
-        self.celery_app.control.revoke(task_id, terminate=True, signal="SIGTERM")
         # Recorded now rather than when a worker gets round to it, so every watcher
         # sees REVOKED even if no worker holds the task. The first final state wins
-        # (see workers.backend), so a late progress write cannot undo it.
+        # (see workers.backend), so a late progress write cannot undo it; and written
+        # before the broadcast, so a worker's own "terminated" record never races it.
         self.celery_app.backend.mark_as_revoked(task_id, "revoked")
+        self.celery_app.control.revoke(task_id, terminate=True, signal="SIGTERM")

@@ -42,8 +42,9 @@ celery_app.conf.update(
     broker_connection_retry_on_startup=True,
     enable_utc=True,
 )
+celery_app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout}
 if settings.key_prefix:
-    celery_app.conf.broker_transport_options = {"global_keyprefix": settings.key_prefix}
+    celery_app.conf.broker_transport_options["global_keyprefix"] = settings.key_prefix
     celery_app.conf.result_backend_transport_options = {"global_keyprefix": settings.key_prefix}
 
 

@@ -5,6 +5,8 @@ It knows which task ids have subscribers, reads their result-backend keys in bat
 the raw bytes with the last ones seen, and only then decodes and encodes, once per
 change, handing the frame to every subscriber (see ``service.subscriber``: written at
 once to a socket with room, else kept in that connection's mailbox; never awaited).
+Seeing every change of a task, it also measures its pace (``service.eta``) and puts
+the rate and time left into that one frame.
 
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
 The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from service.eta import EtaEstimator
 from service.protocol import status_message, unknown_task_message
 from service.status import decode_status
 from service.store import ResultStore
@@ -41,7 +44,7 @@ _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
 
 @dataclass(slots=True, eq=False)
 class _Watch:
-    """One watched task: its subscribers and the last record seen."""
+    """One watched task: its subscribers, the last record seen, and its pace so far."""
 
     # A dict as an ordered set: a change reaches subscribers in the order they came.
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
@@ -49,6 +52,7 @@ class _Watch:
     raw: bytes | None = None
     frame: str | None = None
     kind: Kind = Kind.STATUS
+    eta: EtaEstimator = field(default_factory=EtaEstimator)
 
 
 class Hub:
@@ -177,7 +181,10 @@ class Hub:
                 ids = [task_id for task_id in self._to_read if task_id in self._watches]
                 self._to_read.clear()
                 if ids:
-                    self._apply_all(ids, await self.store.read_many(ids))
+                    raws = await self.store.read_many(ids)
+                    # The read time stands for the write time: records carry no time of
+                    # their own, and with push the read follows the write within ms.
+                    self._apply_all(ids, raws, loop.time())
                 continue
             self._wake.clear()
             # Nothing watched and nobody connected: sleep until something happens.
@@ -192,7 +199,7 @@ class Hub:
     def _reap_interval(self) -> float:
         return min(1.0, self.slow_client_timeout / 4)
 
-    def _apply_all(self, ids: list[str], raws: Iterable[bytes | None]) -> None:
+    def _apply_all(self, ids: list[str], raws: Iterable[bytes | None], now: float) -> None:
         for task_id, raw in zip(ids, raws, strict=True):
             watch = self._watches.get(task_id)
             if watch is None or (watch.loaded and raw == watch.raw):
@@ -206,6 +213,9 @@ class Hub:
                 watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
             else:
                 status = decode_status(task_id, raw)
+                if status["progress"] is not None and not status["final"]:
+                    # Once per change, however many subscribers: part of the one frame.
+                    watch.eta.annotate(status["progress"], now)
                 watch.frame = status_message(status)
                 watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
             frame, kind = watch.frame, watch.kind

@@ -65,6 +65,18 @@ _SCHEMAS: dict[str, Any] = {
             "total": {"type": ["number", "null"]},
             "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
             "message": {"type": ["string", "null"]},
+            "rate": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "units of current per second, as the WebSocket hub measures "
+                "it; null over REST, on a final status, and until the task has advanced",
+            },
+            "eta_s": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "seconds left, from rate and total; 0 on SUCCESS; null over "
+                "REST while running, and while rate or total is unknown",
+            },
         },
     },
     "Status": {
@@ -145,6 +157,12 @@ def spec(dev: bool = False) -> dict[str, Any]:
         "get": {
             "summary": "Redis answers.",
             "responses": {"200": _ok("Ready.", probe), "503": _ok("Degraded.", probe)},
+        }
+    }
+    paths["/"] = {
+        "get": {
+            "summary": "The demo page: start, follow and cancel tasks in a browser.",
+            "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}},
         }
     }
     sleep_query = _query(tutorial.SleepQuery)

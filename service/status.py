@@ -43,6 +43,11 @@ def _progress(meta: dict[str, Any], *, complete: bool = False) -> dict[str, Any]
         "total": total,
         "percent": percent,
         "message": message if isinstance(message, str) else None,
+        # One record says nothing of pace: the hub, which sees every change, fills these
+        # in (service.eta). A finished task has nothing left and no pace, so its final
+        # status reads the same whoever asks, and whenever.
+        "rate": None,
+        "eta_s": 0.0 if complete else None,
     }
 
 

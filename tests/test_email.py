@@ -302,7 +302,14 @@ async def test_post_tasks_email_reports_its_stages_and_sends(
     done = await wait_for_state(client, task_id, final)
     assert done["state"] == "SUCCESS"
     assert done["result"] == {"status": "sent", "message_ids": ["msg-1"]}
-    assert done["progress"] == {"current": 2, "total": 2, "percent": 100.0, "message": "sending"}
+    assert done["progress"] == {
+        "current": 2,
+        "total": 2,
+        "percent": 100.0,
+        "message": "sending",
+        "rate": None,
+        "eta_s": 0.0,
+    }
     [request] = mailtrap.received
     assert request.body == expected_request("ada@example.com", task_id)
 

@@ -32,11 +32,20 @@ async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncCl
     assert progress["total"] == 5
     assert 1 <= progress["current"] <= 5
     assert progress["percent"] == progress["current"] * 20.0
+    # REST reads one record, with no history: no pace to tell.
+    assert (progress["rate"], progress["eta_s"]) == (None, None)
 
     done = await wait_for_state(client, task_id, final)
     assert done["state"] == "SUCCESS"
     assert done["result"] == {"status": "completed"}
-    assert done["progress"] == {"current": 5, "total": 5, "percent": 100.0, "message": None}
+    assert done["progress"] == {
+        "current": 5,
+        "total": 5,
+        "percent": 100.0,
+        "message": None,
+        "rate": None,
+        "eta_s": 0.0,
+    }
     assert done["error"] is None
 
 

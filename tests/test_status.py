@@ -19,7 +19,15 @@ def test_progress_percent_is_computed_from_current_and_total() -> None:
         "task_id": TASK_ID,
         "state": "PROGRESS",
         "final": False,
-        "progress": {"current": 3, "total": 10, "percent": 30.0, "message": None},
+        # One record says nothing of pace: only the hub, which sees changes, knows it.
+        "progress": {
+            "current": 3,
+            "total": 10,
+            "percent": 30.0,
+            "message": None,
+            "rate": None,
+            "eta_s": None,
+        },
         "result": None,
         "error": None,
     }
@@ -49,7 +57,14 @@ def test_success_after_progress_shows_one_hundred_percent() -> None:
     )
     assert status["final"] is True
     assert status["result"] == {"ok": 1}
-    assert status["progress"] == {"current": 8, "total": 8, "percent": 100.0, "message": None}
+    assert status["progress"] == {
+        "current": 8,
+        "total": 8,
+        "percent": 100.0,
+        "message": None,
+        "rate": None,
+        "eta_s": 0.0,
+    }
 
 
 def test_success_without_progress_has_none() -> None:

@@ -55,6 +55,35 @@ async def test_task_socket_streams_snapshot_progress_and_final_then_closes(
     await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: task_id not in w)
 
 
+async def test_progress_statuses_carry_the_hubs_rate_and_eta(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    task_id = await submit(client, "progress", total=20, step_seconds=0.05)
+    async with ws_connect(base_url, f"/ws/tasks/{task_id}") as ws:
+        messages, code = await read_until_closed(ws)
+    assert code == 1000
+    paced = [
+        m["progress"]
+        for m in messages
+        if m["state"] == "PROGRESS" and m["progress"]["rate"] is not None
+    ]
+    # The hub read the task at least twice while it ran for a second (push, or the poll).
+    assert paced, messages
+    for progress in paced:
+        assert progress["rate"] > 0 and progress["eta_s"] >= 0
+        left = (20 - progress["current"]) / progress["rate"]
+        assert progress["eta_s"] == pytest.approx(left, rel=0.01, abs=0.1)
+    # One step every 50 ms is 20 a second; a loaded machine only slows the worker down,
+    # and read times jitter: a factor of ten either way is room enough.
+    assert 2 < paced[-1]["rate"] < 200
+    # The final status has no pace and nothing left; it is the one REST answers too.
+    final = messages[-1]
+    assert final["state"] == "SUCCESS"
+    assert (final["progress"]["rate"], final["progress"]["eta_s"]) == (None, 0.0)
+    rest = (await client.get(f"/tasks/{task_id}")).json()
+    assert {"type": "status", **rest} == final
+
+
 async def test_task_socket_for_an_ended_task_sends_the_final_once(
     client: httpx.AsyncClient, base_url: str
 ) -> None:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from service import dev, http, openapi, tutorial, ws
+from service import demo, dev, http, openapi, tutorial, ws
 from service.dispatch import Dispatcher
 from service.errors import EXCEPTION_HANDLERS
 from service.hub import Hub
@@ -55,7 +55,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Dev-only routes are absent, not refused, outside dev mode: they answer 404.
     dev_routes = dev.routes if settings.dev else []
     return Starlette(
-        routes=[*http.routes, *ws.routes, *tutorial.routes, *openapi.routes, *dev_routes],
+        routes=[
+            *http.routes,
+            *ws.routes,
+            *tutorial.routes,
+            *openapi.routes,
+            *demo.routes,
+            *dev_routes,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -70,6 +70,15 @@ def final(status: dict[str, Any]) -> bool:
     return bool(status["final"])
 
 
+def assert_progress_in_order(statuses: list[dict[str, Any]]) -> None:
+    """Never backwards, exactly one final, and it comes last."""
+    currents = [s["progress"]["current"] for s in statuses if s["state"] == "PROGRESS"]
+    assert currents == sorted(currents)
+    finals = [s for s in statuses if s["final"]]
+    assert len(finals) == 1
+    assert statuses[-1] is finals[0]
+
+
 def task_keys(client: redis.Redis, prefix: str) -> set[bytes]:
     """The record keys of every task this session has published so far."""
     return set(client.scan_iter(match=keys.task_meta_key(prefix, "*"), count=1000))
@@ -154,9 +163,12 @@ class WorkerProcess:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    app: Starlette, send_buffer: int | None = None, **config: Any
+    app: Starlette, send_buffer: int | None = None, port: int = 0, **config: Any
 ) -> AsyncIterator[str]:
-    """Serve ``app`` with a real uvicorn on a free loopback port; yield its base URL.
+    """Serve ``app`` with a real uvicorn on a loopback port; yield its base URL.
+
+    ``port`` 0 takes a free one; a fixed one lets a test stop a server and start
+    another at the same address, as a restart does.
 
     ``send_buffer`` caps the kernel send buffer of every accepted socket (they inherit
     it from the listening socket), so a client that stops reading backs the server up
@@ -168,7 +180,7 @@ async def running_server(
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if send_buffer is not None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    listener.bind(("127.0.0.1", 0))
+    listener.bind(("127.0.0.1", port))
     port = listener.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
     task = asyncio.create_task(server.serve(sockets=[listener]))

@@ -19,6 +19,7 @@ from service.hub import Hub
 from service.settings import Settings
 from tests import env
 from tests.support import (
+    assert_progress_in_order,
     eventually,
     read_until_closed,
     recv_json,
@@ -28,15 +29,6 @@ from tests.support import (
     ws_connect,
 )
 from workers import keys
-
-
-def assert_progress_in_order(statuses: list[dict[str, Any]]) -> None:
-    """Never backwards, exactly one final, and it comes last."""
-    currents = [s["progress"]["current"] for s in statuses if s["state"] == "PROGRESS"]
-    assert currents == sorted(currents)
-    finals = [s for s in statuses if s["final"]]
-    assert len(finals) == 1
-    assert statuses[-1] is finals[0]
 
 
 async def test_task_socket_streams_snapshot_progress_and_final_then_closes(

@@ -1,0 +1,248 @@
+"""A Python client for taskcast, for scripts and services: submit, read, and watch tasks.
+
+```python
+async for status in watch("http://127.0.0.1:8000", task_id):
+    print(status["state"], status["progress"])
+```
+
+Every failure is a :class:`TaskcastError`; its subclasses say which kind. The client
+imports nothing of the service's own (no Celery, no Redis): it speaks only the public
+REST and WebSocket protocol of docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+# Seconds httpx waits for each step of a request (connect, send, each read). Callers that
+# want a tighter bound on a whole call wrap it in ``asyncio.timeout``.
+_HTTP_TIMEOUT = 10.0
+
+# Close codes of /ws/tasks/{id} (service/protocol.py) that end a watch instead of a retry.
+_CLOSE_UNKNOWN_TASK = 4404
+_CLOSE_INVALID_TASK_ID = 4422
+
+
+class TaskcastError(Exception):
+    """Base of every error this client raises; the message says what went wrong."""
+
+
+class ServiceUnavailable(TaskcastError):
+    """The service could not be reached, did not answer in time, or answered 5xx."""
+
+
+class TaskNotFound(TaskcastError):
+    """No task has this id (HTTP 404, WebSocket ``unknown_task`` / close 4404)."""
+
+
+class InvalidTaskId(TaskcastError):
+    """The id is not a task id, that is not a UUID (HTTP 422, WebSocket close 4422)."""
+
+
+class UnknownTaskName(TaskcastError):
+    """``submit`` named a task the service does not offer (HTTP 404)."""
+
+
+class InvalidParams(TaskcastError):
+    """``submit`` gave parameters the task refuses (HTTP 400, 413 or 422)."""
+
+
+def _base(base_url: str) -> str:
+    if not base_url.startswith(("http://", "https://")):
+        raise TaskcastError(f"the service URL must start with http:// or https://: {base_url!r}")
+    return base_url.rstrip("/")
+
+
+def _segment(value: str) -> str:
+    # Quoted whole, so an id like "../healthz" stays one path segment and the service
+    # answers it as malformed instead of serving another route.
+    return quote(value, safe="")
+
+
+def _detail(response: httpx.Response) -> tuple[str, str]:
+    """The service's error code and detail, or what can be said of a foreign answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body.get("error", "")), body["detail"]
+    return "", f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause, in words: "Connection refused", not "All connection attempts
+    failed", which is all that httpx's own message says."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+# How each call's refusals become errors: by HTTP status and the service's error code
+# (None: any code). A 404 without taskcast's code is another server, or a wrong URL.
+_Refusals = dict[tuple[int, str | None], type[TaskcastError]]
+_STATUS_REFUSALS: _Refusals = {(404, "unknown_task"): TaskNotFound, (422, None): InvalidTaskId}
+_SUBMIT_REFUSALS: _Refusals = {
+    (404, "unknown_task_name"): UnknownTaskName,
+    **dict.fromkeys([(400, None), (413, None), (422, None)], InvalidParams),
+}
+
+
+async def _call(
+    method: str, url: str, expected: int, refusals: _Refusals, body: object = None
+) -> Any:
+    """The JSON body of the ``expected`` answer; anything else raised as a TaskcastError."""
+    try:
+        async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as http:
+            response = await http.request(method, url, json=body)
+    except httpx.TimeoutException:
+        raise ServiceUnavailable(f"{url} did not answer within {_HTTP_TIMEOUT:g} s") from None
+    except httpx.TransportError as exc:
+        raise ServiceUnavailable(f"cannot reach {url}: {_reason(exc)}") from None
+    if response.status_code == expected:
+        return response.json()
+    code, detail = _detail(response)
+    if response.status_code >= 500:
+        raise ServiceUnavailable(f"{url} answered: {detail}")
+    refusal = refusals.get((response.status_code, code)) or refusals.get(
+        (response.status_code, None)
+    )
+    if refusal is not None:
+        raise refusal(detail)
+    raise TaskcastError(f"unexpected answer from {method} {url}: {detail}")
+
+
+async def get_status(base_url: str, task_id: str) -> dict[str, Any]:
+    """The task's status object (``GET /tasks/{id}``).
+
+    Raises TaskNotFound, InvalidTaskId, ServiceUnavailable, or TaskcastError for an
+    answer that is not taskcast's.
+    """
+    url = f"{_base(base_url)}/tasks/{_segment(task_id)}"
+    status: dict[str, Any] = await _call("GET", url, 200, _STATUS_REFUSALS)
+    return status
+
+
+async def submit(base_url: str, name: str, params: dict[str, Any]) -> dict[str, str]:
+    """Start task ``name`` with ``params`` (``POST /tasks/{name}``).
+
+    Returns ``{"task_id", "status_url", "ws_url"}``. Raises UnknownTaskName,
+    InvalidParams (with the service's explanation), ServiceUnavailable (also when the
+    service cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
+    """
+    url = f"{_base(base_url)}/tasks/{_segment(name)}"
+    links: dict[str, str] = await _call("POST", url, 202, _SUBMIT_REFUSALS, params)
+    return links
+
+
+def _ws_task_url(base_url: str, task_id: str) -> str:
+    scheme, rest = _base(base_url).split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/tasks/{_segment(task_id)}"
+
+
+def _raise_for_error(message: dict[str, Any]) -> None:
+    detail = str(message.get("detail", "error"))
+    if message.get("code") == "unknown_task":
+        raise TaskNotFound(detail)
+    if message.get("code") == "invalid_task_id":
+        raise InvalidTaskId(detail)
+    raise TaskcastError(f"the service refused the watch: {detail}")
+
+
+async def watch(
+    base_url: str,
+    task_id: str,
+    *,
+    give_up_after: float = 30.0,
+    retry_initial: float = 0.5,
+    retry_max: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the task's status objects: the current one at once, then every change,
+    ending after the final one (SUCCESS, FAILURE or REVOKED).
+
+    It follows ``/ws/tasks/{id}`` rather than the multiplexed ``/ws``: the socket *is*
+    the subscription, so a reconnect only has to open it again (nothing to resubscribe,
+    no other task's messages to filter), and the service reports an unknown or
+    malformed id with its own close code.
+
+    A connection that drops before the final status (a server restart's 1012, a
+    network failure, a slow-client 4408, even a 1000 that came without a final) is
+    opened again after a capped exponential backoff with jitter: a wait drawn between
+    half and all of ``retry_initial * 2**n``, at most ``retry_max``, so many clients
+    cut off together do not return in step. The new connection's first message is
+    the task's status at that moment, so a final reached meanwhile is not missed.
+
+    Statuses never go backwards, without comparing progress figures (a retried task
+    legitimately counts again from 1): the service sends them in the order the result
+    backend held them, and a new connection's snapshot is read (from the same Redis,
+    whichever replica answers) after the last message of the one before, so it is never
+    older than anything yielded. It can be the same status again: an exact repeat of
+    the last one yielded is skipped.
+
+    Raises TaskNotFound or InvalidTaskId as the service reports them, and
+    ServiceUnavailable after ``give_up_after`` seconds without a working connection
+    (one that delivered a status). Close the generator to stop early (``break`` out of
+    the loop, or wrap it in ``contextlib.aclosing`` to close the socket at once).
+    """
+    url = _ws_task_url(base_url, task_id)
+    last: dict[str, Any] | None = None
+    failures = 0
+    offline_since = time.monotonic()
+    while True:
+        reason: str
+        delivered = False
+        try:
+            async with connect(url, open_timeout=open_timeout, compression=None) as ws:
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("type") == "error":
+                        _raise_for_error(message)
+                    if message.get("type") != "status":
+                        continue
+                    message.pop("type")
+                    delivered = True
+                    if message == last:
+                        continue
+                    last = message
+                    yield message
+                    if message["final"]:
+                        return
+            reason = f"the connection closed ({ws.close_code}) before the final status"
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            if code == _CLOSE_UNKNOWN_TASK:
+                raise TaskNotFound(f"no task with id {task_id}") from None
+            if code == _CLOSE_INVALID_TASK_ID:
+                raise InvalidTaskId(f"task id must be a UUID, got {task_id!r}") from None
+            reason = f"the connection dropped ({code or 'no close frame'})"
+        except InvalidURI as exc:
+            raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
+        except InvalidStatus as exc:
+            status_code = exc.response.status_code
+            if status_code < 500:
+                raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
+            reason = f"{url} answered HTTP {status_code}"
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            reason = f"cannot reach {url}: {_reason(exc)}"
+        if delivered:
+            failures, offline_since = 0, time.monotonic()
+        remaining = offline_since + give_up_after - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(f"{reason}; gave up after {give_up_after:g} s")
+        ceiling = min(retry_max, retry_initial * 2**failures)
+        failures += 1
+        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))

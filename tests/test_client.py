@@ -1,0 +1,179 @@
+"""The Python client against a real uvicorn, a real worker and Redis; restarts included."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from service import client as taskcast
+from service.app import create_app
+from service.devstack import free_port
+from service.hub import Hub
+from tests.support import (
+    assert_progress_in_order,
+    eventually,
+    final,
+    running_server,
+    submit,
+    wait_for_state,
+)
+
+
+async def collect(statuses: AsyncIterator[dict[str, Any]], within: float = 20) -> list[Any]:
+    async with asyncio.timeout(within):
+        return [status async for status in statuses]
+
+
+async def test_get_status_answers_what_rest_answers(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    task_id = await submit(client, "sleep", seconds=0)
+    done = await wait_for_state(client, task_id, final)
+    assert await taskcast.get_status(base_url, task_id) == done
+    assert await taskcast.get_status(base_url + "/", task_id.upper()) == done
+
+
+async def test_get_status_errors(base_url: str) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(taskcast.TaskNotFound, match=f"no task with id {missing}"):
+        await taskcast.get_status(base_url, missing)
+    with pytest.raises(taskcast.InvalidTaskId, match="not-a-uuid"):
+        await taskcast.get_status(base_url, "not-a-uuid")
+    # Quoted into one path segment: never resolved to another route such as /healthz.
+    with pytest.raises(
+        taskcast.TaskcastError, match=re.escape("no route for GET /tasks/../healthz")
+    ):
+        await taskcast.get_status(base_url, "../healthz")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(taskcast.ServiceUnavailable, match="Connection refused"):
+        await taskcast.get_status(nobody, missing)
+    with pytest.raises(taskcast.TaskcastError, match="http:// or https://"):
+        await taskcast.get_status("127.0.0.1:8000", missing)
+
+
+async def test_submit_and_its_errors(client: httpx.AsyncClient, base_url: str) -> None:
+    links = await taskcast.submit(base_url, "sleep", {"seconds": 0})
+    assert links["status_url"] == f"{base_url}/tasks/{links['task_id']}"
+    await wait_for_state(client, links["task_id"], final)
+    with pytest.raises(taskcast.UnknownTaskName, match="no task named 'nope'"):
+        await taskcast.submit(base_url, "nope", {})
+    with pytest.raises(taskcast.InvalidParams, match="total: Input should be greater"):
+        await taskcast.submit(base_url, "progress", {"total": 0})
+
+
+async def test_watch_yields_the_snapshot_then_progress_in_order_then_one_final(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    task_id = await submit(client, "progress", total=8, step_seconds=0.05)
+    statuses = await collect(taskcast.watch(base_url, task_id))
+    assert statuses[0]["state"] in {"SENT", "STARTED", "PROGRESS"}
+    assert_progress_in_order(statuses)
+    assert statuses[-1]["state"] == "SUCCESS"
+    assert statuses[-1]["result"] == {"status": "completed"}
+    # The status object itself, as REST answers it: the message's "type" is gone.
+    assert statuses[-1] == await taskcast.get_status(base_url, task_id)
+    assert all(a != b for a, b in itertools.pairwise(statuses))
+
+
+async def test_watch_of_an_ended_task_yields_its_final_only(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    task_id = await submit(client, "sleep", seconds=0)
+    await wait_for_state(client, task_id, final)
+    statuses = await collect(taskcast.watch(base_url, task_id))
+    assert [status["state"] for status in statuses] == ["SUCCESS"]
+
+
+async def test_watch_unknown_and_malformed_ids(base_url: str) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(taskcast.TaskNotFound, match=missing):
+        await collect(taskcast.watch(base_url, missing))
+    with pytest.raises(taskcast.InvalidTaskId, match="not-a-uuid"):
+        await collect(taskcast.watch(base_url, "not-a-uuid"))
+
+
+async def test_watch_gives_up_after_its_time_without_a_connection() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    statuses = taskcast.watch(nobody, str(uuid.uuid4()), give_up_after=0.5, retry_initial=0.05)
+    with pytest.raises(taskcast.ServiceUnavailable, match=r"Connection refused; gave up after"):
+        await collect(statuses)
+    assert 0.5 <= time.monotonic() - started < 5
+
+
+class Follower:
+    """A watch running in the background, with every status it yielded so far."""
+
+    def __init__(self, base_url: str, task_id: str) -> None:
+        self.seen: list[dict[str, Any]] = []
+        # Quick retries: the test's restart takes a fraction of a second.
+        statuses = taskcast.watch(base_url, task_id, retry_initial=0.05, retry_max=0.2)
+        self.task = asyncio.create_task(self._follow(statuses))
+
+    async def _follow(self, statuses: AsyncIterator[dict[str, Any]]) -> None:
+        async for status in statuses:
+            self.seen.append(status)
+
+    async def until(self, accept: Callable[[list[dict[str, Any]]], bool]) -> None:
+        """Wait until the statuses seen satisfy ``accept``; a crashed watch fails the wait."""
+        await eventually(
+            lambda: asyncio.sleep(0, self.seen), lambda seen: self.task.done() or accept(seen)
+        )
+        if self.task.done():
+            self.task.result()
+
+    async def finish(self) -> list[dict[str, Any]]:
+        async with asyncio.timeout(20):
+            await self.task
+        return self.seen
+
+
+async def test_watch_rides_out_a_server_restart_and_gets_the_final(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    port = free_port()
+    task_id = await submit(client, "progress", total=60, step_seconds=0.05)
+    async with running_server(create_app(), port=port) as url:
+        follower = Follower(url, task_id)
+        await follower.until(lambda seen: any(s["state"] == "PROGRESS" for s in seen))
+    # The first server is gone: its shutdown closed the socket (1012) mid-task.
+    before = len(follower.seen)
+    assert not any(status["final"] for status in follower.seen)
+    async with running_server(create_app(), port=port):
+        statuses = await follower.finish()
+    assert len(statuses) > before
+    assert_progress_in_order(statuses)
+    assert statuses[-1]["state"] == "SUCCESS"
+    assert all(a != b for a, b in itertools.pairwise(statuses))
+
+
+async def test_after_a_reconnect_the_repeated_snapshot_is_not_yielded_again(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    port = free_port()
+    task_id = await submit(client, "sleep", seconds=30)
+    try:
+        await wait_for_state(client, task_id, lambda s: s["state"] == "STARTED")
+        async with running_server(create_app(), port=port) as url:
+            follower = Follower(url, task_id)
+            await follower.until(bool)
+        second = create_app()
+        async with running_server(second, port=port):
+            hub: Hub = second.state.taskcast.hub
+            # The watch is back (the new server follows the task for it): its snapshot,
+            # STARTED again unless the revocation below beat it, must not show.
+            await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: task_id in w)
+            assert (await client.delete(f"/tasks/{task_id}")).status_code == 202
+            statuses = await follower.finish()
+        assert [status["state"] for status in statuses] == ["STARTED", "REVOKED"]
+        assert statuses[-1]["error"]["type"] == "TaskRevokedError"
+    finally:
+        await client.delete(f"/tasks/{task_id}")

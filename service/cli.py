@@ -1,8 +1,10 @@
-"""The ``taskcast`` command: ``dev`` (everything on one machine), ``serve``, ``worker``."""
+"""The ``taskcast`` command: ``dev`` (everything on one machine), ``serve``, ``worker``,
+and the clients ``submit`` and ``watch``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -10,7 +12,12 @@ import threading
 import urllib.error
 import urllib.request
 from types import FrameType
+from typing import Any, get_origin
 
+from pydantic.fields import FieldInfo
+
+from service import terminal
+from service.catalog import TASKS
 from service.devstack import (
     EmbeddedRedis,
     Supervisor,
@@ -20,6 +27,9 @@ from service.devstack import (
 )
 
 APP_FACTORY = "service.app:create_app"
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Task parameters are kept apart from the command's own options under this prefix.
+_PARAM = "param:"
 
 
 def _healthy(url: str) -> bool:
@@ -133,6 +143,74 @@ def run_worker(extra: list[str]) -> int:
     return 0
 
 
+def run_watch(args: argparse.Namespace) -> int:
+    """Show a task's progress live until it ends; the exit code says how it ended."""
+    return terminal.run(
+        lambda console: terminal.watch_task(console, args.url, args.task_id, args.give_up)
+    )
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Queue a task through the REST API, print its id and links, and with --watch follow it."""
+    params = {
+        key.removeprefix(_PARAM): value
+        for key, value in vars(args).items()
+        if key.startswith(_PARAM)
+    }
+    return terminal.run(
+        lambda console: terminal.submit_task(
+            console, args.url, args.task, params, args.watch, args.give_up
+        )
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+def _add_param(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    """One task parameter as an option typed from the catalog's model."""
+    kind: Any = str
+    metavar = "TEXT"
+    if field.annotation in (int, float):
+        kind, metavar = field.annotation, "INT" if field.annotation is int else "NUMBER"
+    elif get_origin(field.annotation) is dict:
+        kind, metavar = _json_object, "JSON"
+    required = field.is_required()
+    text = field.description or ""
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        dest=_PARAM + name,
+        type=kind,
+        metavar=metavar,
+        required=required,
+        # Unset options are not sent: the service applies its own defaults.
+        default=argparse.SUPPRESS,
+        help=text if required else f"{text} (default: {field.default})",
+    )
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TASKCAST_URL", DEFAULT_URL),
+        help="the service (default: $TASKCAST_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--give-up",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep reconnecting while the service is unreachable (default: 30)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskcast", description="Run long jobs on Celery and stream their progress live."
@@ -157,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
     commands.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
+
+    exits = terminal.EXIT_HELP
+    watch = commands.add_parser(
+        "watch", help="show a task's progress live until it ends", epilog=exits
+    )
+    watch.add_argument("task_id", metavar="TASK_ID")
+    _add_client_options(watch)
+
+    submit = commands.add_parser("submit", help="start a task and print its id", epilog=exits)
+    tasks = submit.add_subparsers(dest="task", metavar="NAME", required=True)
+    for name, spec in TASKS.items():
+        task = tasks.add_parser(name, help=spec.summary, description=spec.summary, epilog=exits)
+        for field_name, field in spec.params.model_fields.items():
+            _add_param(task, field_name, field)
+        task.add_argument("--watch", action="store_true", help="then show its progress live")
+        _add_client_options(task)
     return parser
 
 
@@ -169,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "dev":
         return run_dev(args)
+    if args.command == "watch":
+        return run_watch(args)
+    if args.command == "submit":
+        return run_submit(args)
     return run_serve(args)
 
 

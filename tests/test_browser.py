@@ -1,0 +1,224 @@
+"""The demo page in a real headless Chromium, against the real service, worker and Redis.
+
+Chromium is Debian's (``/usr/bin/chromium``), installed with apt-get by the first test
+that needs it; Playwright only drives it (its own browser downloads are never used).
+The finished page is saved as ``artifacts/browser/demo.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+
+from service.hub import Hub
+from tests.support import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(ROOT) / "artifacts" / "browser"
+# How long a DOM condition may take: tasks here last a few seconds at most.
+WAIT_MS = 15_000
+
+# The first test on a fresh machine also installs Chromium (measured: 11 s with most
+# libraries present; allow for a cold download); each test alone takes seconds, and
+# every wait below has its own 15 s limit.
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed with apt-get if missing."""
+    if not os.path.exists(CHROMIUM):
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package (as root)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        # Wait for a dpkg lock held by another install (other test runs on this machine).
+        lock = ["-o", "DPkg::Lock::Timeout=120"]
+        for argv, timeout in (
+            (["apt-get", *lock, "update", "-q"], 90),
+            (["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", "chromium"], 180),
+        ):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+            if done.returncode != 0:
+                pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
+    """The demo page, fresh (its own session storage); fails the test on a script error."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 900})
+    page = await context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    await page.goto(f"{base_url}/")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    yield page
+    await context.close()
+    assert not errors, errors
+
+
+async def start(page: Page, task: str, **fields: object) -> tuple[Locator, str]:
+    """Fill in a task's form and submit it; the new row and the task's id."""
+    form = page.locator(f'form[data-task="{task}"]')
+    for name, value in fields.items():
+        await form.get_by_label(name, exact=True).fill(str(value))
+    rows = page.locator(".task")
+    before = await rows.count()
+    await form.get_by_role("button", name=f"Start {task}").click()
+    await expect(rows).to_have_count(before + 1, timeout=WAIT_MS)
+    task_id = await rows.first.get_attribute("data-task-id")  # newest first
+    assert task_id
+    return row_of(page, task_id), task_id
+
+
+def row_of(page: Page, task_id: str) -> Locator:
+    return page.locator(f'.task[data-task-id="{task_id}"]')
+
+
+async def expect_state(row: Locator, state: str) -> None:
+    await expect(row.locator(".state")).to_have_text(state, timeout=WAIT_MS)
+
+
+async def test_progress_runs_to_success_and_survives_a_reload(page: Page) -> None:
+    row, task_id = await start(page, "progress", total=10, step_seconds=0.2)
+    bar = row.get_by_role("progressbar")
+    await expect(bar).to_have_attribute("aria-valuemin", "0")
+    await expect(bar).to_have_attribute("aria-valuemax", "100")
+    # Seen part way, then at the end: the bar moves with the task, not just at its end.
+    await page.wait_for_function(
+        "bar => { const v = Number(bar.getAttribute('aria-valuenow')); return v > 0 && v < 100 }",
+        arg=await bar.element_handle(),
+        polling="raf",
+        timeout=WAIT_MS,
+    )
+    await expect_state(row, "SUCCESS")
+    await expect(bar).to_have_attribute("aria-valuenow", "100")
+    await expect(row.locator(".percent")).to_have_text("100%")
+    await expect(row.locator(".outcome")).to_have_text('Result: {"status":"completed"}')
+    await expect(row.get_by_role("button", name="Cancel")).to_be_hidden()
+
+    # Remembered for the session: back after a reload, with its state from the snapshot.
+    await page.reload()
+    await expect_state(row_of(page, task_id), "SUCCESS")
+    await expect(row_of(page, task_id).get_by_role("progressbar")).to_have_attribute(
+        "aria-valuenow", "100"
+    )
+
+
+async def test_a_refused_task_shows_what_was_wrong(page: Page) -> None:
+    form = page.locator('form[data-task="progress"]')
+    await form.get_by_label("total", exact=True).fill("0")
+    await form.get_by_role("button", name="Start progress").click()
+    await expect(form.get_by_role("alert")).to_contain_text(
+        re.compile(r"^total: .*greater than or equal to 1")
+    )
+    # Not JSON at all: said on the page, and nothing is sent.
+    email = page.locator('form[data-task="email"]')
+    await email.locator('textarea[name="data"]').fill("{rows: 3}")
+    await email.get_by_role("button", name="Start email").click()
+    await expect(email.get_by_role("alert")).to_contain_text("data: not valid JSON")
+    await expect(page.locator(".task")).to_have_count(0)
+
+
+async def test_cancel_running_tasks_and_save_a_screenshot(page: Page) -> None:
+    done, _ = await start(page, "progress", total=5, step_seconds=0.1)
+    await expect_state(done, "SUCCESS")
+    running, _ = await start(page, "progress", total=200, step_seconds=0.05)
+    await expect_state(running, "PROGRESS")
+    cancelled, _ = await start(page, "sleep", seconds=60)
+    await expect_state(cancelled, "STARTED")
+
+    await cancelled.get_by_role("button", name="Cancel").click()
+    await expect_state(cancelled, "REVOKED")
+    await expect(cancelled.locator(".outcome")).to_contain_text("TaskRevokedError")
+    await expect(cancelled.get_by_role("button", name="Cancel")).to_be_hidden()
+    await expect(page.locator("#announcer")).to_contain_text("REVOKED")
+
+    # All three kinds at once: finished, running (some way along), revoked.
+    await page.wait_for_function(
+        "bar => Number(bar.getAttribute('aria-valuenow')) >= 15",
+        arg=await running.get_by_role("progressbar").element_handle(),
+        timeout=WAIT_MS,
+    )
+    await page.screenshot(path=ARTIFACTS / "demo.png", full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'demo.png'}")
+
+    await running.get_by_role("button", name="Cancel").click()
+    await expect_state(running, "REVOKED")
+
+
+async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub) -> None:
+    finished, finished_id = await start(page, "sleep", seconds=0)
+    await expect_state(finished, "SUCCESS")
+    counting, counting_id = await start(page, "progress", total=20, step_seconds=0.15)
+    sleeping, sleeping_id = await start(page, "sleep", seconds=2)
+    await expect_state(counting, "PROGRESS")
+    await expect_state(sleeping, "STARTED")
+
+    sent: list[dict[str, str]] = []
+    page.on(
+        "websocket",
+        lambda socket: socket.on("framesent", lambda frame: sent.append(json.loads(frame))),
+    )
+    # The page's one connection, ended from the server side: its sender is cancelled,
+    # as the hub's reaper does with a client that stopped reading (close code 4408).
+    [dropped] = [sub for sub in hub.connections if {counting_id, sleeping_id} & sub.tasks]
+    async with page.expect_websocket(timeout=WAIT_MS) as reconnected:
+        hub.connections[dropped].cancel()
+    socket = await reconnected.value
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+
+    # Every unfinished task, and only those, is followed again on the new socket ...
+    await expect_state(counting, "SUCCESS")
+    await expect_state(sleeping, "SUCCESS")
+    assert sorted(frame["task_id"] for frame in sent) == sorted([counting_id, sleeping_id])
+    assert {frame["op"] for frame in sent} == {"subscribe"}
+    assert finished_id not in {frame["task_id"] for frame in sent}
+    # ... which alone could bring their ends: the old one is gone, and there is no polling.
+    assert dropped not in hub.connections
+    assert not socket.is_closed()
+    await expect(counting.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+
+
+async def test_fits_a_phone_screen(browser: Browser, base_url: str) -> None:
+    context = await browser.new_context(viewport={"width": 360, "height": 740})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{base_url}/")
+        row, _ = await start(page, "sleep", seconds=0)
+        await expect_state(row, "SUCCESS")
+        overflow = await page.evaluate(
+            "() => document.documentElement.scrollWidth - window.innerWidth"
+        )
+        assert overflow <= 0
+        await page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
+    finally:
+        await context.close()

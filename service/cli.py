@@ -4,6 +4,7 @@ and the clients ``submit`` and ``watch``."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -42,6 +43,14 @@ def _healthy(url: str) -> bool:
 
 def run_dev(args: argparse.Namespace) -> int:
     """Run Redis (found or embedded), a Celery worker and the web service until stopped."""
+    if args.flower and importlib.util.find_spec("flower") is None:
+        print(
+            "taskcast dev: --flower needs Flower, which is not installed: "
+            "pip install 'taskcast[flower]'",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -80,15 +89,31 @@ def run_dev(args: argparse.Namespace) -> int:
             [python, "-m", "service.cli", "serve",
              "--host", args.host, "--port", str(args.port), "--log-level", "warning"],
         )  # fmt: skip
-
         base = f"http://{args.host}:{args.port}"
+        # What must answer before the banner, by the name of the child that serves it.
+        health = {"web": f"{base}/healthz"}
+        flower = ""  # its line in the banner
+        if args.flower:
+            # The Celery app's own settings (broker, key prefix) reach Flower through -A.
+            supervisor.spawn(
+                "flower",
+                [python, "-m", "celery", "-A", "workers.app", "flower",
+                 f"--address={args.host}", f"--port={args.flower_port}", "--logging=warning"],
+            )  # fmt: skip
+            flower_url = f"http://{args.host}:{args.flower_port}"
+            health["flower"] = f"{flower_url}/healthcheck"
+            flower = f"  Flower     {flower_url}\n"
+
         started = wait_until(
             lambda: stop.is_set() or supervisor.first_exited() is not None
-            or _healthy(f"{base}/healthz"),
+            or all(_healthy(url) for url in health.values()),
             timeout=30,
         )  # fmt: skip
         if not stop.is_set() and (not started or supervisor.first_exited() is not None):
-            print("taskcast dev: the web service did not start", file=sys.stderr, flush=True)
+            exited = supervisor.first_exited()
+            silent = [name for name, url in health.items() if not _healthy(url)]
+            who = exited.name if exited is not None else " and ".join(silent) or "web"
+            print(f"taskcast dev: {who} did not start", file=sys.stderr, flush=True)
             return 1
         if not stop.is_set():
             if supervisor.env.get("MAILTRAP_API_TOKEN"):
@@ -101,6 +126,7 @@ def run_dev(args: argparse.Namespace) -> int:
                 f"  WebSocket  ws://{args.host}:{args.port}/ws\n"
                 f"  E-mail     {mail}\n"
                 f"  Redis      {describe_redis(redis_url)} ({where})\n"
+                f"{flower}"
                 f"Press Ctrl-C to stop.",
                 flush=True,
             )
@@ -227,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "otherwise an embedded one is started",
     )
     dev.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    dev.add_argument(
+        "--flower",
+        action="store_true",
+        help="also run Flower, Celery's dashboard (extra: taskcast[flower])",
+    )
+    dev.add_argument("--flower-port", type=int, default=5555, help="port for Flower")
 
     serve = commands.add_parser("serve", help="serve the web service")
     serve.add_argument("--host", default="127.0.0.1")

@@ -15,11 +15,11 @@ from tests.support import ROOT, eventually, final, wait_for_state
 
 
 async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
-    port = free_port()
+    port, flower_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "MAILTRAP_"))}
     taskcast = os.path.join(os.path.dirname(sys.executable), "taskcast")
     process = await asyncio.create_subprocess_exec(
-        taskcast, "dev", "--port", str(port),
+        taskcast, "dev", "--port", str(port), "--flower", "--flower-port", str(flower_port),
         # Nothing listens here, so dev must start its embedded Redis.
         "--local-redis", f"redis://127.0.0.1:{free_port()}/0",
         env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -46,10 +46,17 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
         assert "(embedded, nothing kept on disk)" in text
         assert f"http://127.0.0.1:{port}/tasks/{{name}}" in text
         assert f"E-mail     http://127.0.0.1:{port}/dev/outbox" in text
+        assert f"Flower     http://127.0.0.1:{flower_port}" in text
 
         descendants = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in descendants)
         assert "redis-server" in names and "celery" in names and "service.cli serve" in names
+        assert "workers.app flower" in names
+
+        async with httpx.AsyncClient(timeout=10) as flower:
+            # The banner waits for Flower's health check too.
+            response = await flower.get(f"http://127.0.0.1:{flower_port}/healthcheck")
+            assert (response.status_code, response.text) == (200, "OK")
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             response = await http.post("/tasks/progress", json={"total": 3, "step_seconds": 0.05})

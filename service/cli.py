@@ -122,6 +122,7 @@ def run_dev(args: argparse.Namespace) -> int:
                 mail = f"{base}/dev/outbox  (no MAILTRAP_API_TOKEN: nothing is sent)"
             print(
                 f"taskcast dev is ready\n"
+                f"  Demo page  {base}/\n"
                 f"  API        {base}/tasks/{{name}}  (OpenAPI: {base}/openapi.json)\n"
                 f"  WebSocket  ws://{args.host}:{args.port}/ws\n"
                 f"  E-mail     {mail}\n"

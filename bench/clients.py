@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import time
+from collections import Counter
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -34,11 +35,16 @@ _context = multiprocessing.get_context("spawn")
 class _Tally:
     """When the k-th frame reached each socket of this process; reports each full k."""
 
-    def __init__(self, sockets: int, report: Connection) -> None:
+    def __init__(self, sockets: int, report: Connection, server_closes: bool) -> None:
         self.sockets = sockets
         self.report = report
         self.arrivals: dict[int, list[float]] = {}  # k -> [count, first, last]
         self.closing = False
+        # Whether the server is expected to end the sockets (when their task ends): then
+        # each close is counted by its code instead of being an error.
+        self.server_closes = server_closes
+        self.close_codes: Counter[int | None] = Counter()
+        self.frames = 0
 
     def received(self, k: int) -> None:
         now = time.time()
@@ -50,6 +56,15 @@ class _Tally:
         if entry[0] == self.sockets:
             del self.arrivals[k]
             self.report.send(("frame", k, entry[1], entry[2]))
+
+    def closed(self, code: int | None, frames: int, why: str) -> None:
+        if not self.server_closes:
+            self.failed(why)
+            return
+        self.close_codes[code] += 1
+        self.frames += frames
+        if self.close_codes.total() == self.sockets:
+            self.report.send(("closed", dict(self.close_codes), self.frames))
 
     def failed(self, why: str) -> None:
         if not self.closing:
@@ -84,7 +99,11 @@ class _Socket(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.tally.failed(f"a socket closed early (code {self.protocol.close_code}, {exc!r})")
+        # The code the server sent (the protocol's close_code waits for a state this
+        # bare transport never reports).
+        received = self.protocol.close_rcvd
+        code = received.code if received is not None else None
+        self.tally.closed(code, self.frames, f"a socket closed early (code {code}, {exc!r})")
 
     def _flush(self) -> None:
         assert self.transport is not None
@@ -95,9 +114,9 @@ class _Socket(asyncio.Protocol):
                 self.transport.write_eof()
 
 
-async def _run_sockets(report: Connection, urls: Sequence[str]) -> None:
+async def _run_sockets(report: Connection, urls: Sequence[str], server_closes: bool) -> None:
     loop = asyncio.get_running_loop()
-    tally = _Tally(len(urls), report)
+    tally = _Tally(len(urls), report, server_closes)
     stop = asyncio.Event()
     # Any word from the driver means stop.
     loop.add_reader(report.fileno(), stop.set)
@@ -122,8 +141,8 @@ async def _run_sockets(report: Connection, urls: Sequence[str]) -> None:
         transport.abort()
 
 
-def _sockets_main(report: Connection, urls: Sequence[str]) -> None:
-    asyncio.run(_run_sockets(report, urls))
+def _sockets_main(report: Connection, urls: Sequence[str], server_closes: bool) -> None:
+    asyncio.run(_run_sockets(report, urls, server_closes))
 
 
 class Sockets:
@@ -131,18 +150,27 @@ class Sockets:
 
     Every socket's first frame (the snapshot, or the baseline's greeting) means it is
     connected and subscribed; the context manager returns once all of them have it.
+    With ``server_closes``, the server ending a socket is expected (see ``closed``).
     """
 
-    def __init__(self, urls: Sequence[str], processes: int = 2, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        processes: int = 2,
+        timeout: float = 120.0,
+        server_closes: bool = False,
+    ) -> None:
         self.shares = [list(urls[i::processes]) for i in range(processes) if urls[i::processes]]
         self.timeout = timeout
+        self.server_closes = server_closes
         self.pipes: list[Connection] = []
         self.processes: list[Any] = []
 
     def __enter__(self) -> Sockets:
         for share in self.shares:
             here, there = _context.Pipe()
-            process = _context.Process(target=_sockets_main, args=(there, share), daemon=True)
+            args = (there, share, self.server_closes)
+            process = _context.Process(target=_sockets_main, args=args, daemon=True)
             process.start()
             self.pipes.append(here)
             self.processes.append(process)
@@ -183,6 +211,29 @@ class Sockets:
                     arrivals.append((message[2], message[3]))
                     waiting.remove(pipe)
         return min(first for first, _ in arrivals), max(last for _, last in arrivals)
+
+    def closed(self, timeout: float) -> tuple[Counter[int | None], int]:
+        """Wait until the server has closed every socket: the close codes, and frames seen."""
+        deadline = time.monotonic() + timeout
+        codes: Counter[int | None] = Counter()
+        frames = 0
+        waiting = list(self.pipes)
+        while waiting:
+            ready = multiprocessing.connection.wait(
+                waiting, timeout=max(deadline - time.monotonic(), 0)
+            )
+            if not ready:
+                raise TimeoutError(f"sockets still open after {timeout} s")
+            for pipe in ready:
+                assert isinstance(pipe, Connection)
+                message = pipe.recv()
+                if message[0] == "error":
+                    raise RuntimeError(message[1])
+                if message[0] == "closed":
+                    codes.update(message[1])
+                    frames += message[2]
+                    waiting.remove(pipe)
+        return codes, frames
 
 
 async def _run_pollers(

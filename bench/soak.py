@@ -1,8 +1,8 @@
 """Load held over time, on two service processes: nothing dropped, memory flat, Redis cost bounded.
 
-Two taskcast processes (two ports: the scale-out of one machine) share the subscribers
-of the same tasks. A real worker runs T ``progress`` tasks for about a minute; N
-sockets, alternating between the two processes, each watch one of them on
+Two taskcast processes (two ports: the scale-out of one machine; ``--processes``)
+share the subscribers of the same tasks. A real worker runs T ``progress`` tasks for
+about a minute; N sockets, spread over the processes, each watch one of them on
 ``/ws/tasks/{id}`` until the server ends the socket. A socket closed with 1000 has had
 its final status (the server closes a task's socket that way only after its final);
 any other ending is a dropped socket. Meanwhile both processes' RSS is sampled, and
@@ -13,6 +13,7 @@ tasks and not sockets:
 
     uv run python -m bench.soak --sockets 5000
     uv run python -m bench.soak --sockets 500
+    uv run python -m bench.soak --sockets 500 --processes 1
     uv run python -m bench.soak --small
 """
 
@@ -50,6 +51,7 @@ def main() -> None:
     arguments = parser(__doc__ or "")
     arguments.add_argument("--sockets", type=int, default=5000)
     arguments.add_argument("--tasks", type=int, default=10)
+    arguments.add_argument("--processes", type=int, default=2, help="service processes")
     arguments.add_argument("--seconds", type=int, default=60, help="how long each task runs")
     args = arguments.parse_args()
     sockets, tasks, steps = (200, 4, 10) if args.small else (args.sockets, args.tasks, args.seconds)
@@ -57,7 +59,7 @@ def main() -> None:
 
     with Stack() as stack:
         stack.worker("--pool", "threads", "--concurrency", str(tasks))
-        servers = [stack.serve(f"taskcast-{name}", "service.cli") for name in "ab"]
+        servers = [stack.serve(f"taskcast-{i + 1}", "service.cli") for i in range(args.processes)]
 
         from workers.app import backend_client, celery_app
 
@@ -67,7 +69,8 @@ def main() -> None:
             celery_app.send_task("taskcast.progress", kwargs=kwargs).id for _ in range(tasks)
         ]
         urls = [
-            servers[i % 2].url(f"/ws/tasks/{task_ids[i % tasks]}", "ws") for i in range(sockets)
+            servers[i % len(servers)].url(f"/ws/tasks/{task_ids[i % tasks]}", "ws")
+            for i in range(sockets)
         ]
         before = commands(redis)
         started = time.monotonic()
@@ -84,7 +87,10 @@ def main() -> None:
         finals = {celery_app.backend.get_task_meta(task_id)["status"] for task_id in task_ids}
 
     dropped = sockets - codes.get(1000, 0)
-    print(f"soak: {sockets:,} sockets on 2 processes, {tasks} tasks of {steps} steps ({machine()})")
+    print(
+        f"soak: {sockets:,} sockets on {len(servers)} processes, {tasks} tasks of {steps} steps "
+        f"({machine()})"
+    )
     rows = [
         ["sockets connected", f"{sockets:,} in {connected:.1f} s"],
         ["held until the last final", f"{held:.1f} s"],
@@ -107,7 +113,7 @@ def main() -> None:
     rows.append(
         [
             "MGET/s (the hubs' reads)",
-            f"{mgets:,.1f} = {mgets / 2:,.1f} per process for {tasks} watched tasks",
+            f"{mgets:,.1f} = {mgets / len(servers):,.1f} per process for {tasks} watched tasks",
         ]
     )
     print(table(["measure", "value"], rows))

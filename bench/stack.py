@@ -30,6 +30,9 @@ class Stack:
         self.env = dict(os.environ, TASKCAST_REDIS_URL=self.redis.url, PYTHONPATH=path)
         for name in ("TASKCAST_BROKER_URL", "TASKCAST_RESULT_BACKEND_URL", "TASKCAST_KEY_PREFIX"):
             self.env.pop(name, None)
+        # Every benchmark client comes from 127.0.0.1: the per-address limit, meant for
+        # the open internet, would refuse all but the first few.
+        self.env["TASKCAST_MAX_CONNECTIONS_PER_CLIENT"] = str(10**6)
 
     def __enter__(self) -> Stack:
         self.redis.start()

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from service import demo, dev, http, openapi, tutorial, ws
+from service.auth import Auth, OriginCheck, redact_tokens_in_server_logs
 from service.dispatch import Dispatcher
 from service.errors import EXCEPTION_HANDLERS
 from service.hub import Hub
@@ -23,6 +26,8 @@ from workers.app import celery_app
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the service; ``settings`` default to the environment's."""
     settings = settings or Settings.from_env()
+    # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
+    redact_tokens_in_server_logs()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -40,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             store=store,
             dispatcher=Dispatcher(celery_app, settings.celery),
             hub=hub,
+            auth=Auth(settings),
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
@@ -63,6 +69,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *demo.routes,
             *dev_routes,
         ],
+        middleware=_origin_middleware(settings.allowed_origins),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+
+
+def _origin_middleware(origins: tuple[str, ...]) -> list[Middleware]:
+    """WebSocket handshakes checked against TASKCAST_ALLOWED_ORIGINS and, when it is set,
+    CORS for the same origins (unset: browsers keep the API to the service's own pages)."""
+    if not origins:
+        return []
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Location"],
+        max_age=600,
+    )
+    return [cors, Middleware(OriginCheck, allowed=origins)]

@@ -173,7 +173,9 @@ def run_worker(extra: list[str]) -> int:
 def run_watch(args: argparse.Namespace) -> int:
     """Show a task's progress live until it ends; the exit code says how it ended."""
     return terminal.run(
-        lambda console: terminal.watch_task(console, args.url, args.task_id, args.give_up)
+        lambda console: terminal.watch_task(
+            console, args.url, args.task_id, args.give_up, args.token, args.api_key
+        )
     )
 
 
@@ -186,7 +188,7 @@ def run_submit(args: argparse.Namespace) -> int:
     }
     return terminal.run(
         lambda console: terminal.submit_task(
-            console, args.url, args.task, params, args.watch, args.give_up
+            console, args.url, args.task, params, args.watch, args.give_up, args.api_key
         )
     )
 
@@ -239,6 +241,14 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Credentials default to the environment, where other users cannot read them (a
+    # command line shows in ps); empty means none.
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TASKCAST_API_KEY") or None,
+        metavar="KEY",
+        help="API key, where the service wants one (default: $TASKCAST_API_KEY)",
+    )
     parser = argparse.ArgumentParser(
         prog="taskcast", description="Run long jobs on Celery and stream their progress live."
     )
@@ -277,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(watch)
 
     submit = commands.add_parser("submit", help="start a task and print its id", epilog=exits)
+    watch.add_argument(
+        "--token",
+        default=os.environ.get("TASKCAST_TOKEN") or None,
+        help="the task's watch token, from its dispatch (default: $TASKCAST_TOKEN)",
+    )
     tasks = submit.add_subparsers(dest="task", metavar="NAME", required=True)
     for name, spec in TASKS.items():
         task = tasks.add_parser(name, help=spec.summary, description=spec.summary, epilog=exits)

@@ -5,6 +5,10 @@ async for status in watch("http://127.0.0.1:8000", task_id):
     print(status["state"], status["progress"])
 ```
 
+Where the service has auth on (docs/security.md), ``submit`` takes an ``api_key`` and
+returns the task's watch ``token``, which ``get_status`` and ``watch`` take (or an API
+key, which reads any task); both travel in the ``Authorization`` header, never in a URL.
+
 Every failure is a :class:`TaskcastError`; its subclasses say which kind. The client
 imports nothing of the service's own (no Celery, no Redis): it speaks only the public
 REST and WebSocket protocol of docs/protocol.md.
@@ -30,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 _HTTP_TIMEOUT = 10.0
 
 # Close codes of /ws/tasks/{id} (service/protocol.py) that end a watch instead of a retry.
+_CLOSE_UNAUTHORIZED = 4401
 _CLOSE_UNKNOWN_TASK = 4404
 _CLOSE_INVALID_TASK_ID = 4422
 
@@ -40,6 +45,11 @@ class TaskcastError(Exception):
 
 class ServiceUnavailable(TaskcastError):
     """The service could not be reached, did not answer in time, or answered 5xx."""
+
+
+class Unauthorized(TaskcastError):
+    """The call needs credentials it did not have, or had wrong or expired ones
+    (HTTP 401, WebSocket ``unauthorized`` / close 4401)."""
 
 
 class TaskNotFound(TaskcastError):
@@ -101,13 +111,24 @@ _SUBMIT_REFUSALS: _Refusals = {
 }
 
 
+def _authorization(credential: str | None) -> dict[str, str]:
+    return {} if credential is None else {"Authorization": f"Bearer {credential}"}
+
+
 async def _call(
-    method: str, url: str, expected: int, refusals: _Refusals, body: object = None
+    method: str,
+    url: str,
+    expected: int,
+    refusals: _Refusals,
+    body: object = None,
+    credential: str | None = None,
 ) -> Any:
     """The JSON body of the ``expected`` answer; anything else raised as a TaskcastError."""
     try:
         async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as http:
-            response = await http.request(method, url, json=body)
+            response = await http.request(
+                method, url, json=body, headers=_authorization(credential)
+            )
     except httpx.TimeoutException:
         raise ServiceUnavailable(f"{url} did not answer within {_HTTP_TIMEOUT:g} s") from None
     except httpx.TransportError as exc:
@@ -117,6 +138,8 @@ async def _call(
     code, detail = _detail(response)
     if response.status_code >= 500:
         raise ServiceUnavailable(f"{url} answered: {detail}")
+    if response.status_code == 401:
+        raise Unauthorized(detail)
     refusal = refusals.get((response.status_code, code)) or refusals.get(
         (response.status_code, None)
     )
@@ -125,26 +148,37 @@ async def _call(
     raise TaskcastError(f"unexpected answer from {method} {url}: {detail}")
 
 
-async def get_status(base_url: str, task_id: str) -> dict[str, Any]:
-    """The task's status object (``GET /tasks/{id}``).
+async def get_status(
+    base_url: str, task_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """The task's status object (``GET /tasks/{id}``), read with the task's watch
+    ``token`` or an ``api_key`` where the service wants one.
 
-    Raises TaskNotFound, InvalidTaskId, ServiceUnavailable, or TaskcastError for an
-    answer that is not taskcast's.
+    Raises TaskNotFound, InvalidTaskId, Unauthorized, ServiceUnavailable, or
+    TaskcastError for an answer that is not taskcast's.
     """
     url = f"{_base(base_url)}/tasks/{_segment(task_id)}"
-    status: dict[str, Any] = await _call("GET", url, 200, _STATUS_REFUSALS)
+    status: dict[str, Any] = await _call(
+        "GET", url, 200, _STATUS_REFUSALS, credential=api_key or token
+    )
     return status
 
 
-async def submit(base_url: str, name: str, params: dict[str, Any]) -> dict[str, str]:
-    """Start task ``name`` with ``params`` (``POST /tasks/{name}``).
+async def submit(
+    base_url: str, name: str, params: dict[str, Any], *, api_key: str | None = None
+) -> dict[str, str]:
+    """Start task ``name`` with ``params`` (``POST /tasks/{name}``), with ``api_key``
+    where the service wants one.
 
-    Returns ``{"task_id", "status_url", "ws_url"}``. Raises UnknownTaskName,
-    InvalidParams (with the service's explanation), ServiceUnavailable (also when the
-    service cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
+    Returns ``{"task_id", "status_url", "ws_url"}``, plus ``"token"`` (the task's watch
+    token) when the service signs them. Raises UnknownTaskName, InvalidParams (with the
+    service's explanation), Unauthorized, ServiceUnavailable (also when the service
+    cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
     """
     url = f"{_base(base_url)}/tasks/{_segment(name)}"
-    links: dict[str, str] = await _call("POST", url, 202, _SUBMIT_REFUSALS, params)
+    links: dict[str, str] = await _call(
+        "POST", url, 202, _SUBMIT_REFUSALS, params, credential=api_key
+    )
     return links
 
 
@@ -159,6 +193,8 @@ def _raise_for_error(message: dict[str, Any]) -> None:
         raise TaskNotFound(detail)
     if message.get("code") == "invalid_task_id":
         raise InvalidTaskId(detail)
+    if message.get("code") == "unauthorized":
+        raise Unauthorized(detail)
     raise TaskcastError(f"the service refused the watch: {detail}")
 
 
@@ -166,6 +202,8 @@ async def watch(
     base_url: str,
     task_id: str,
     *,
+    token: str | None = None,
+    api_key: str | None = None,
     give_up_after: float = 30.0,
     retry_initial: float = 0.5,
     retry_max: float = 10.0,
@@ -193,12 +231,16 @@ async def watch(
     older than anything yielded. It can be the same status again: an exact repeat of
     the last one yielded is skipped.
 
-    Raises TaskNotFound or InvalidTaskId as the service reports them, and
+    ``token`` (the task's watch token) or ``api_key`` go in the handshake's
+    ``Authorization`` header, where the service wants one.
+
+    Raises TaskNotFound, InvalidTaskId or Unauthorized as the service reports them, and
     ServiceUnavailable after ``give_up_after`` seconds without a working connection
     (one that delivered a status). Close the generator to stop early (``break`` out of
     the loop, or wrap it in ``contextlib.aclosing`` to close the socket at once).
     """
     url = _ws_task_url(base_url, task_id)
+    headers = _authorization(api_key or token)
     last: dict[str, Any] | None = None
     failures = 0
     offline_since = time.monotonic()
@@ -206,7 +248,9 @@ async def watch(
         reason: str
         delivered = False
         try:
-            async with connect(url, open_timeout=open_timeout, compression=None) as ws:
+            async with connect(
+                url, additional_headers=headers, open_timeout=open_timeout, compression=None
+            ) as ws:
                 async for raw in ws:
                     message = json.loads(raw)
                     if message.get("type") == "error":
@@ -228,6 +272,8 @@ async def watch(
                 raise TaskNotFound(f"no task with id {task_id}") from None
             if code == _CLOSE_INVALID_TASK_ID:
                 raise InvalidTaskId(f"task id must be a UUID, got {task_id!r}") from None
+            if code == _CLOSE_UNAUTHORIZED:
+                raise Unauthorized(f"not allowed to watch task {task_id}") from None
             reason = f"the connection dropped ({code or 'no close frame'})"
         except InvalidURI as exc:
             raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None

@@ -29,11 +29,14 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """An error a handler raises to answer the client with a JSON error body."""
 
-    def __init__(self, status_code: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status_code: int, error: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -51,7 +54,10 @@ def error_response(status_code: int, error: str, detail: str) -> Response:
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.error, exc.detail)
+    response = error_response(exc.status_code, exc.error, exc.detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.auth import bearer
 from service.catalog import TASKS
 from service.dispatch import DispatchError
 from service.errors import ApiError
@@ -24,12 +25,45 @@ def app_state(request: Request) -> AppState:
     return state
 
 
+# RFC 6750: a 401 names the scheme that would be accepted.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskcast"'}
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless the caller may dispatch and cancel (an API key, when keys are set)."""
+    if not app_state(request).auth.may_dispatch(bearer(request.headers.get("authorization"))):
+        detail = "an API key is required: Authorization: Bearer <key>"
+        raise ApiError(401, "unauthorized", detail, _CHALLENGE)
+
+
+def require_watch(request: Request, task_id: str) -> None:
+    """401 unless the caller may read the task (its token, or an API key, when tokens are
+    on). Decided before the task is read: a known and an unknown id get the same answer."""
+    auth = app_state(request).auth
+    if not auth.may_watch(
+        task_id, request.query_params.get("token"), bearer(request.headers.get("authorization"))
+    ):
+        detail = (
+            "the task's watch token (?token= or Authorization: Bearer) or an API key "
+            "is required; tokens expire"
+        )
+        raise ApiError(401, "unauthorized", detail, _CHALLENGE)
+
+
+def watch_token(request: Request, task_id: str) -> dict[str, str]:
+    """``{"token": ...}`` for a dispatch reply when tokens are on, else nothing."""
+    token = app_state(request).auth.token(task_id)
+    return {} if token is None else {"token": token}
+
+
 def task_links(request: Request, task_id: str) -> dict[str, str]:
-    """Where a client reads a task's status once (REST) and follows it live (WebSocket)."""
-    status_url = request.url_for("task_status", task_id=task_id)
-    ws_url = request.url_for("ws_task", task_id=task_id)
+    """Where a client reads a task's status once (REST) and follows it live (WebSocket),
+    with its watch token (in the reply, and in both URLs) when tokens are on."""
+    token = watch_token(request, task_id)
+    status_url = request.url_for("task_status", task_id=task_id).include_query_params(**token)
+    ws_url = request.url_for("ws_task", task_id=task_id).include_query_params(**token)
     ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
-    return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url)}
+    return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
 
 
 async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
@@ -54,6 +88,7 @@ async def submit(request: Request) -> Response:
     if spec is None:
         known = ", ".join(sorted(TASKS))
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
+    require_api_key(request)
     body = await read_body(request, app_state(request).settings.max_body_bytes)
     params = parse_params(spec.params, body)
     task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
@@ -72,11 +107,16 @@ async def cancel_task(request: Request) -> Response:
     if status["final"]:
         raise ApiError(409, "already_final", f"task {task_id} already ended {status['state']}")
     await app_state(request).dispatcher.revoke(task_id)
+    require_watch(request, task_id)
     return json_response(task_links(request, task_id), status_code=202)
 
 
 async def healthz(request: Request) -> Response:
+    # What dispatching needs, and what reading the task needs: an API key covers both;
+    # with tokens but no keys, the task's token lets its holder cancel it.
+    require_api_key(request)
     return json_response({"status": "ok"})
+    require_watch(request, task_id)
 
 
 async def readyz(request: Request) -> Response:

@@ -34,6 +34,34 @@ def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 
+# OpenAPI security requirements: any one of the alternatives, each a scheme by name.
+_Security = list[dict[str, list[str]]]
+
+
+def _guarded(operation: dict[str, Any], security: _Security) -> dict[str, Any]:
+    """``operation`` with its security requirement and 401, when this deployment has one."""
+    if not security:
+        return operation
+    responses = {**operation["responses"], "401": _error("Missing, wrong or expired credentials.")}
+    return {**operation, "security": security, "responses": responses}
+
+
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of TASKCAST_API_KEYS; where a task is read, also that task's "
+        "watch token.",
+    },
+    "watchToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "The task's watch token, as its dispatch returned it.",
+    },
+}
+
+
 def _query(model: type[Any]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()
     required = set(schema.get("required", []))
@@ -56,6 +84,11 @@ _SCHEMAS: dict[str, Any] = {
             "task_id": {"type": "string", "format": "uuid"},
             "status_url": {"type": "string"},
             "ws_url": {"type": "string"},
+            "token": {
+                "type": "string",
+                "description": "the task's watch token, present when the service signs "
+                "them (TASKCAST_SECRET); status_url and ws_url carry it too",
+            },
         },
     },
     "Progress": {
@@ -98,8 +131,9 @@ _SCHEMAS: dict[str, Any] = {
 
 
 @cache
-def spec(dev: bool = False) -> dict[str, Any]:
-    """Build the document once per mode; it only depends on code and on dev mode."""
+def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[str, Any]:
+    """Build the document once per mode; it only depends on code, on dev mode, and on
+    which credentials the service wants (API keys, watch tokens)."""
     schemas = dict(_SCHEMAS)
     paths: dict[str, Any] = {}
     for name, task in TASKS.items():
@@ -219,6 +253,19 @@ def spec(dev: bool = False) -> dict[str, Any]:
             },
         }
     }
+    # What each operation needs in this deployment (docs/security.md). Cancelling needs
+    # an API key when keys are set (which also reads any task); else what reading needs.
+    keyed: _Security = [{"bearer": []}] if keys else []
+    watched: _Security = [{"watchToken": []}, {"bearer": []}] if tokens else []
+    guards = [
+        *(((f"/tasks/{name}", "post"), keyed) for name in TASKS),
+        *(((path, method), keyed) for path, method in _TUTORIAL_DISPATCH),
+        (("/tasks/{task_id}", "get"), watched),
+        (("/task-status/{task_id}", "get"), watched),
+        (("/tasks/{task_id}", "delete"), keyed or watched),
+    ]
+    for (path, method), security in guards:
+        paths[path][method] = _guarded(paths[path][method], security)
     if dev:
         paths["/dev/outbox"] = {
             "get": {
@@ -230,12 +277,24 @@ def spec(dev: bool = False) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "taskcast", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
+# The tutorial's paths that start work, keyed like POST /tasks/{name}.
+_TUTORIAL_DISPATCH = [
+    ("/sync-process/", "get"),
+    ("/async-process/", "get"),
+    ("/process-and-email/", "post"),
+    ("/process-data-with-status/", "post"),
+]
+
+
 async def openapi_json(request: Request) -> Response:
-    return json_response(spec(app_state(request).settings.dev))
+    state = app_state(request)
+    return json_response(
+        spec(state.settings.dev, state.auth.keys_required, state.auth.tokens_required)
+    )
 
 
 routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -1,6 +1,6 @@
 """The WebSocket protocol: parsing client frames and building server messages.
 
-Client frames are JSON text: ``{"op": "subscribe", "task_id": ...}``,
+Client frames are JSON text: ``{"op": "subscribe", "task_id": ..., "token": ...?}``,
 ``{"op": "unsubscribe", "task_id": ...}``, ``{"op": "ping"}``. Every message the server
 sends is built here, so docs/protocol.md has one place to check against.
 """
@@ -17,10 +17,15 @@ from service.validation import UUID_PATTERN
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
 CLOSE_TOO_BIG = 1009  # a client frame over the size limit
+CLOSE_UNAUTHORIZED = 4401  # /ws/tasks/{id}: no valid watch token (or API key)
 CLOSE_UNKNOWN_TASK = 4404  # /ws/tasks/{id}: no such task
 CLOSE_SLOW_CLIENT = 4408  # the client stopped reading for TASKCAST_SLOW_CLIENT_TIMEOUT
 CLOSE_INVALID_TASK_ID = 4422  # /ws/tasks/{id}: the id is not a UUID
 CLOSE_FLOOD = 4429  # the client sent far more requests than it read replies for
+
+
+# Why a watch was refused: the same words whether or not the task exists.
+UNAUTHORIZED_DETAIL = "the task's watch token, or an API key, is required; tokens expire"
 
 
 class ProtocolError(Exception):
@@ -43,6 +48,8 @@ TaskId = Annotated[str, Field(pattern=UUID_PATTERN)]
 class Subscribe(_Op):
     op: Literal["subscribe"]
     task_id: TaskId
+    # The task's watch token, needed when the service signs them (TASKCAST_SECRET).
+    token: str | None = None
 
 
 class Unsubscribe(_Op):

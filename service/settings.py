@@ -37,6 +37,16 @@ class Settings:
     ws_deflate: bool = False
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
+    # Auth (docs/security.md), off while these are empty. Keys that may dispatch and
+    # cancel; kept out of repr so that a logged Settings never shows a credential.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Signs watch tokens; when set, reading or watching a task needs its token.
+    secret: str = field(default="", repr=False)
+    # Seconds a watch token stays valid (default: as long as the task's record).
+    token_ttl: int = 86_400
+    # Origins whose pages may open WebSockets and call the API; empty: any may open a
+    # WebSocket and no CORS is offered. ("*",) offers CORS to every origin.
+    allowed_origins: tuple[str, ...] = ()
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The WebSocket options taskcast serves with (benchmarks reuse them for a baseline)."""
@@ -61,4 +71,46 @@ class Settings:
             ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
             ws_deflate=parse_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
             dev=parse_bool(env.get("TASKCAST_DEV", "")),
+            api_keys=_api_keys(env.get("TASKCAST_API_KEYS", "")),
+            secret=_secret(env.get("TASKCAST_SECRET", "")),
+            token_ttl=int(env.get("TASKCAST_TOKEN_TTL") or celery_settings.result_expires),
+            allowed_origins=_origins(env.get("TASKCAST_ALLOWED_ORIGINS", "")),
         )
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+# Shorter credentials are refused at start: a guessable key or secret protects nothing.
+_MIN_KEY_CHARS = 16
+_MIN_SECRET_CHARS = 32
+
+
+def _api_keys(text: str) -> tuple[str, ...]:
+    keys = _items(text)
+    if any(len(key) < _MIN_KEY_CHARS for key in keys):
+        # Never quote the key itself: this message reaches logs.
+        raise ValueError(f"TASKCAST_API_KEYS: every key needs at least {_MIN_KEY_CHARS} characters")
+    return keys
+
+
+def _secret(text: str) -> str:
+    if text and len(text) < _MIN_SECRET_CHARS:
+        raise ValueError(f"TASKCAST_SECRET needs at least {_MIN_SECRET_CHARS} characters")
+    return text
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    # Browsers send an origin as scheme://host[:port] in lower case, without a path.
+    origins = tuple(origin.lower().rstrip("/") for origin in _items(text))
+    for origin in origins:
+        if origin != "*" and (
+            not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]
+        ):
+            raise ValueError(
+                f"TASKCAST_ALLOWED_ORIGINS: {origin!r} is not '*' or an origin such as "
+                "https://app.example.com"
+            )
+    return origins
+

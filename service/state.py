@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from service.auth import Auth
 from service.dispatch import Dispatcher
 from service.hub import Hub
 from service.settings import Settings
@@ -21,3 +22,4 @@ class AppState:
     store: ResultStore
     dispatcher: Dispatcher
     hub: Hub
+    auth: Auth

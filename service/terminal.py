@@ -23,6 +23,7 @@ from service.client import (
     InvalidTaskId,
     TaskcastError,
     TaskNotFound,
+    Unauthorized,
     UnknownTaskName,
     get_status,
     submit,
@@ -39,13 +40,14 @@ class Exit(IntEnum):
     NOT_FOUND = 4  # no task with that id, or no task of that name
     REJECTED = 5  # a malformed id, or parameters the task refuses
     UNAVAILABLE = 6  # the service could not be reached, or answered unexpectedly
+    UNAUTHORIZED = 7  # no API key or watch token, or a wrong or expired one
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 EXIT_HELP = (
     "exit status: 0 the task succeeded (or was queued, without --watch), 1 it failed, "
     "3 it was revoked, 4 no such task, 5 invalid id or parameters, 6 service unreachable, "
-    "2 usage error, 130 interrupted"
+    "7 missing or wrong credentials, 2 usage error, 130 interrupted"
 )
 
 
@@ -62,6 +64,8 @@ def error_exit(exc: TaskcastError) -> Exit:
         return Exit.NOT_FOUND
     if isinstance(exc, InvalidTaskId | InvalidParams):
         return Exit.REJECTED
+    if isinstance(exc, Unauthorized):
+        return Exit.UNAUTHORIZED
     return Exit.UNAVAILABLE
 
 
@@ -141,12 +145,20 @@ async def show(statuses: AsyncIterator[dict[str, Any]], console: Console) -> dic
     return status
 
 
-async def watch_task(console: Console, base_url: str, task_id: str, give_up_after: float) -> Exit:
+async def watch_task(
+    console: Console,
+    base_url: str,
+    task_id: str,
+    give_up_after: float,
+    token: str | None = None,
+    api_key: str | None = None,
+) -> Exit:
     """``taskcast watch``: show a task until it ends; its exit code."""
     # Asked once over REST first: a wrong URL or id fails at once, where the watch
     # itself would keep retrying for ``give_up_after`` seconds.
-    await get_status(base_url, task_id)
-    return outcome(await show(watch(base_url, task_id, give_up_after=give_up_after), console))
+    await get_status(base_url, task_id, token=token, api_key=api_key)
+    statuses = watch(base_url, task_id, token=token, api_key=api_key, give_up_after=give_up_after)
+    return outcome(await show(statuses, console))
 
 
 async def submit_task(
@@ -156,9 +168,11 @@ async def submit_task(
     params: dict[str, Any],
     follow: bool,
     give_up_after: float,
+    api_key: str | None = None,
 ) -> Exit:
-    """``taskcast submit``: queue a task, print where to find it, and maybe follow it."""
-    links = await submit(base_url, name, params)
+    """``taskcast submit``: queue a task, print where to find it, and maybe follow it
+    (with the watch token the service returned, if it signs them)."""
+    links = await submit(base_url, name, params, api_key=api_key)
     console.print(
         f"{links['task_id']}\n  status  {links['status_url']}\n  live    {links['ws_url']}",
         markup=False,
@@ -167,7 +181,13 @@ async def submit_task(
     )
     if not follow:
         return Exit.SUCCESS
-    statuses = watch(base_url, links["task_id"], give_up_after=give_up_after)
+    statuses = watch(
+        base_url,
+        links["task_id"],
+        token=links.get("token"),
+        api_key=api_key,
+        give_up_after=give_up_after,
+    )
     return outcome(await show(statuses, console))
 
 

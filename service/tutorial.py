@@ -18,7 +18,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.catalog import TASKS, EmailParams
-from service.http import app_state, dispatch_task, read_status
+from service.http import (
+    app_state,
+    dispatch_task,
+    read_status,
+    require_api_key,
+    require_watch,
+    watch_token,
+)
 from service.responses import json_response
 from service.status import Status
 from service.validation import check_params, parse_json, parse_query, parse_task_id, read_body
@@ -44,26 +51,32 @@ class EmailQuery(_Query):
 
 async def sync_process(request: Request) -> Response:
     """Run the job inside the request, as the tutorial's counter-example did (in a thread)."""
+    # Keyed like a dispatch: it holds a thread for up to a minute.
+    require_api_key(request)
     query = parse_query(SleepQuery, request)
     message = await anyio.to_thread.run_sync(partial(tasks.sleep, seconds=query.seconds))
     return json_response({"message": message})
 
 
 async def async_process(request: Request) -> Response:
+    require_api_key(request)
     query = parse_query(SleepQuery, request)
     task_id = await dispatch_task(request, TASKS["sleep"].celery_name, {"seconds": query.seconds})
-    return json_response({"message": "Task started", "task_id": task_id})
+    reply = {"message": "Task started", "task_id": task_id}
+    return json_response({**reply, **watch_token(request, task_id)})
 
 
 async def process_data_with_status(request: Request) -> Response:
+    require_api_key(request)
     query = parse_query(ProgressQuery, request)
     kwargs = {"total": query.time, "step_seconds": 1.0}
     task_id = await dispatch_task(request, TASKS["progress"].celery_name, kwargs)
-    return json_response({"task_id": task_id})
+    return json_response({"task_id": task_id, **watch_token(request, task_id)})
 
 
 async def process_and_email(request: Request) -> Response:
     """Queue the e-mail job: the address in the query, the data as the JSON body."""
+    require_api_key(request)
     query = parse_query(EmailQuery, request)
     body = await read_body(request, app_state(request).settings.max_body_bytes)
     values: dict[str, Any] = {"to": query.email}
@@ -71,7 +84,8 @@ async def process_and_email(request: Request) -> Response:
         values["data"] = parse_json(body)
     params = check_params(EmailParams, values)
     task_id = await dispatch_task(request, TASKS["email"].celery_name, params.model_dump())
-    return json_response({"message": "Email task started", "task_id": task_id})
+    reply = {"message": "Email task started", "task_id": task_id}
+    return json_response({**reply, **watch_token(request, task_id)})
 
 
 def tutorial_shape(status: Status) -> dict[str, Any]:
@@ -99,6 +113,7 @@ def tutorial_shape(status: Status) -> dict[str, Any]:
 
 async def task_status(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
+    require_watch(request, task_id)
     return json_response(tutorial_shape(await read_status(request, task_id)))
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from functools import partial
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from service import protocol
+from service.auth import bearer
 from service.hub import Hub
 from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
 from service.settings import Settings
@@ -41,7 +44,23 @@ async def ws_task(websocket: WebSocket) -> None:
         await websocket.send_text(protocol.error_message("invalid_task_id", detail))
         await websocket.close(protocol.CLOSE_INVALID_TASK_ID)
         return
-    await _serve(websocket, first_task=raw.lower())
+    task_id = raw.lower()
+    if not _may_watch(websocket)(task_id, websocket.query_params.get("token")):
+        await websocket.send_text(
+            protocol.error_message("unauthorized", protocol.UNAUTHORIZED_DETAIL)
+        )
+        await websocket.close(protocol.CLOSE_UNAUTHORIZED)
+        return
+    await _serve(websocket, first_task=task_id)
+
+
+def _may_watch(websocket: WebSocket) -> Callable[[str, str | None], bool]:
+    """Whether this connection may follow a task, given the task's token if it sent one.
+    An API key counts only in the handshake's Authorization header, never in a frame."""
+    state: AppState = websocket.app.state.taskcast
+    return partial(
+        state.auth.may_watch, bearer_credential=bearer(websocket.headers.get("authorization"))
+    )
 
 
 async def _serve(websocket: WebSocket, first_task: str | None) -> None:
@@ -50,7 +69,14 @@ async def _serve(websocket: WebSocket, first_task: str | None) -> None:
     subscriber = Subscriber(websocket.send_text, hub.stalled, single=first_task is not None)
     sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
-        _receive(websocket, hub, subscriber, state.settings, multiplexed=first_task is None)
+        _receive(
+            websocket,
+            hub,
+            subscriber,
+            state.settings,
+            multiplexed=first_task is None,
+            may_watch=_may_watch(websocket),
+        )
     )
     hub.connect(subscriber, sender)
     if first_task is not None:
@@ -79,6 +105,7 @@ async def _receive(
     subscriber: Subscriber,
     settings: Settings,
     multiplexed: bool,
+    may_watch: Callable[[str, str | None], bool],
 ) -> int | None:
     """Act on client frames; return a close code, or None when the client left."""
     limit = settings.ws_max_message_bytes
@@ -98,7 +125,7 @@ async def _receive(
             if len(text) > limit // 4 and len(text.encode()) > limit:
                 return protocol.CLOSE_TOO_BIG
             try:
-                _act(parse_command(text), hub, subscriber, settings, multiplexed)
+                _act(parse_command(text), hub, subscriber, settings, multiplexed, may_watch)
             except ProtocolError as exc:
                 subscriber.reply(protocol.error_message(exc.code, exc.detail, exc.task_id))
     except MailboxOverflow:
@@ -111,6 +138,7 @@ def _act(
     subscriber: Subscriber,
     settings: Settings,
     multiplexed: bool,
+    may_watch: Callable[[str, str | None], bool],
 ) -> None:
     if isinstance(command, Ping):
         subscriber.reply(protocol.PONG)
@@ -118,6 +146,10 @@ def _act(
         raise ProtocolError("unknown_op", "only ping is accepted on /ws/tasks/{id}")
     elif isinstance(command, Subscribe):
         task_id = command.task_id
+        # Refused like any bad frame (the socket stays open, its other tasks unaffected),
+        # and before anything about the task is read.
+        if not may_watch(task_id, command.token):
+            raise ProtocolError("unauthorized", protocol.UNAUTHORIZED_DETAIL, task_id)
         if task_id not in subscriber.tasks and len(subscriber.tasks) >= settings.max_subscriptions:
             raise ProtocolError(
                 "too_many_subscriptions",

@@ -12,11 +12,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from service import demo, dev, http, openapi, tutorial, ws
+from service import demo, dev, http, metrics, openapi, tutorial, ws
 from service.auth import Auth, OriginCheck, redact_tokens_in_server_logs
 from service.dispatch import Dispatcher
 from service.errors import EXCEPTION_HANDLERS
 from service.hub import Hub
+from service.limits import ClientConnections
+from service.metrics import Metrics
 from service.settings import Settings
 from service.state import AppState
 from service.store import ResultStore
@@ -33,8 +35,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.celery.result_backend_url)
         store = ResultStore(redis, settings.celery.key_prefix)
+        app_metrics = Metrics()
         hub = Hub(
             store,
+            metrics=app_metrics,
             poll_interval=settings.poll_interval,
             push=settings.push,
             slow_client_timeout=settings.slow_client_timeout,
@@ -45,10 +49,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             store=store,
             dispatcher=Dispatcher(celery_app, settings.celery),
             hub=hub,
+            metrics=app_metrics,
+            clients=ClientConnections(settings.max_connections_per_client),
             auth=Auth(settings),
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
+        app_metrics.track(hub)
         try:
             yield
         finally:
@@ -66,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *ws.routes,
             *tutorial.routes,
             *openapi.routes,
+            *metrics.routes,
             *demo.routes,
             *dev_routes,
         ],

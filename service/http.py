@@ -68,10 +68,15 @@ def task_links(request: Request, task_id: str) -> dict[str, str]:
 
 async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
     """Publish a task, answering 503 (and queueing nothing) when the broker is down."""
+    state = app_state(request)
     try:
-        return await app_state(request).dispatcher.submit(celery_name, dict(kwargs))
+        task_id = await state.dispatcher.submit(celery_name, dict(kwargs))
     except DispatchError as exc:
+        state.metrics.dispatched(celery_name, "publish_failed")
+        state.metrics.dispatch_redis_errors.inc()
         raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
+    state.metrics.dispatched(celery_name, "ok")
+    return task_id
 
 
 async def read_status(request: Request, task_id: str) -> Status:
@@ -89,8 +94,12 @@ async def submit(request: Request) -> Response:
         known = ", ".join(sorted(TASKS))
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
     require_api_key(request)
-    body = await read_body(request, app_state(request).settings.max_body_bytes)
-    params = parse_params(spec.params, body)
+    try:
+        body = await read_body(request, app_state(request).settings.max_body_bytes)
+        params = parse_params(spec.params, body)
+    except ApiError:
+        app_state(request).metrics.dispatched(spec.celery_name, "invalid")
+        raise
     task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
     links = task_links(request, task_id)
     return json_response(links, status_code=202, headers={"Location": links["status_url"]})
@@ -125,6 +134,7 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(state.settings.ready_timeout):
             await state.redis.ping()
     except Exception as exc:
+        state.metrics.readyz_redis_errors.inc()
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         return json_response({"status": "degraded", "redis": reason}, status_code=503)
     if not state.hub.healthy:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from service.eta import EtaEstimator
+from service.metrics import Metrics
 from service.protocol import status_message, unknown_task_message
 from service.status import decode_status
 from service.store import ResultStore
@@ -62,11 +63,13 @@ class Hub:
         self,
         store: ResultStore,
         *,
+        metrics: Metrics,
         poll_interval: float = 0.5,
         push: bool = True,
         slow_client_timeout: float = 30.0,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.poll_interval = poll_interval
         self.push = push
         self.slow_client_timeout = slow_client_timeout
@@ -83,6 +86,9 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        # Frames sent and coalesced by connections already closed (open ones keep their own).
+        self._frames_sent = 0
+        self._frames_coalesced = 0
 
     # -- called by the WebSocket endpoints (synchronous: no await between check and act)
 
@@ -90,6 +96,18 @@ class Hub:
     def watched(self) -> frozenset[str]:
         """The task ids the hub is reading (for tests and metrics)."""
         return frozenset(self._watches)
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._watches)
+
+    def frame_counts(self) -> tuple[int, int]:
+        """Frames sent, and frames coalesced, by every connection so far (for metrics)."""
+        sent, coalesced = self._frames_sent, self._frames_coalesced
+        for subscriber in self.connections:
+            sent += subscriber.frames_sent
+            coalesced += subscriber.frames_coalesced
+        return sent, coalesced
 
     def connect(self, subscriber: Subscriber, sender: asyncio.Task[object]) -> None:
         """Register a connection; ``sender`` is cancelled if the client stops reading."""
@@ -99,7 +117,10 @@ class Hub:
         """Forget a connection and every subscription it held."""
         for task_id in list(subscriber.tasks):
             self.unwatch(task_id, subscriber)
-        self.connections.pop(subscriber, None)
+        if self.connections.pop(subscriber, None) is not None:
+            # Its counts outlive it here, so the totals never go down.
+            self._frames_sent += subscriber.frames_sent
+            self._frames_coalesced += subscriber.frames_coalesced
         self.stalled.discard(subscriber)
 
     def watch(self, task_id: str, subscriber: Subscriber) -> None:
@@ -137,6 +158,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (aioredis.RedisError, OSError) as exc:
+                self.metrics.hub_redis_errors.inc()
                 if self.healthy:
                     logger.warning("hub lost Redis (%r); retrying with backoff", exc)
             except Exception:
@@ -181,7 +203,9 @@ class Hub:
                 ids = [task_id for task_id in self._to_read if task_id in self._watches]
                 self._to_read.clear()
                 if ids:
+                    started = loop.time()
                     raws = await self.store.read_many(ids)
+                    self.metrics.read_seconds.observe(loop.time() - started)
                     # The read time stands for the write time: records carry no time of
                     # their own, and with push the read follows the write within ms.
                     self._apply_all(ids, raws, loop.time())
@@ -274,6 +298,7 @@ class Hub:
                 continue
             kind, channel = message["type"], message["channel"]
             if kind == "message":
+                self.metrics.pubsub_messages.inc()
                 self._to_read.add(channel[prefix:].decode())
                 self._wake.set()
             elif kind == "subscribe":
@@ -311,3 +336,4 @@ class Hub:
             if since is not None and now - since > limit and sender and not sender.done():
                 logger.info("closing a client that stopped reading for %.0f s", now - since)
                 sender.cancel(msg="slow client")
+                self.metrics.slow_clients_closed.inc()

@@ -193,6 +193,14 @@ def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[st
             "responses": {"200": _ok("Ready.", probe), "503": _ok("Degraded.", probe)},
         }
     }
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics of this process (docs/operations.md).",
+            "responses": {
+                "200": {"description": "Text exposition format.", "content": {"text/plain": {}}}
+            },
+        }
+    }
     paths["/"] = {
         "get": {
             "summary": "The demo page: start, follow and cancel tasks in a browser.",

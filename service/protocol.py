@@ -17,6 +17,7 @@ from service.validation import UUID_PATTERN
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
 CLOSE_TOO_BIG = 1009  # a client frame over the size limit
+CLOSE_TRY_AGAIN_LATER = 1013  # the client's address has TASKCAST_MAX_CONNECTIONS_PER_CLIENT open
 CLOSE_UNAUTHORIZED = 4401  # /ws/tasks/{id}: no valid watch token (or API key)
 CLOSE_UNKNOWN_TASK = 4404  # /ws/tasks/{id}: no such task
 CLOSE_SLOW_CLIENT = 4408  # the client stopped reading for TASKCAST_SLOW_CLIENT_TIMEOUT

@@ -35,6 +35,12 @@ class Settings:
     # permessage-deflate: off, since for small JSON frames it costs far more CPU and
     # memory per socket than it saves.
     ws_deflate: bool = False
+    # Open WebSocket connections one client address may hold in this process (0: no cap).
+    max_connections_per_client: int = 100
+    # Subscribes one /ws socket may send a second on average (0: no limit), in bursts of
+    # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
+    subscribe_rate: float = 10.0
+    subscribe_burst: int = 100
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
     # Auth (docs/security.md), off while these are empty. Keys that may dispatch and
@@ -70,6 +76,9 @@ class Settings:
             max_subscriptions=int(env.get("TASKCAST_MAX_SUBSCRIPTIONS", "100")),
             ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
             ws_deflate=parse_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
+            max_connections_per_client=int(env.get("TASKCAST_MAX_CONNECTIONS_PER_CLIENT", "100")),
+            subscribe_rate=float(env.get("TASKCAST_SUBSCRIBE_RATE", "10")),
+            subscribe_burst=int(env.get("TASKCAST_SUBSCRIBE_BURST", "100")),
             dev=parse_bool(env.get("TASKCAST_DEV", "")),
             api_keys=_api_keys(env.get("TASKCAST_API_KEYS", "")),
             secret=_secret(env.get("TASKCAST_SECRET", "")),

@@ -9,6 +9,8 @@ from redis.asyncio import Redis
 from service.auth import Auth
 from service.dispatch import Dispatcher
 from service.hub import Hub
+from service.limits import ClientConnections
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store import ResultStore
 
@@ -22,4 +24,7 @@ class AppState:
     store: ResultStore
     dispatcher: Dispatcher
     hub: Hub
+    metrics: Metrics
+    # Open WebSocket connections by client address, for their per-client cap.
+    clients: ClientConnections
     auth: Auth

@@ -69,6 +69,8 @@ class Subscriber:
         "_stalled_set",
         "_wakeup",
         "close_code",
+        "frames_coalesced",
+        "frames_sent",
         "max_replies",
         "sending_since",
         "single",
@@ -109,12 +111,17 @@ class Subscriber:
         # Loop time since a send has been waiting on the client; None otherwise (read by
         # the hub's slow-client reaper).
         self.sending_since: float | None = None
+        # Counted here, as plain integers, and summed only when metrics are scraped.
+        self.frames_sent = 0
+        self.frames_coalesced = 0
 
     def offer(self, task_id: str, frame: str, kind: Kind) -> None:
         """Called by the hub with a task's newest frame."""
         if kind.terminal:
             self.tasks.discard(task_id)
         if self._busy:
+            if task_id in self._pending:
+                self.frames_coalesced += 1
             self._pending[task_id] = (frame, kind)
             self._wake()
         else:
@@ -174,6 +181,7 @@ class Subscriber:
         self._sent(kind)
 
     def _send_now(self, frame: str, kind: Kind) -> None:
+        self.frames_sent += 1
         send = self._send(frame)
         try:
             waiting_on = send.send(None)

@@ -18,6 +18,8 @@ from starlette.websockets import WebSocket
 from service import protocol
 from service.auth import bearer
 from service.hub import Hub
+from service.limits import TokenBucket
+from service.metrics import Metrics
 from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
 from service.settings import Settings
 from service.state import AppState
@@ -65,6 +67,22 @@ def _may_watch(websocket: WebSocket) -> Callable[[str, str | None], bool]:
 
 async def _serve(websocket: WebSocket, first_task: str | None) -> None:
     state: AppState = websocket.app.state.taskcast
+    # Behind a proxy this is the proxy's address unless uvicorn trusts its headers
+    # (--proxy-headers, --forwarded-allow-ips): see docs/operations.md.
+    client = websocket.client.host if websocket.client else ""
+    if not state.clients.acquire(client):
+        state.metrics.connections_refused.inc()
+        detail = f"this address already has {state.clients.limit} connections open; retry later"
+        await websocket.send_text(protocol.error_message("too_many_connections", detail))
+        await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
+        return
+    try:
+        await _stream(websocket, state, first_task)
+    finally:
+        state.clients.release(client)
+
+
+async def _stream(websocket: WebSocket, state: AppState, first_task: str | None) -> None:
     hub = state.hub
     subscriber = Subscriber(websocket.send_text, hub.stalled, single=first_task is not None)
     sender = asyncio.create_task(subscriber.run())
@@ -109,6 +127,9 @@ async def _receive(
 ) -> int | None:
     """Act on client frames; return a close code, or None when the client left."""
     limit = settings.ws_max_message_bytes
+    metrics: Metrics = websocket.app.state.taskcast.metrics
+    loop = asyncio.get_running_loop()
+    subscribes = TokenBucket(settings.subscribe_rate, settings.subscribe_burst, loop.time())
     try:
         while True:
             message = await websocket.receive()
@@ -125,7 +146,11 @@ async def _receive(
             if len(text) > limit // 4 and len(text.encode()) > limit:
                 return protocol.CLOSE_TOO_BIG
             try:
-                _act(parse_command(text), hub, subscriber, settings, multiplexed, may_watch)
+                command = parse_command(text)
+                if multiplexed and isinstance(command, Subscribe):
+                    # Before anything else about it: every attempt spends a token.
+                    _limit_rate(subscribes, loop.time(), command.task_id, metrics)
+                _act(command, hub, subscriber, settings, multiplexed, may_watch)
             except ProtocolError as exc:
                 subscriber.reply(protocol.error_message(exc.code, exc.detail, exc.task_id))
     except MailboxOverflow:
@@ -162,6 +187,17 @@ def _act(
         hub.unwatch(command.task_id, subscriber)
         subscriber.discard(command.task_id)
         subscriber.reply(protocol.unsubscribed_message(command.task_id))
+
+
+def _limit_rate(subscribes: TokenBucket, now: float, task_id: str, metrics: Metrics) -> None:
+    if not subscribes.take(now):
+        metrics.subscribes_refused.inc()
+        raise ProtocolError(
+            "rate_limited",
+            f"over {subscribes.rate:g} subscribes a second (bursts of {subscribes.burst}); "
+            "slow down",
+            task_id,
+        )
 
 
 routes = [

@@ -193,6 +193,39 @@ async def running_server(
         listener.close()
 
 
+@contextlib.asynccontextmanager
+async def service_process(
+    env: dict[str, str], log_level: str = "warning", output: int | None = None
+) -> AsyncIterator[str]:
+    """`taskcast serve` in its own process, as in production; yield its base URL.
+
+    ``output``, a file descriptor, receives the process's stdout and stderr.
+    """
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+        "--log-level", log_level, env=env, cwd=ROOT, stdout=output, stderr=output,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+
+            async def healthy() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/healthz")).status_code == 200
+                return False
+
+            await eventually(healthy, bool, within=20)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def ws_url(base_url: str, path: str) -> str:
     return "ws" + base_url.removeprefix("http") + path
 

@@ -9,9 +9,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,11 +18,11 @@ import pytest
 
 from service.devstack import free_port, redis_answers, redis_server_binary
 from tests.support import (
-    ROOT,
     WorkerProcess,
     eventually,
     read_until_closed,
     recv_json,
+    service_process,
     submit,
     ws_connect,
 )
@@ -65,34 +64,6 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 async def _wait_sync(check: Any) -> bool:
     return bool(await eventually(lambda: asyncio.to_thread(check), bool, within=10))
-
-
-@contextlib.asynccontextmanager
-async def service_process(env: dict[str, str]) -> AsyncIterator[str]:
-    """`taskcast serve` in its own process, as in production."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-        "--log-level", "warning", env=env, cwd=ROOT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
-
-            async def healthy() -> bool:
-                with contextlib.suppress(httpx.HTTPError):
-                    return (await http.get("/healthz")).status_code == 200
-                return False
-
-            await eventually(healthy, bool, within=20)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def test_final_state_survives_a_redis_restart(private_redis: PrivateRedis) -> None:

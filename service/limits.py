@@ -1,0 +1,59 @@
+"""Per-client limits on WebSocket use: connections per address, subscribes per second.
+
+Both are kept in the process, like everything a connection owns: N service processes
+allow N times as much in all (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+
+class ClientConnections:
+    """Open WebSocket connections by client address, capped at ``limit`` (0: no cap)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # Only addresses with a connection open: the dict never outgrows the sockets.
+        self.open: dict[str, int] = {}
+
+    def acquire(self, client: str) -> bool:
+        """Count a new connection from ``client``; False (and nothing counted) when over."""
+        count = self.open.get(client, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self.open[client] = count + 1
+        return True
+
+    def release(self, client: str) -> None:
+        """Forget a connection that ``acquire`` counted."""
+        count = self.open[client] - 1
+        if count:
+            self.open[client] = count
+        else:
+            del self.open[client]
+
+
+class TokenBucket:
+    """``rate`` operations a second on average, in bursts of up to ``burst`` (rate 0: no limit).
+
+    Time is passed in (the event loop's clock) rather than read here, so that the
+    arithmetic is testable without waiting.
+    """
+
+    __slots__ = ("_tokens", "_updated", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._updated = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; a refused operation spends nothing."""
+        if self.rate <= 0:
+            return True
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

@@ -1,0 +1,131 @@
+"""Per-client limits: connections per address and subscribes per second, on a real server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import httpx
+from websockets.asyncio.client import ClientConnection
+
+from service.app import create_app
+from service.limits import ClientConnections, TokenBucket
+from service.settings import Settings
+from service.state import AppState
+from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2, burst=3, now=100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    # Refused attempts spend nothing: half a second later there is exactly one token.
+    assert bucket.take(100.5) and not bucket.take(100.5)
+    # Idle time refills up to the burst, never beyond it.
+    assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]
+    assert all(TokenBucket(rate=0, burst=0, now=0).take(0) for _ in range(1000))
+
+
+def test_client_connections_count_per_address_and_forget_closed_ones() -> None:
+    clients = ClientConnections(limit=2)
+    assert clients.acquire("10.0.0.1") and clients.acquire("10.0.0.1")
+    assert not clients.acquire("10.0.0.1")
+    assert clients.acquire("10.0.0.2")
+    clients.release("10.0.0.1")
+    assert clients.acquire("10.0.0.1")
+    for _ in range(2):
+        clients.release("10.0.0.1")
+    clients.release("10.0.0.2")
+    assert clients.open == {}
+    unlimited = ClientConnections(limit=0)
+    assert all(unlimited.acquire("10.0.0.1") for _ in range(1000))
+
+
+async def _pong(ws: ClientConnection) -> None:
+    await ws.send('{"op": "ping"}')
+    assert await recv_json(ws) == {"type": "pong"}
+
+
+async def _scrape(url: str) -> str:
+    async with httpx.AsyncClient(base_url=url) as http:
+        return (await http.get("/metrics")).text
+
+
+async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() -> None:
+    app = create_app(dataclasses.replace(Settings(), max_connections_per_client=3))
+    async with running_server(app) as url:
+        state: AppState = app.state.taskcast
+
+        async def open_here() -> dict[str, int]:
+            return dict(state.clients.open)
+
+        async with ws_connect(url, "/ws") as first, ws_connect(url, "/ws") as second:
+            await _pong(first)
+            await _pong(second)
+            # A socket for one task counts like any other.
+            async with ws_connect(url, f"/ws/tasks/{uuid.uuid4()}") as third:
+                async with ws_connect(url, "/ws") as refused:
+                    messages, code = await read_until_closed(refused)
+                assert code == 1013
+                assert [m["code"] for m in messages] == ["too_many_connections"]
+                assert "3 connections" in messages[0]["detail"]
+                # The unknown task closes its socket (4404): the server side ended it.
+                _, code = await read_until_closed(third)
+                assert code == 4404
+            await eventually(open_here, lambda open_: open_ == {"127.0.0.1": 2})
+            # The freed slot takes a new connection, which a 1009 close frees again.
+            async with ws_connect(url, "/ws") as again:
+                await _pong(again)
+                await again.send('{"op": "ping", "pad": "' + "x" * 5000 + '"}')
+                _, code = await read_until_closed(again)
+                assert code == 1009
+            await eventually(open_here, lambda open_: open_ == {"127.0.0.1": 2})
+            await _pong(first)
+        await eventually(open_here, lambda open_: open_ == {})
+        scraped = await _scrape(url)
+    assert 'taskcast_limited_total{limit="connections_per_client"} 1.0' in scraped
+
+
+async def test_subscribes_over_the_rate_are_refused_and_the_socket_stays_usable() -> None:
+    # A burst of 3 and a refill far too slow to matter within the test.
+    settings = dataclasses.replace(Settings(), subscribe_rate=0.001, subscribe_burst=3)
+    app = create_app(settings)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    async with running_server(app) as url, ws_connect(url, "/ws") as ws:
+        for task_id in ids:
+            await ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+        # Refusals are answered at once, the others after the hub's read: any order.
+        replies = {(m := await recv_json(ws))["task_id"]: m["code"] for _ in ids}
+        assert replies == {
+            **dict.fromkeys(ids[:3], "unknown_task"),
+            **dict.fromkeys(ids[3:], "rate_limited"),
+        }
+        # Every other op still works, and the refusal is an ordinary error message.
+        await _pong(ws)
+        await ws.send(json.dumps({"op": "unsubscribe", "task_id": ids[0]}))
+        assert await recv_json(ws) == {"type": "unsubscribed", "task_id": ids[0]}
+        await ws.send(json.dumps({"op": "subscribe", "task_id": ids[4]}))
+        error = await recv_json(ws)
+        assert (error["type"], error["code"], error["task_id"]) == ("error", "rate_limited", ids[4])
+        assert "subscribes a second" in error["detail"]
+        scraped = await _scrape(url)
+    assert 'taskcast_limited_total{limit="subscribe_rate"} 3.0' in scraped
+
+
+async def test_the_rate_refills() -> None:
+    settings = dataclasses.replace(Settings(), subscribe_rate=1, subscribe_burst=1)
+    app = create_app(settings)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    async with running_server(app) as url, ws_connect(url, "/ws") as ws:
+        await ws.send(json.dumps({"op": "subscribe", "task_id": first}))
+        await ws.send(json.dumps({"op": "subscribe", "task_id": second}))
+        replies = {(m := await recv_json(ws))["task_id"]: m["code"] for _ in range(2)}
+        assert replies == {first: "unknown_task", second: "rate_limited"}
+
+        async def subscribe() -> str:
+            await ws.send(json.dumps({"op": "subscribe", "task_id": second}))
+            code: str = (await recv_json(ws))["code"]
+            return code
+
+        # Refused attempts spend nothing: about a second after the first, one passes.
+        assert await eventually(subscribe, lambda code: code != "rate_limited") == "unknown_task"

@@ -147,6 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve the web service (production entry point; workers run separately)."""
     import uvicorn
 
+    from service.logs import log_config
     from service.settings import Settings
 
     settings = Settings.from_env()
@@ -157,6 +158,8 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        # Applied by every worker process: uvicorn's loggers and taskcast's alike.
+        log_config=log_config(settings.log_format, args.log_level),
         **settings.uvicorn_options(),
     )
     return 0

@@ -43,14 +43,19 @@ class Dispatcher:
         except Exception as exc:
             # The SENT record was written before the publish failed: without the message
             # it would read as queued forever.
-            logger.warning("publishing %s failed: %r", task_id, exc)
+            logger.warning("publishing %s failed: %r", task_id, exc, extra={"task_id": task_id})
             try:
                 backend_client().delete(keys.task_meta_key(self.settings.key_prefix, task_id))
             except Exception:
-                logger.exception("could not remove the SENT record of %s", task_id)
+                logger.exception(
+                    "could not remove the SENT record of %s", task_id, extra={"task_id": task_id}
+                )
             raise DispatchError(str(exc)) from exc
+        # Names and ids only: parameters are the client's data (an e-mail address, say).
+        logger.info("queued %s as %s", celery_name, task_id, extra={"task_id": task_id})
 
     def _revoke(self, task_id: str) -> None:
+        logger.info("revoking %s", task_id, extra={"task_id": task_id})
         # The marker stops a worker that misses the broadcast (it starts later).
         backend_client().set(
             keys.revoked_key(self.settings.key_prefix, task_id),

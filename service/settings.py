@@ -41,6 +41,8 @@ class Settings:
     # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
     subscribe_rate: float = 10.0
     subscribe_burst: int = 100
+    # Logs of ``taskcast serve``: "text" (uvicorn's) or "json" (one object a line).
+    log_format: str = "text"
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
     # Auth (docs/security.md), off while these are empty. Keys that may dispatch and
@@ -79,6 +81,7 @@ class Settings:
             max_connections_per_client=int(env.get("TASKCAST_MAX_CONNECTIONS_PER_CLIENT", "100")),
             subscribe_rate=float(env.get("TASKCAST_SUBSCRIBE_RATE", "10")),
             subscribe_burst=int(env.get("TASKCAST_SUBSCRIBE_BURST", "100")),
+            log_format=_log_format(env.get("TASKCAST_LOG_FORMAT", "text")),
             dev=parse_bool(env.get("TASKCAST_DEV", "")),
             api_keys=_api_keys(env.get("TASKCAST_API_KEYS", "")),
             secret=_secret(env.get("TASKCAST_SECRET", "")),
@@ -123,3 +126,9 @@ def _origins(text: str) -> tuple[str, ...]:
             )
     return origins
 
+
+def _log_format(text: str) -> str:
+    log_format = text.strip().lower()
+    if log_format not in ("text", "json"):
+        raise ValueError(f"TASKCAST_LOG_FORMAT must be text or json, got {text!r}")
+    return log_format

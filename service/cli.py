@@ -241,9 +241,6 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to keep reconnecting while the service is unreachable (default: 30)",
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
     # Credentials default to the environment, where other users cannot read them (a
     # command line shows in ps); empty means none.
     parser.add_argument(
@@ -252,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="API key, where the service wants one (default: $TASKCAST_API_KEY)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskcast", description="Run long jobs on Celery and stream their progress live."
     )
@@ -287,14 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
         "watch", help="show a task's progress live until it ends", epilog=exits
     )
     watch.add_argument("task_id", metavar="TASK_ID")
-    _add_client_options(watch)
-
-    submit = commands.add_parser("submit", help="start a task and print its id", epilog=exits)
     watch.add_argument(
         "--token",
         default=os.environ.get("TASKCAST_TOKEN") or None,
         help="the task's watch token, from its dispatch (default: $TASKCAST_TOKEN)",
     )
+    _add_client_options(watch)
+
+    submit = commands.add_parser("submit", help="start a task and print its id", epilog=exits)
     tasks = submit.add_subparsers(dest="task", metavar="NAME", required=True)
     for name, spec in TASKS.items():
         task = tasks.add_parser(name, help=spec.summary, description=spec.summary, epilog=exits)

@@ -88,12 +88,12 @@ async def read_status(request: Request, task_id: str) -> Status:
 
 
 async def submit(request: Request) -> Response:
+    require_api_key(request)
     name = request.path_params["name"]
     spec = TASKS.get(name)
     if spec is None:
         known = ", ".join(sorted(TASKS))
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
-    require_api_key(request)
     try:
         body = await read_body(request, app_state(request).settings.max_body_bytes)
         params = parse_params(spec.params, body)
@@ -107,25 +107,25 @@ async def submit(request: Request) -> Response:
 
 async def task_status(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
+    require_watch(request, task_id)
     return json_response(await read_status(request, task_id))
 
 
 async def cancel_task(request: Request) -> Response:
+    # What dispatching needs, and what reading the task needs: an API key covers both;
+    # with tokens but no keys, the task's token lets its holder cancel it.
+    require_api_key(request)
     task_id = parse_task_id(request.path_params["task_id"])
+    require_watch(request, task_id)
     status = await read_status(request, task_id)
     if status["final"]:
         raise ApiError(409, "already_final", f"task {task_id} already ended {status['state']}")
     await app_state(request).dispatcher.revoke(task_id)
-    require_watch(request, task_id)
     return json_response(task_links(request, task_id), status_code=202)
 
 
 async def healthz(request: Request) -> Response:
-    # What dispatching needs, and what reading the task needs: an API key covers both;
-    # with tokens but no keys, the task's token lets its holder cancel it.
-    require_api_key(request)
     return json_response({"status": "ok"})
-    require_watch(request, task_id)
 
 
 async def readyz(request: Request) -> Response:

@@ -7,9 +7,11 @@ The finished page is saved as ``artifacts/browser/demo.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -18,8 +20,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
+from service.app import create_app
 from service.hub import Hub
-from tests.support import ROOT
+from service.settings import Settings
+from tests.support import ROOT, WorkerProcess, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -222,3 +226,43 @@ async def test_fits_a_phone_screen(browser: Browser, base_url: str) -> None:
         await page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
     finally:
         await context.close()
+
+
+async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
+    browser: Browser, worker: WorkerProcess
+) -> None:
+    key = secrets.token_urlsafe(24)
+    settings = dataclasses.replace(
+        Settings.from_env(), api_keys=(key,), secret=secrets.token_urlsafe(48)
+    )
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    try:
+        async with running_server(create_app(settings)) as url:
+            await page.goto(f"{url}/")
+            key_form = page.locator("#api-key-form")
+            await expect(key_form).to_be_hidden()
+            # Refused without a key: the page says why and asks for one.
+            form = page.locator('form[data-task="sleep"]')
+            await form.get_by_role("button", name="Start sleep").click()
+            await expect(form.get_by_role("alert")).to_contain_text("API key is required")
+            await expect(key_form).to_be_visible()
+            await key_form.get_by_label("key").fill(key)
+            await key_form.get_by_role("button", name="Use this key").click()
+            # With it, tasks start; each is followed over /ws with its own watch token
+            # (the socket has no other credential), and cancelled with the key.
+            done, _ = await start(page, "sleep", seconds=0)
+            await expect_state(done, "SUCCESS")
+            running, running_id = await start(page, "sleep", seconds=60)
+            await expect_state(running, "STARTED")
+            await running.get_by_role("button", name="Cancel").click()
+            await expect_state(running, "REVOKED")
+            # The key and the tokens outlive a reload, for this tab.
+            await page.reload()
+            await expect(key_form).to_be_visible()
+            await expect_state(row_of(page, running_id), "REVOKED")
+    finally:
+        await context.close()
+    assert not errors, errors

@@ -4,6 +4,9 @@
 
 (() => {
   const STORAGE_KEY = "taskcast.tasks";
+  // Where TASKCAST_API_KEYS is set, starting and cancelling need a key: the page asks
+  // for it after the first 401 and keeps it for this tab only (session storage).
+  const API_KEY_STORAGE = "taskcast.apiKey";
   // Reconnecting: 0.5 s doubling to 10 s, each wait drawn from its upper half so that
   // pages dropped together (a deploy) do not come back in step.
   const BACKOFF_FIRST_MS = 500;
@@ -12,10 +15,13 @@
   // Not reset on open, or a server that accepts and drops at once would be hammered.
   const STABLE_MS = 5000;
 
-  const tasks = new Map(); // task_id -> {id, name, params, status, unknown, el}
+  // task_id -> {id, name, params, token, status, unknown, denied, el}; token: the watch
+  // token from the dispatch reply, when the service signs them (TASKCAST_SECRET).
+  const tasks = new Map();
   let socket = null;
   let attempt = 0;
   let retryTimer = null;
+  let apiKey = readStored(API_KEY_STORAGE);
 
   const $ = (selector, root = document) => root.querySelector(selector);
   const list = $("#task-list");
@@ -84,7 +90,9 @@
   }
 
   function subscribe(task) {
-    send({ op: "subscribe", task_id: task.id });
+    const frame = { op: "subscribe", task_id: task.id };
+    if (task.token) frame.token = task.token;
+    send(frame);
   }
 
   function onMessage(event) {
@@ -109,6 +117,10 @@
         // Expired (records are kept a day) or from another deployment.
         task.unknown = true;
         announce(task);
+      } else if (message.code === "unauthorized") {
+        // Its token expired, or the service's secret changed: asking again would not help.
+        task.denied = true;
+        announce(task);
       }
       task.error = message.detail;
       render(task);
@@ -117,13 +129,21 @@
 
   // -- tasks -----------------------------------------------------------------------
 
-  const following = (task) => !task.unknown && !(task.status && task.status.final);
-  const stateOf = (task) => (task.unknown ? "UNKNOWN" : task.status ? task.status.state : "…");
+  const following = (task) =>
+    !task.unknown && !task.denied && !(task.status && task.status.final);
+  const stateOf = (task) => {
+    if (task.unknown) return "UNKNOWN";
+    if (task.denied) return "UNAUTHORIZED";
+    return task.status ? task.status.state : "…";
+  };
 
-  function addTask(id, name, params) {
+  function addTask(id, name, params, token) {
     if (tasks.has(id)) return;
     const el = $("#task-template").content.firstElementChild.cloneNode(true);
-    const task = { id, name, params, status: null, unknown: false, error: null, el };
+    const task = {
+      id, name, params, token: token || null, status: null, unknown: false, denied: false,
+      error: null, el,
+    };
     el.dataset.taskId = id;
     el.tabIndex = -1;
     const title = $(".task-title", el);
@@ -224,10 +244,13 @@
     const button = $(".cancel", task.el);
     button.disabled = true;
     button.textContent = "Cancelling…";
-    const response = await request("DELETE", `tasks/${task.id}`);
+    // A key, where the service wants one, also covers the task; else its own token.
+    const credential = apiKey || task.token;
+    const response = await request("DELETE", `tasks/${task.id}`, undefined, credential);
     // 202: REVOKED arrives over the socket. 409: it had already ended, and that
     // final status is on its way too.
     if (response.ok || response.status === 409) return;
+    if (response.status === 401) showApiKey();
     task.error = response.detail;
     button.disabled = false;
     button.textContent = "Cancel";
@@ -236,8 +259,10 @@
 
   // -- forms -----------------------------------------------------------------------
 
-  async function request(method, path, body) {
+  // The credential goes in the Authorization header: never in a URL, where logs keep it.
+  async function request(method, path, body, credential) {
     const init = { method, headers: { Accept: "application/json" } };
+    if (credential) init.headers.Authorization = `Bearer ${credential}`;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -296,13 +321,14 @@
     const button = $("button[type=submit]", form);
     button.disabled = true;
     try {
-      const response = await request("POST", `tasks/${name}`, params);
+      const response = await request("POST", `tasks/${name}`, params, apiKey);
       if (!response.ok) {
+        if (response.status === 401) showApiKey();
         showFormError(form, response.detail);
         return;
       }
       showFormError(form, null);
-      addTask(response.body.task_id, name, params);
+      addTask(response.body.task_id, name, params, response.body.token);
     } finally {
       button.disabled = false;
     }
@@ -311,7 +337,9 @@
   // -- remembered across reloads ---------------------------------------------------
 
   function save() {
-    const saved = [...tasks.values()].map(({ id, name, params }) => ({ id, name, params }));
+    const saved = [...tasks.values()].map(({ id, name, params, token }) => ({
+      id, name, params, token,
+    }));
     try {
       sessionStorage.setItem(STORAGE_KEY, JSON.stringify(saved));
     } catch {
@@ -327,10 +355,43 @@
     } catch {
       saved = [];
     }
-    for (const { id, name, params } of Array.isArray(saved) ? saved : []) {
-      if (typeof id === "string" && typeof name === "string") addTask(id, name, params || {});
+    for (const { id, name, params, token } of Array.isArray(saved) ? saved : []) {
+      if (typeof id === "string" && typeof name === "string") {
+        addTask(id, name, params || {}, typeof token === "string" ? token : null);
+      }
     }
   }
+
+  // -- the API key -----------------------------------------------------------------
+
+  function readStored(name) {
+    try {
+      return sessionStorage.getItem(name) || null;
+    } catch {
+      return null;
+    }
+  }
+
+  function showApiKey(focus = true) {
+    const form = $("#api-key-form");
+    if (!form.hidden) return;
+    form.hidden = false;
+    $("input", form).value = apiKey || "";
+    $(".saved", form).hidden = !apiKey;
+    if (focus) $("input", form).focus();
+  }
+
+  $("#api-key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("#api-key-form input").value.trim() || null;
+    try {
+      if (apiKey) sessionStorage.setItem(API_KEY_STORAGE, apiKey);
+      else sessionStorage.removeItem(API_KEY_STORAGE);
+    } catch {
+      // Storage disabled: the key lasts until the page is reloaded.
+    }
+    $("#api-key-form .saved").hidden = !apiKey;
+  });
 
   function clearFinished() {
     for (const task of [...tasks.values()]) {
@@ -346,6 +407,7 @@
     form.addEventListener("submit", onSubmit);
   }
   $("#clear-finished").addEventListener("click", clearFinished);
+  if (apiKey) showApiKey(false);
   restore();
   save();
   connect();

@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 # Largest ``data`` an e-mail task accepts, as JSON: it is rendered into the e-mail's body.
 MAX_EMAIL_DATA_BYTES = 16 * 1024
+# Longest a task may be asked to run. Tasks are acknowledged when they end, so one still
+# running after TASKCAST_VISIBILITY_TIMEOUT is handed to a second worker as well: that
+# timeout must be longer than this.
+MAX_TASK_SECONDS = 3600
 
 
 class Params(BaseModel):
@@ -19,12 +23,24 @@ class Params(BaseModel):
 
 
 class SleepParams(Params):
-    seconds: float = Field(10.0, ge=0, le=3600, description="How long to wait, in seconds.")
+    seconds: float = Field(
+        10.0, ge=0, le=MAX_TASK_SECONDS, description="How long to wait, in seconds."
+    )
 
 
 class ProgressParams(Params):
     total: int = Field(100, ge=1, le=100_000, description="How many steps to count.")
     step_seconds: float = Field(1.0, ge=0, le=60, description="Seconds per step.")
+
+    @model_validator(mode="after")
+    def _short_enough(self) -> ProgressParams:
+        # Each bound alone allows 69 days; together they keep to the one for every task.
+        if self.total * self.step_seconds > MAX_TASK_SECONDS:
+            raise ValueError(
+                f"total * step_seconds must be at most {MAX_TASK_SECONDS} seconds, "
+                f"got {self.total * self.step_seconds:g}"
+            )
+        return self
 
 
 class EmailParams(Params):

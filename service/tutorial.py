@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.catalog import TASKS, EmailParams
+from service.catalog import MAX_TASK_SECONDS, TASKS, EmailParams
 from service.http import (
     app_state,
     dispatch_task,
@@ -42,7 +42,7 @@ class SleepQuery(_Query):
 
 
 class ProgressQuery(_Query):
-    time: int = Field(ge=1, le=100_000, description="Seconds the job runs, one step each.")
+    time: int = Field(ge=1, le=MAX_TASK_SECONDS, description="Seconds the job runs, one step each.")
 
 
 class EmailQuery(_Query):

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import httpx
+import pytest
 from websockets.asyncio.client import ClientConnection
 
 from service.app import create_app
@@ -129,3 +130,20 @@ async def test_the_rate_refills() -> None:
 
         # Refused attempts spend nothing: about a second after the first, one passes.
         assert await eventually(subscribe, lambda code: code != "rate_limited") == "unknown_task"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/tasks/progress", {"total": 3601, "step_seconds": 1}),
+        ("POST", "/tasks/progress", {"total": 100_000, "step_seconds": 60}),
+        ("POST", "/tasks/sleep", {"seconds": 3601}),
+        ("POST", "/process-data-with-status/?time=3601", None),
+    ],
+)
+async def test_no_task_may_be_asked_to_run_over_an_hour(
+    client: httpx.AsyncClient, method: str, path: str, body: dict[str, float] | None
+) -> None:
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 422, response.text
+    assert "3600" in response.json()["detail"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -74,6 +75,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def redis_error(request: Request, exc: Exception) -> Response:
+    # Redis down or unreachable is an outage, not a bug: a 503 the client may retry. The
+    # exception's text stays in the log (it can name hosts); the client gets the kind.
+    logger.warning("Redis failed on %s %s: %r", request.method, request.url.path, exc)
+    state = getattr(request.app.state, "taskcast", None)
+    if state is not None:
+        state.metrics.request_redis_errors.inc()
+    return error_response(503, "unavailable", "the result store (Redis) is unavailable; retry")
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -83,5 +94,6 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
     HTTPException: http_error,
+    RedisError: redis_error,
     Exception: unexpected_error,
 }

@@ -64,13 +64,14 @@ class Metrics:
         )
         redis_errors = Counter(
             "taskcast_redis_errors",
-            "Failed Redis operations: the hub's loop, /readyz, publishing a task.",
+            "Failed Redis operations: the hub's loop, /readyz, publishing a task, other requests.",
             ["source"],
             registry=registry,
         )
         self.hub_redis_errors = redis_errors.labels("hub")
         self.readyz_redis_errors = redis_errors.labels("readyz")
         self.dispatch_redis_errors = redis_errors.labels("dispatch")
+        self.request_redis_errors = redis_errors.labels("request")
         self.dispatches = Counter(
             "taskcast_dispatches",
             "Tasks submitted, by task name and outcome (ok, publish_failed, invalid).",

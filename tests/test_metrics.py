@@ -100,6 +100,14 @@ async def test_redis_errors_are_counted_while_redis_is_down() -> None:
     async with service_process(env) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
         assert (await http.get("/readyz")).status_code == 503
         assert (await http.post("/tasks/sleep", json={"seconds": 0})).status_code == 503
+        # Reading or cancelling a task is a clear, retryable 503 too, never a 500.
+        for method in ("GET", "DELETE"):
+            response = await http.request(method, f"/tasks/{uuid.uuid4()}")
+            assert response.status_code == 503, response.text
+            assert response.json() == {
+                "error": "unavailable",
+                "detail": "the result store (Redis) is unavailable; retry",
+            }
         async with ws_connect(base, "/ws") as ws:
             # The hub fails to read it, again and again, and the socket stays open.
             await ws.send(json.dumps({"op": "subscribe", "task_id": str(uuid.uuid4())}))
@@ -111,6 +119,7 @@ async def test_redis_errors_are_counted_while_redis_is_down() -> None:
             assert await recv_json(ws) == {"type": "pong"}
     assert value(samples, "taskcast_redis_errors_total", source="readyz") == 1
     assert value(samples, "taskcast_redis_errors_total", source="dispatch") == 1
+    assert value(samples, "taskcast_redis_errors_total", source="request") == 2
     assert value(samples, "taskcast_dispatches_total", task="sleep", outcome="publish_failed") == 1
     assert value(samples, "taskcast_hub_healthy") == 0
 

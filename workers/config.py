@@ -41,7 +41,7 @@ class CelerySettings:
     # Seconds before the Redis broker hands an unacknowledged task to another worker:
     # how soon a task whose worker died outright runs again. It must exceed the longest
     # task, or a task still running is delivered twice (tasks are acknowledged late).
-    visibility_timeout: int = 3600
+    visibility_timeout: int = 7200
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> CelerySettings:
@@ -53,5 +53,5 @@ class CelerySettings:
             key_prefix=normalize_prefix(env.get("TASKCAST_KEY_PREFIX", "")),
             result_expires=int(env.get("TASKCAST_RESULT_EXPIRES", "86400")),
             queue=env.get("TASKCAST_QUEUE") or "celery",
-            visibility_timeout=int(env.get("TASKCAST_VISIBILITY_TIMEOUT", "3600")),
+            visibility_timeout=int(env.get("TASKCAST_VISIBILITY_TIMEOUT", "7200")),
         )

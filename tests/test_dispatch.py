@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from celery import signals
 
+from service.devstack import EmbeddedRedis, Supervisor
 from tests import env
-from tests.support import eventually, final, wait_for_state
+from tests.support import eventually, final, service_process, wait_for_state
 from workers import keys
 from workers.app import celery_app
 
 
 def meta_key(task_id: str) -> str:
     return keys.task_meta_key(env.KEY_PREFIX, task_id)
-
-
-def subscribe_calls(redis_client: redis.Redis) -> int:
-    stats = redis_client.info("commandstats").get("cmdstat_subscribe", {})
-    return int(stats.get("calls", 0))
 
 
 def test_sent_is_recorded_before_the_message_is_published(
@@ -91,29 +90,45 @@ async def test_fast_tasks_never_step_back_to_sent(
         assert states[-3:] == ["STARTED", "PROGRESS", "SUCCESS"]
 
 
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own: its command counters hold only what the service sends."""
+    supervisor = Supervisor(os.environ)
+    server = EmbeddedRedis(supervisor)
+    server.start()
+    try:
+        yield server
+    finally:
+        supervisor.stop_all()
+        server.cleanup()
+
+
 async def test_dispatching_a_thousand_tasks_leaks_no_subscription(
-    client: httpx.AsyncClient, redis_client: redis.Redis
+    private_redis: EmbeddedRedis,
 ) -> None:
     """Stock apply_async would leave the service SUBSCRIBEd to 1,000 task channels."""
+    env = {**os.environ, "TASKCAST_REDIS_URL": private_redis.url, "TASKCAST_KEY_PREFIX": ""}
     ids: list[str] = []
     limit = asyncio.Semaphore(50)
-    subscribes_before = subscribe_calls(redis_client)
+    async with service_process(env) as base, httpx.AsyncClient(base_url=base) as client:
 
-    async def submit() -> None:
-        async with limit:
-            response = await client.post("/tasks/sleep", json={"seconds": 0})
-            assert response.status_code == 202
-            ids.append(response.json()["task_id"])
+        async def submit() -> None:
+            async with limit:
+                response = await client.post("/tasks/sleep", json={"seconds": 0})
+                assert response.status_code == 202
+                ids.append(response.json()["task_id"])
 
-    await asyncio.gather(*(submit() for _ in range(1000)))
-    assert len(set(ids)) == 1000
-    counts = redis_client.pubsub_numsub(*(meta_key(task_id) for task_id in ids))
-    assert sum(count for _, count in counts) == 0
-    # Celery 5.7 unsubscribes when the AsyncResult is garbage-collected, which hides a
-    # held channel from NUMSUB; the SUBSCRIBE traffic itself shows whether it happened.
-    assert subscribe_calls(redis_client) - subscribes_before < 100
-    # Whatever does hold channels (the worker's broadcast queues) holds far fewer than 1,000.
-    held = sum(int(entry.get("sub", 0)) for entry in redis_client.client_list())
-    assert held < 50
-    # Don't leave the worker 1,000 messages to chew through during later tests.
-    celery_app.control.purge()
+        await asyncio.gather(*(submit() for _ in range(1000)))
+        assert len(set(ids)) == 1000
+        private = redis.Redis.from_url(private_redis.url)
+        try:
+            channels = [keys.task_meta_key("", task_id) for task_id in ids]
+            assert sum(count for _, count in private.pubsub_numsub(*channels)) == 0
+            assert sum(int(entry.get("sub", 0)) for entry in private.client_list()) == 0
+            # Celery 5.7 unsubscribes when an AsyncResult is garbage-collected, which can
+            # hide a channel from NUMSUB; on this Redis only the service (which watches
+            # nothing here) could have sent a SUBSCRIBE at all.
+            stats = private.info("commandstats")
+            assert "cmdstat_subscribe" not in stats, stats.get("cmdstat_subscribe")
+        finally:
+            private.close()

@@ -99,6 +99,9 @@ def _explain(exc: ValidationError) -> ProtocolError:
             "unknown_op", f"unknown op {_shown(op)}; expected one of {', '.join(OPS)}"
         )
     field = str(loc[-1]) if loc else "frame"
+    if kind == "extra_forbidden":
+        # Before the task_id check: a ping's task_id is unexpected, however well-formed.
+        return ProtocolError("invalid_message", f"unexpected field {field!r}")
     if field == "task_id":
         if kind == "missing":
             return ProtocolError("invalid_task_id", "task_id is required")
@@ -106,8 +109,6 @@ def _explain(exc: ValidationError) -> ProtocolError:
         return ProtocolError(
             "invalid_task_id", f"task_id must be a UUID string, got {_shown(given)}", shown
         )
-    if kind == "extra_forbidden":
-        return ProtocolError("invalid_message", f"unexpected field {field!r}")
     return ProtocolError("invalid_message", f"{field}: {problem['msg']}")
 
 

@@ -35,6 +35,9 @@ def test_valid_commands() -> None:
         (f'{{"op": "subscribe", "task_id": "{TASK_ID}\\n"}}', "invalid_task_id",
          f"task_id must be a UUID string, got '{TASK_ID}\\n'"),
         ('{"op": "ping", "x": 1}', "invalid_message", "unexpected field 'x'"),
+        # Not "must be a UUID": the id is well-formed, but a ping takes none.
+        (f'{{"op": "ping", "task_id": "{TASK_ID}"}}', "invalid_message",
+         "unexpected field 'task_id'"),
     ],
 )  # fmt: skip
 def test_invalid_frames(frame: str, code: str, detail: str) -> None:

@@ -176,7 +176,10 @@ async def running_server(
     """
     config.setdefault("ws", "websockets-sansio")
     config.setdefault("ws_per_message_deflate", False)
-    listener = socket.socket()
+    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets whose proto is
+    # TCP, and accepted sockets inherit it from the listener. With proto 0, Nagle holds a
+    # small frame written right after another until the client's delayed ACK (40 ms).
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if send_buffer is not None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)

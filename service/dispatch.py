@@ -39,7 +39,9 @@ class Dispatcher:
 
     def _publish(self, celery_name: str, kwargs: dict[str, Any], task_id: str) -> None:
         try:
-            self.celery_app.send_task(celery_name, kwargs=kwargs, task_id=task_id)
+            self.celery_app.send_task(
+                celery_name, kwargs=kwargs, task_id=task_id, queue=self.settings.queue
+            )
         except Exception as exc:
             # The SENT record was written before the publish failed: without the message
             # it would read as queued forever.

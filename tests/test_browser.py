@@ -21,6 +21,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
 from service.app import create_app
+from service.devstack import free_port
 from service.hub import Hub
 from service.settings import Settings
 from tests.support import ROOT, WorkerProcess, running_server
@@ -210,6 +211,55 @@ async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub
     assert dropped not in hub.connections
     assert not socket.is_closed()
     await expect(counting.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+
+
+# Every state the connection badge takes, in order, with its text.
+RECORD_CONNECTION = """() => {
+    const badge = document.querySelector("#connection");
+    window.connectionStates = [];
+    new MutationObserver(() => {
+        window.connectionStates.push(`${badge.dataset.state}: ${badge.textContent.trim()}`);
+    }).observe(badge, {attributes: true, childList: true, subtree: true, characterData: true});
+}"""
+
+
+async def test_reconnects_after_the_service_restarts(
+    browser: Browser, worker: WorkerProcess
+) -> None:
+    port = free_port()
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    badge = page.locator("#connection")
+    try:
+        async with running_server(create_app(), port=port) as url:
+            await page.goto(f"{url}/")
+            await expect(badge).to_have_attribute("data-state", "open")
+            await page.evaluate(RECORD_CONNECTION)
+            row, _ = await start(page, "progress", total=30, step_seconds=0.1)
+            await expect_state(row, "PROGRESS")
+        # Stopped mid-task: uvicorn's shutdown closed the page's socket with 1012. Down
+        # until the page's next attempt has been refused too (the badge's states pass in
+        # a moment, so they are read from the record, not waited for one by one).
+        await page.wait_for_function(
+            """() => window.connectionStates.length >= 3
+                && window.connectionStates.at(-1).startsWith("closed")""",
+            timeout=WAIT_MS,
+        )
+        async with running_server(create_app(), port=port):
+            await expect(badge).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+            await expect_state(row, "SUCCESS")
+            await expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+            states: list[str] = await page.evaluate("window.connectionStates")
+    finally:
+        await context.close()
+    assert not errors, errors
+    # Dropped (1012), reconnecting and refused, reconnecting again, and live.
+    assert states[0] == "closed: Disconnected (code 1012); retrying in 1 s", states
+    assert states[1] == "connecting: Reconnecting…", states
+    assert states[2].startswith("closed: Disconnected; retrying in"), states
+    assert states[-2:] == ["connecting: Reconnecting…", "open: Live"], states
 
 
 async def test_fits_a_phone_screen(browser: Browser, base_url: str) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Largest ``data`` an e-mail task accepts, as JSON: it is rendered into the e-mail's body.
 MAX_EMAIL_DATA_BYTES = 16 * 1024
@@ -14,6 +23,16 @@ MAX_EMAIL_DATA_BYTES = 16 * 1024
 # running after TASKCAST_VISIBILITY_TIMEOUT is handed to a second worker as well: that
 # timeout must be longer than this.
 MAX_TASK_SECONDS = 3600
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer, also when JSON writes it 441.0: JSON Schema's "integer" is any number with
+# no fractional part, and that is what the OpenAPI description promises. Still no bools,
+# no strings, no 441.5 (the models are strict).
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
 class Params(BaseModel):
@@ -28,8 +47,13 @@ class SleepParams(Params):
     )
 
 
+# The docstring is the model's OpenAPI description: it states the one rule of these
+# parameters that JSON Schema cannot.
 class ProgressParams(Params):
-    total: int = Field(100, ge=1, le=100_000, description="How many steps to count.")
+    """Count to total, a step every step_seconds: total * step_seconds must be at most
+    3600 seconds (MAX_TASK_SECONDS)."""
+
+    total: WholeNumber = Field(100, ge=1, le=100_000, description="How many steps to count.")
     step_seconds: float = Field(1.0, ge=0, le=60, description="Seconds per step.")
 
     @model_validator(mode="after")
@@ -53,7 +77,12 @@ class EmailParams(Params):
     @field_validator("data")
     @classmethod
     def _small_enough(cls, data: dict[str, Any]) -> dict[str, Any]:
-        size = len(orjson.dumps(data))
+        try:
+            size = len(orjson.dumps(data))
+        except TypeError:
+            # An integer past 64 bits: JSON has them, orjson refuses them (it was a 500).
+            # The worker renders the data with the standard library, which takes them.
+            size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
         if size > MAX_EMAIL_DATA_BYTES:
             raise ValueError(f"must be at most {MAX_EMAIL_DATA_BYTES} bytes as JSON, got {size}")
         return data

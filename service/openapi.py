@@ -144,7 +144,8 @@ def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[st
                 "summary": task.summary,
                 "operationId": f"submit_{name}",
                 "requestBody": {
-                    "required": False,
+                    # No body means no parameters: fine unless the task requires some.
+                    "required": bool(model_schema.get("required")),
                     "content": {
                         "application/json": {
                             "schema": {"$ref": f"#/components/schemas/{task.params.__name__}"}

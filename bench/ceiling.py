@@ -7,16 +7,13 @@ on Starlette and uvicorn can go faster, so taskcast is measured as a fraction of
 
 from __future__ import annotations
 
-import argparse
-
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from service.settings import Settings
+from bench.stack import serve_baseline
 
 GREETING = '{"type":"hello"}'
 
@@ -53,11 +50,7 @@ def create_app() -> Starlette:
 
 
 def main() -> None:
-    arguments = argparse.ArgumentParser(description=__doc__)
-    arguments.add_argument("--port", type=int, required=True)
-    port = arguments.parse_args().port
-    options = Settings.from_env().uvicorn_options()
-    uvicorn.run(create_app(), host="127.0.0.1", port=port, log_level="warning", **options)
+    serve_baseline(create_app(), __doc__ or "")
 
 
 if __name__ == "__main__":

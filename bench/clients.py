@@ -15,7 +15,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
@@ -194,46 +194,47 @@ class Sockets:
 
     def frame(self, k: int, timeout: float = 60.0) -> tuple[float, float]:
         """Wait until every socket has its k-th frame; the first and last arrival times."""
-        deadline = time.monotonic() + timeout
-        arrivals: list[tuple[float, float]] = []
-        waiting = list(self.pipes)
-        while waiting:
-            left = deadline - time.monotonic()
-            ready = multiprocessing.connection.wait(waiting, timeout=max(left, 0))
-            if not ready:
-                raise TimeoutError(f"frame {k} did not reach every socket within {timeout} s")
-            for pipe in ready:
-                assert isinstance(pipe, Connection)
-                message = pipe.recv()
-                if message[0] == "error":
-                    raise RuntimeError(message[1])
-                if message[1] == k:
-                    arrivals.append((message[2], message[3]))
-                    waiting.remove(pipe)
-        return min(first for first, _ in arrivals), max(last for _, last in arrivals)
+        reports = self._one_each(
+            lambda message: message[0] == "frame" and message[1] == k,
+            timeout,
+            f"frame {k} did not reach every socket within {timeout} s",
+        )
+        return min(report[2] for report in reports), max(report[3] for report in reports)
 
     def closed(self, timeout: float) -> tuple[Counter[int | None], int]:
         """Wait until the server has closed every socket: the close codes, and frames seen."""
-        deadline = time.monotonic() + timeout
+        reports = self._one_each(
+            lambda message: message[0] == "closed",
+            timeout,
+            f"sockets still open after {timeout} s",
+        )
         codes: Counter[int | None] = Counter()
-        frames = 0
+        for report in reports:
+            codes.update(report[1])
+        return codes, sum(report[2] for report in reports)
+
+    def _one_each(
+        self, wanted: Callable[[tuple[Any, ...]], bool], timeout: float, late: str
+    ) -> list[tuple[Any, ...]]:
+        """The first ``wanted`` report of every process; a client's error is raised."""
+        deadline = time.monotonic() + timeout
+        reports = []
         waiting = list(self.pipes)
         while waiting:
             ready = multiprocessing.connection.wait(
                 waiting, timeout=max(deadline - time.monotonic(), 0)
             )
             if not ready:
-                raise TimeoutError(f"sockets still open after {timeout} s")
+                raise TimeoutError(late)
             for pipe in ready:
                 assert isinstance(pipe, Connection)
                 message = pipe.recv()
                 if message[0] == "error":
                     raise RuntimeError(message[1])
-                if message[0] == "closed":
-                    codes.update(message[1])
-                    frames += message[2]
+                if wanted(message):
+                    reports.append(message)
                     waiting.remove(pipe)
-        return codes, frames
+        return reports
 
 
 async def _run_pollers(

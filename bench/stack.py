@@ -120,6 +120,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return result
 
 
+def serve_baseline(app: Any, description: str) -> None:
+    """Serve a baseline app on ``--port`` with taskcast's own uvicorn WebSocket options."""
+    import uvicorn
+
+    from service.settings import Settings
+
+    arguments = argparse.ArgumentParser(description=description)
+    arguments.add_argument("--port", type=int, required=True)
+    port = arguments.parse_args().port
+    options = Settings.from_env().uvicorn_options()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **options)
+
+
 def machine() -> str:
     """One line on where the figures come from."""
     return (

@@ -9,17 +9,15 @@ per request; reading each once makes this a lower bound on its cost.)
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-import uvicorn
 from celery.result import AsyncResult
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.settings import Settings
+from bench.stack import serve_baseline
 from workers.app import celery_app
 
 
@@ -45,11 +43,7 @@ def create_app() -> Starlette:
 
 
 def main() -> None:
-    arguments = argparse.ArgumentParser(description=__doc__)
-    arguments.add_argument("--port", type=int, required=True)
-    port = arguments.parse_args().port
-    options = Settings.from_env().uvicorn_options()
-    uvicorn.run(create_app(), host="127.0.0.1", port=port, log_level="warning", **options)
+    serve_baseline(create_app(), __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.clients import Pollers, Sockets
-from bench.stack import Stack, machine, parser, table
+from bench.stack import Stack, machine, parser, table, write_progress
 
 TOTAL = 1_000_000
 # The driver's own INFO calls are not anyone's traffic.
@@ -70,14 +70,13 @@ def main() -> None:
         taskcast = stack.serve("taskcast", "service.cli")
         tutorial = stack.serve("tutorial", "bench.tutorial_app")
 
-        from workers.app import backend_client, celery_app
+        from workers.app import backend_client
 
         task_id = str(uuid.uuid4())
         redis = backend_client()
 
         def write(current: int) -> None:
-            meta = {"current": current, "total": TOTAL}
-            celery_app.backend.store_result(task_id, meta, "PROGRESS")
+            write_progress(task_id, current, TOTAL)
 
         write(0)
         writer = _Writer(write)

@@ -99,6 +99,16 @@ class Server:
         return int(psutil.Process(self.pid).memory_info().rss)
 
 
+def write_progress(task_id: str, current: int, total: int) -> None:
+    """Store a progress state exactly as a worker's ``update_state`` does.
+
+    Import-time settings: call it only inside a ``Stack``, which points them at its Redis.
+    """
+    from workers.app import celery_app
+
+    celery_app.backend.store_result(task_id, {"current": current, "total": total}, "PROGRESS")
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """The nearest-rank percentile ``p`` (0-100) of ``values``."""
     ordered = sorted(values)

@@ -42,6 +42,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             poll_interval=settings.poll_interval,
             push=settings.push,
             slow_client_timeout=settings.slow_client_timeout,
+            stall_after=settings.stall_after,
+            # One beat, and the poll that reads it, after Redis is back.
+            stall_grace=settings.celery.heartbeat_interval + settings.poll_interval,
         )
         app.state.taskcast = AppState(
             settings=settings,

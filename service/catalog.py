@@ -55,9 +55,18 @@ class ProgressParams(Params):
 
     total: WholeNumber = Field(100, ge=1, le=100_000, description="How many steps to count.")
     step_seconds: float = Field(1.0, ge=0, le=60, description="Seconds per step.")
+    # The bound before the validator, inside the union: only so does the JSON Schema
+    # say "minimum" (after a BeforeValidator pydantic writes a "ge" no client knows).
+    fail_at: Annotated[int, Field(ge=1), BeforeValidator(_whole)] | None = Field(
+        None,
+        description="Fail (raise RuntimeError) on reaching this step, to see what a failure "
+        "looks like; at most total.",
+    )
 
     @model_validator(mode="after")
     def _short_enough(self) -> ProgressParams:
+        if self.fail_at is not None and self.fail_at > self.total:
+            raise ValueError(f"fail_at must be at most total ({self.total}), got {self.fail_at}")
         # Each bound alone allows 69 days; together they keep to the one for every task.
         if self.total * self.step_seconds > MAX_TASK_SECONDS:
             raise ValueError(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
-from celery import Celery
+from celery import Celery, group
+from celery.result import GroupResult
 
 from workers import keys
 from workers.app import backend_client
@@ -33,9 +34,22 @@ class Dispatcher:
         await anyio.to_thread.run_sync(self._publish, celery_name, kwargs, task_id)
         return task_id
 
-    async def revoke(self, task_id: str) -> None:
-        """Cancel a task: a queued one never runs, a running one is stopped."""
-        await anyio.to_thread.run_sync(self._revoke, task_id)
+    async def submit_group(
+        self, celery_name: str, members: list[dict[str, Any]]
+    ) -> tuple[str, list[str]]:
+        """Publish a Celery group, one task per parameter set; return the group's id and
+        its members' ids. Every member's SENT record, and the group's record of its
+        members, exist before the reply."""
+        group_id = str(uuid.uuid4())
+        task_ids = [str(uuid.uuid4()) for _ in members]
+        await anyio.to_thread.run_sync(
+            self._publish_group, celery_name, members, group_id, task_ids
+        )
+        return group_id, task_ids
+
+    async def revoke(self, *task_ids: str) -> None:
+        """Cancel tasks: a queued one never runs, a running one is stopped."""
+        await anyio.to_thread.run_sync(self._revoke, task_ids)
 
     def _publish(self, celery_name: str, kwargs: dict[str, Any], task_id: str) -> None:
         try:
@@ -56,17 +70,51 @@ class Dispatcher:
         # Names and ids only: parameters are the client's data (an e-mail address, say).
         logger.info("queued %s as %s", celery_name, task_id, extra={"task_id": task_id})
 
-    def _revoke(self, task_id: str) -> None:
-        logger.info("revoking %s", task_id, extra={"task_id": task_id})
-        # The marker stops a worker that misses the broadcast (it starts later).
-        backend_client().set(
-            keys.revoked_key(self.settings.key_prefix, task_id),
-            b"1",
-            ex=self.settings.result_expires,
-        )
-        # Recorded now rather than when a worker gets round to it, so every watcher
-        # sees REVOKED even if no worker holds the task. The first final state wins
-        # (see workers.backend), so a late progress write cannot undo it; and written
-        # before the broadcast, so a worker's own "terminated" record never races it.
-        self.celery_app.backend.mark_as_revoked(task_id, "revoked")
-        self.celery_app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+    def _publish_group(
+        self,
+        celery_name: str,
+        members: list[dict[str, Any]],
+        group_id: str,
+        task_ids: list[str],
+    ) -> None:
+        app, queue = self.celery_app, self.settings.queue
+        signatures = [
+            app.signature(celery_name, kwargs=kwargs, task_id=task_id, queue=queue)
+            for kwargs, task_id in zip(members, task_ids, strict=True)
+        ]
+        try:
+            # The group id given as the task id is Celery's way to name a group.
+            result = cast("GroupResult", group(signatures).apply_async(task_id=group_id))
+            # Saved after the members exist: whoever reads the group finds every member.
+            result.save(backend=app.backend)
+        except Exception as exc:
+            logger.warning("publishing group %s failed: %r", group_id, exc)
+            # Some members may be queued: cancelled, so that nothing of a group whose
+            # client was told "not queued" runs.
+            try:
+                self._revoke(tuple(task_ids))
+            except Exception:
+                logger.exception("could not cancel the members of group %s", group_id)
+            raise DispatchError(str(exc)) from exc
+        logger.info("queued %d %s as group %s", len(task_ids), celery_name, group_id)
+
+    def _revoke(self, task_ids: tuple[str, ...]) -> None:
+        client = backend_client()
+        with client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                logger.info("revoking %s", task_id, extra={"task_id": task_id})
+                # The marker stops a worker that misses the broadcast (it starts later).
+                pipe.set(
+                    keys.revoked_key(self.settings.key_prefix, task_id),
+                    b"1",
+                    ex=self.settings.result_expires,
+                )
+            pipe.execute()
+        for task_id in task_ids:
+            # Recorded now rather than when a worker gets round to it, so every watcher
+            # sees REVOKED even if no worker holds the task. The first final state wins
+            # (see workers.backend), so a late progress write cannot undo it; and written
+            # before the broadcast, so a worker's own "terminated" record never races it.
+            self.celery_app.backend.mark_as_revoked(task_id, "revoked")
+        # One broadcast for them all.
+        self.celery_app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")

@@ -10,13 +10,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.auth import bearer
-from service.catalog import TASKS
+from service.catalog import TASKS, TaskSpec
 from service.dispatch import DispatchError
 from service.errors import ApiError
+from service.groups import GroupTally
+from service.liveness import is_stalled
 from service.responses import json_response
 from service.state import AppState
 from service.status import Status, decode_status
-from service.validation import parse_params, parse_task_id, read_body
+from service.validation import parse_group, parse_params, parse_task_id, read_body
 
 
 def app_state(request: Request) -> AppState:
@@ -50,9 +52,9 @@ def require_watch(request: Request, task_id: str) -> None:
         raise ApiError(401, "unauthorized", detail, _CHALLENGE)
 
 
-def watch_token(request: Request, task_id: str) -> dict[str, str]:
+def watch_token(request: Request, watched_id: str) -> dict[str, str]:
     """``{"token": ...}`` for a dispatch reply when tokens are on, else nothing."""
-    token = app_state(request).auth.token(task_id)
+    token = app_state(request).auth.token(watched_id)
     return {} if token is None else {"token": token}
 
 
@@ -81,19 +83,60 @@ async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str,
 
 async def read_status(request: Request, task_id: str) -> Status:
     """The status of a known task, or 404 ``unknown_task``."""
-    raw = await app_state(request).store.read(task_id)
+    state = app_state(request)
+    raw, beat, now_ms = await state.store.read_one(task_id)
     if raw is None:
         raise ApiError(404, "unknown_task", f"no task with id {task_id}")
-    return decode_status(task_id, raw)
+    status = decode_status(task_id, raw)
+    status["stalled"] = is_stalled(status["state"], beat, now_ms, state.settings.stall_after)
+    return status
 
 
-async def submit(request: Request) -> Response:
-    require_api_key(request)
+def group_links(request: Request, group_id: str) -> dict[str, str]:
+    """A group's REST and WebSocket URLs, with its watch token when tokens are on."""
+    token = watch_token(request, group_id)
+    status_url = request.url_for("group_status", group_id=group_id).include_query_params(**token)
+    ws_url = request.url_for("ws_group", group_id=group_id).include_query_params(**token)
+    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
+    return {"group_id": group_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
+
+
+async def read_members(request: Request, group_id: str) -> tuple[str, ...]:
+    """A known group's member ids, or 404 ``unknown_group``."""
+    members = await app_state(request).group_members(group_id)
+    if members is None:
+        raise ApiError(404, "unknown_group", f"no group with id {group_id}")
+    return members
+
+
+async def read_group_status(request: Request, group_id: str) -> dict[str, object]:
+    """A known group's status, from one read of every member's record and heartbeat."""
+    state = app_state(request)
+    members = await read_members(request, group_id)
+    reading = await state.store.read_many(members, members)
+    tally = GroupTally(group_id, members)
+    for task_id, raw, beat in zip(members, reading.records, reading.beats, strict=True):
+        status = None if raw is None else decode_status(task_id, raw)
+        if status is not None:
+            stall_after = state.settings.stall_after
+            status["stalled"] = is_stalled(status["state"], beat, reading.now_ms, stall_after)
+        tally.update(task_id, status)
+    return tally.status()
+
+
+def task_spec(request: Request) -> TaskSpec:
+    """The catalog entry the path's ``{name}`` names, or 404 ``unknown_task_name``."""
     name = request.path_params["name"]
     spec = TASKS.get(name)
     if spec is None:
         known = ", ".join(sorted(TASKS))
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
+    return spec
+
+
+async def submit(request: Request) -> Response:
+    require_api_key(request)
+    spec = task_spec(request)
     try:
         body = await read_body(request, app_state(request).settings.max_body_bytes)
         params = parse_params(spec.params, body)
@@ -124,6 +167,55 @@ async def cancel_task(request: Request) -> Response:
     return json_response(task_links(request, task_id), status_code=202)
 
 
+async def submit_group(request: Request) -> Response:
+    require_api_key(request)
+    state = app_state(request)
+    spec = task_spec(request)
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        members = parse_group(spec.params, body, state.settings.max_group_size)
+    except ApiError:
+        state.metrics.dispatched(spec.celery_name, "invalid")
+        raise
+    try:
+        group_id, task_ids = await state.dispatcher.submit_group(
+            spec.celery_name, [params.model_dump() for params in members]
+        )
+    except DispatchError as exc:
+        state.metrics.dispatched(spec.celery_name, "publish_failed", len(members))
+        state.metrics.dispatch_redis_errors.inc()
+        raise ApiError(503, "broker_unavailable", f"could not queue the group: {exc}") from None
+    state.metrics.dispatched(spec.celery_name, "ok", len(task_ids))
+    links = group_links(request, group_id)
+    reply = {**links, "task_ids": task_ids}
+    return json_response(reply, status_code=202, headers={"Location": links["status_url"]})
+
+
+async def group_status(request: Request) -> Response:
+    group_id = parse_task_id(request.path_params["group_id"], what="group")
+    require_watch(request, group_id)
+    return json_response(await read_group_status(request, group_id))
+
+
+async def cancel_group(request: Request) -> Response:
+    require_api_key(request)
+    group_id = parse_task_id(request.path_params["group_id"], what="group")
+    require_watch(request, group_id)
+    state = app_state(request)
+    members = await read_members(request, group_id)
+    records = (await state.store.read_many(members)).records
+    unfinished = [
+        task_id
+        for task_id, raw in zip(members, records, strict=True)
+        if raw is not None and not decode_status(task_id, raw)["final"]
+    ]
+    if not unfinished:
+        raise ApiError(409, "already_final", f"every member of group {group_id} has ended")
+    await state.dispatcher.revoke(*unfinished)
+    reply = {**group_links(request, group_id), "task_ids": list(members), "revoked": unfinished}
+    return json_response(reply, status_code=202)
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -147,6 +239,9 @@ routes = [
     Route("/tasks/{name}", submit, methods=["POST"]),
     Route("/tasks/{task_id}", task_status, methods=["GET"], name="task_status"),
     Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+    Route("/groups/{name}", submit_group, methods=["POST"]),
+    Route("/groups/{group_id}", group_status, methods=["GET"], name="group_status"),
+    Route("/groups/{group_id}", cancel_group, methods=["DELETE"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]

@@ -8,6 +8,16 @@ once to a socket with room, else kept in that connection's mailbox; never awaite
 Seeing every change of a task, it also measures its pace (``service.eta``) and puts
 the rate and time left into that one frame.
 
+Liveness: on each poll the hub also reads the heartbeats of the running tasks it
+watches (same round trip, with Redis's clock) and flips a task's ``stalled`` flag when
+its worker has been silent for ``stall_after`` seconds (``service.liveness``); a new
+record from the task is itself a sign of life and clears it.
+
+Groups: a watched group is a tally (``service.groups``) fed by its members, which the
+hub watches like any task (their keys join the same MGET and the same channels), with
+the group as their listener. One frame per group per read, however many members
+changed in it.
+
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
 The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
 task changed: the hub re-reads the key rather than trusting the payload, because the
@@ -21,17 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from service.eta import EtaEstimator
+from service.groups import GroupTally
+from service.liveness import beat_age_ms, can_stall, is_stalled
 from service.metrics import Metrics
-from service.protocol import status_message, unknown_task_message
-from service.status import decode_status
-from service.store import ResultStore
+from service.protocol import group_message, status_message, unknown_task_message
+from service.status import Status, decode_status
+from service.store import Reading, ResultStore
 from service.subscriber import Kind, Subscriber
 
 logger = logging.getLogger(__name__)
@@ -54,6 +65,23 @@ class _Watch:
     frame: str | None = None
     kind: Kind = Kind.STATUS
     eta: EtaEstimator = field(default_factory=EtaEstimator)
+    # Running by its record (so its heartbeat is read on each poll), and stalled by it.
+    running: bool = False
+    stalled: bool = False
+    # The watched groups this task is a member of (None for most tasks: no list kept).
+    groups: list[_GroupWatch] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _GroupWatch:
+    """One watched group: its subscribers, its tally, and the last frame made of it."""
+
+    tally: GroupTally
+    members: tuple[str, ...]
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    frame: str | None = None
+    kind: Kind = Kind.STATUS
+    eta: EtaEstimator = field(default_factory=EtaEstimator)
 
 
 class Hub:
@@ -67,18 +95,27 @@ class Hub:
         poll_interval: float = 0.5,
         push: bool = True,
         slow_client_timeout: float = 30.0,
+        stall_after: float = 0.0,
+        stall_grace: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.poll_interval = poll_interval
         self.push = push
         self.slow_client_timeout = slow_client_timeout
+        # Seconds of heartbeat silence that make a running task stalled (0: off), and how
+        # long after reconnecting to Redis the hub waits before calling any task stalled:
+        # beats missed during the outage are the outage's, not the workers'.
+        self.stall_after = stall_after
+        self.stall_grace = stall_grace
+        self._judge_stalls_from = 0.0
         self.healthy = True
         # Every connection's mailbox, with its sender (cancelled if the client stalls).
         self.connections: dict[Subscriber, asyncio.Task[object]] = {}
         # The connections whose send is waiting on the client (kept by the subscribers).
         self.stalled: set[Subscriber] = set()
         self._watches: dict[str, _Watch] = {}
+        self._groups: dict[str, _GroupWatch] = {}
         self._to_read: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
@@ -100,6 +137,20 @@ class Hub:
     @property
     def watched_count(self) -> int:
         return len(self._watches)
+
+    @property
+    def watched_groups(self) -> frozenset[str]:
+        """The group ids the hub is tallying (for tests and metrics)."""
+        return frozenset(self._groups)
+
+    def stalled_count(self) -> int:
+        """Watched tasks whose worker has gone silent (for metrics)."""
+        return sum(watch.stalled for watch in self._watches.values())
+
+    def members_of(self, group_id: str) -> tuple[str, ...] | None:
+        """A watched group's member ids (so a new subscriber need not read them again)."""
+        group = self._groups.get(group_id)
+        return None if group is None else group.members
 
     def frame_counts(self) -> tuple[int, int]:
         """Frames sent, and frames coalesced, by every connection so far (for metrics)."""
@@ -125,6 +176,50 @@ class Hub:
 
     def watch(self, task_id: str, subscriber: Subscriber) -> None:
         """Subscribe; the current status reaches the mailbox now (if known) or after one read."""
+        watch = self._task_watch(task_id)
+        watch.subscribers[subscriber] = None
+        subscriber.tasks.add(task_id)
+        if watch.frame is not None:
+            subscriber.offer(task_id, watch.frame, watch.kind)
+
+    def watch_group(self, group_id: str, members: tuple[str, ...], subscriber: Subscriber) -> None:
+        """Subscribe to a group whose member ids are ``members``; its current status
+        reaches the mailbox now (if every member is known) or after one read."""
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = _GroupWatch(GroupTally(group_id, members), members)
+            for task_id in members:
+                watch = self._task_watch(task_id)
+                if watch.groups is None:
+                    watch.groups = []
+                watch.groups.append(group)
+                if watch.loaded:
+                    # Already read for someone else: no need to wait for the next read.
+                    group.tally.update(task_id, self._status_of(task_id, watch))
+            if group.tally.complete:
+                self._refresh_group(group, asyncio.get_running_loop().time())
+        group.subscribers[subscriber] = None
+        subscriber.tasks.add(group_id)
+        if group.frame is not None:
+            subscriber.offer(group_id, group.frame, group.kind)
+
+    def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
+        """Unsubscribe from a task or a group."""
+        subscriber.tasks.discard(watched_id)
+        group = self._groups.get(watched_id)
+        if group is not None:
+            group.subscribers.pop(subscriber, None)
+            if not group.subscribers:
+                self._forget_group(watched_id)
+            return
+        watch = self._watches.get(watched_id)
+        if watch is None:
+            return
+        watch.subscribers.pop(subscriber, None)
+        if not watch.subscribers and not watch.groups:
+            self._forget(watched_id)
+
+    def _task_watch(self, task_id: str) -> _Watch:
         watch = self._watches.get(task_id)
         if watch is None:
             watch = self._watches[task_id] = _Watch()
@@ -133,19 +228,7 @@ class Hub:
                 self._to_unsubscribe.discard(task_id)
                 self._to_subscribe.add(task_id)
             self._wake.set()
-        watch.subscribers[subscriber] = None
-        subscriber.tasks.add(task_id)
-        if watch.frame is not None:
-            subscriber.offer(task_id, watch.frame, watch.kind)
-
-    def unwatch(self, task_id: str, subscriber: Subscriber) -> None:
-        subscriber.tasks.discard(task_id)
-        watch = self._watches.get(task_id)
-        if watch is None:
-            return
-        watch.subscribers.pop(subscriber, None)
-        if not watch.subscribers:
-            self._forget(task_id)
+        return watch
 
     # -- the loop
 
@@ -184,6 +267,8 @@ class Hub:
             self._to_subscribe |= set(self._watches)
             self._to_unsubscribe.clear()
         self._to_read |= set(self._watches)
+        if recovering:
+            self._judge_stalls_from = loop.time() + self.stall_grace
         self.healthy = True
         next_poll = loop.time() + self.poll_interval
         next_reap = loop.time() + self._reap_interval
@@ -191,9 +276,11 @@ class Hub:
             self._raise_if_listener_failed()
             await self._sync_channels()
             now = loop.time()
+            polling = False
             if now >= next_poll:
                 if self._watches:
                     self._to_read |= set(self._watches)
+                    polling = True
                 # Drift-corrected, but never a burst of catch-up polls after a stall.
                 next_poll = max(next_poll + self.poll_interval, now)
             if now >= next_reap:
@@ -203,12 +290,13 @@ class Hub:
                 ids = [task_id for task_id in self._to_read if task_id in self._watches]
                 self._to_read.clear()
                 if ids:
+                    beat_ids = self._heartbeats_to_read(ids, polling)
                     started = loop.time()
-                    raws = await self.store.read_many(ids)
+                    reading = await self.store.read_many(ids, beat_ids)
                     self.metrics.read_seconds.observe(loop.time() - started)
                     # The read time stands for the write time: records carry no time of
                     # their own, and with push the read follows the write within ms.
-                    self._apply_all(ids, raws, loop.time())
+                    self._apply_all(ids, beat_ids, reading, loop.time())
                 continue
             self._wake.clear()
             # Nothing watched and nobody connected: sleep until something happens.
@@ -223,31 +311,132 @@ class Hub:
     def _reap_interval(self) -> float:
         return min(1.0, self.slow_client_timeout / 4)
 
-    def _apply_all(self, ids: list[str], raws: Iterable[bytes | None], now: float) -> None:
-        for task_id, raw in zip(ids, raws, strict=True):
+    def _heartbeats_to_read(self, ids: list[str], polling: bool) -> list[str]:
+        """Whose heartbeat to read with these records: a task read for the first time
+        (its first status must say whether it is stalled) and, on a poll, every task
+        running by its last record. A changed record needs none: it is a sign of life."""
+        if not self.stall_after:
+            return []
+        watches = self._watches
+        return [
+            task_id
+            for task_id in ids
+            if not (watch := watches[task_id]).loaded or (polling and watch.running)
+        ]
+
+    def _apply_all(self, ids: list[str], beat_ids: list[str], reading: Reading, now: float) -> None:
+        beats = dict(zip(beat_ids, reading.beats, strict=True)) if beat_ids else {}
+        judging = now >= self._judge_stalls_from
+        changed_groups: dict[_GroupWatch, None] = {}
+        for task_id, raw in zip(ids, reading.records, strict=True):
             watch = self._watches.get(task_id)
-            if watch is None or (watch.loaded and raw == watch.raw):
-                continue  # unwatched meanwhile, or unchanged: nothing decoded, nothing sent
+            if watch is None:
+                continue  # unwatched meanwhile
+            if watch.loaded and raw == watch.raw:
+                # Unchanged: nothing decoded, nothing sent, unless its worker fell silent
+                # (or was heard again).
+                if task_id in beats and watch.running and raw is not None:
+                    age = beat_age_ms(beats[task_id], reading.now_ms)
+                    stalled = age is not None and age > self.stall_after * 1000
+                    if stalled != watch.stalled and (judging or not stalled):
+                        watch.stalled = stalled
+                        status = decode_status(task_id, raw)
+                        self._publish(task_id, watch, status, now, changed_groups)
+                continue
             if raw is None and watch.loaded:
                 # The record vanished under a task we had seen (a Redis restart without
                 # persistence, a failover): keep watching for the worker's next write.
                 continue
+            first_read = not watch.loaded
             watch.loaded, watch.raw = True, raw
             if raw is None:
                 watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
-            else:
-                status = decode_status(task_id, raw)
-                if status["progress"] is not None and not status["final"]:
-                    # Once per change, however many subscribers: part of the one frame.
-                    watch.eta.annotate(status["progress"], now)
-                watch.frame = status_message(status)
-                watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
-            frame, kind = watch.frame, watch.kind
-            for subscriber in watch.subscribers:
-                subscriber.offer(task_id, frame, kind)
-            if kind.terminal:
-                # Handed out to everyone watching: the subscription is over.
-                self._forget(task_id)
+                for group in watch.groups or ():
+                    group.tally.update(task_id, None)
+                    changed_groups[group] = None
+                self._hand_out(task_id, watch)
+                continue
+            status = decode_status(task_id, raw)
+            watch.running = can_stall(status["state"])
+            # A new record is the task's own sign of life; only a first read, with no
+            # earlier record to compare, is judged by the heartbeat.
+            beat = beats.get(task_id)
+            watch.stalled = (
+                first_read
+                and judging
+                and is_stalled(status["state"], beat, reading.now_ms, self.stall_after)
+            )
+            if status["progress"] is not None and not status["final"]:
+                # Once per change, however many subscribers: part of the one frame.
+                watch.eta.observe(now, status["progress"]["current"], status["progress"]["total"])
+            self._publish(task_id, watch, status, now, changed_groups)
+        for group in changed_groups:
+            if group.tally.complete and self._groups.get(group.tally.group_id) is group:
+                self._refresh_group(group, now)
+
+    def _status_of(self, task_id: str, watch: _Watch) -> Status | None:
+        """A loaded watch's status, decoded again from its raw record (None: no record)."""
+        if watch.raw is None:
+            return None
+        status = decode_status(task_id, watch.raw)
+        status["stalled"] = watch.stalled
+        return status
+
+    def _publish(
+        self,
+        task_id: str,
+        watch: _Watch,
+        status: Status,
+        now: float,
+        changed_groups: dict[_GroupWatch, None],
+    ) -> None:
+        """Make a task's frame from its status and hand it to its subscribers and groups."""
+        status["stalled"] = watch.stalled
+        progress = status["progress"]
+        if progress is not None and not status["final"]:
+            progress["rate"], progress["eta_s"] = watch.eta.estimate(now)
+            if watch.stalled:
+                progress["eta_s"] = None  # nobody is working on it: no time left to tell
+        watch.frame = status_message(status)
+        watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
+        for group in watch.groups or ():
+            group.tally.update(task_id, status)
+            changed_groups[group] = None
+        self._hand_out(task_id, watch)
+
+    def _hand_out(self, task_id: str, watch: _Watch) -> None:
+        frame, kind = watch.frame, watch.kind
+        assert frame is not None
+        for subscriber in watch.subscribers:
+            subscriber.offer(task_id, frame, kind)
+        if kind.terminal:
+            # Handed out to everyone watching, groups included: the watch is over.
+            self._forget(task_id)
+
+    def _refresh_group(self, group: _GroupWatch, now: float) -> None:
+        """Make a group's frame from its tally and hand it out (ending it when final)."""
+        tally = group.tally
+        group.eta.observe(now, tally.fraction_done, tally.size)
+        eta_s = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
+        group.frame = group_message(tally.status(eta_s))
+        group.kind = Kind.FINAL if tally.final else Kind.STATUS
+        for subscriber in group.subscribers:
+            subscriber.offer(tally.group_id, group.frame, group.kind)
+        if tally.final:
+            self._forget_group(tally.group_id)
+
+    def _forget_group(self, group_id: str) -> None:
+        group = self._groups.pop(group_id)
+        for task_id in group.members:
+            watch = self._watches.get(task_id)
+            if watch is None or watch.groups is None:
+                continue
+            with contextlib.suppress(ValueError):
+                watch.groups.remove(group)
+            if not watch.groups:
+                watch.groups = None
+                if not watch.subscribers:
+                    self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:
         del self._watches[task_id]

@@ -97,9 +97,10 @@ class Metrics:
         """Report ``hub``'s live state with every scrape."""
         self.registry.register(_HubCollector(hub))
 
-    def dispatched(self, celery_name: str, outcome: str) -> None:
-        """Count a dispatch of a catalog task (named as Celery knows it)."""
-        self.dispatches.labels(_API_NAMES[celery_name], outcome).inc()
+    def dispatched(self, celery_name: str, outcome: str, count: int = 1) -> None:
+        """Count dispatches of a catalog task (named as Celery knows it): ``count`` of
+        them for a group."""
+        self.dispatches.labels(_API_NAMES[celery_name], outcome).inc(count)
 
 
 class _HubCollector:
@@ -122,6 +123,16 @@ class _HubCollector:
             "taskcast_watched_tasks",
             "Distinct tasks the hub reads (each once per change, however many watch it).",
             value=hub.watched_count,
+        )
+        yield GaugeMetricFamily(
+            "taskcast_watched_groups",
+            "Distinct groups the hub tallies (their members count in watched tasks).",
+            value=len(hub.watched_groups),
+        )
+        yield GaugeMetricFamily(
+            "taskcast_stalled_tasks",
+            "Watched running tasks whose worker's heartbeat is older than TASKCAST_STALL_AFTER.",
+            value=hub.stalled_count(),
         )
         yield GaugeMetricFamily(
             "taskcast_hub_healthy",

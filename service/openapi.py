@@ -20,6 +20,7 @@ _ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
+_GROUP_ID = {**_ID, "name": "group_id"}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -114,11 +115,16 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Status": {
         "type": "object",
-        "required": ["task_id", "state", "final", "progress", "result", "error"],
+        "required": ["task_id", "state", "final", "stalled", "progress", "result", "error"],
         "properties": {
             "task_id": {"type": "string", "format": "uuid"},
             "state": {"type": "string", "examples": ["SENT", "STARTED", "PROGRESS", "SUCCESS"]},
             "final": {"type": "boolean"},
+            "stalled": {
+                "type": "boolean",
+                "description": "true while a running task's worker has sent no heartbeat "
+                "for TASKCAST_STALL_AFTER seconds (it probably died); false otherwise",
+            },
             "progress": {"$ref": "#/components/schemas/Progress"},
             "result": {},
             "error": {
@@ -127,18 +133,135 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "GroupLinks": {
+        "type": "object",
+        "required": ["group_id", "task_ids", "status_url", "ws_url"],
+        "properties": {
+            "group_id": {"type": "string", "format": "uuid"},
+            "task_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+            "status_url": {"type": "string"},
+            "ws_url": {"type": "string"},
+            "token": {
+                "type": "string",
+                "description": "the group's watch token, present when the service signs "
+                "them (TASKCAST_SECRET)",
+            },
+        },
+    },
+    "GroupStatus": {
+        "type": "object",
+        "required": [
+            "group_id",
+            "state",
+            "final",
+            "stalled",
+            "size",
+            "done",
+            "states",
+            "progress",
+            "failures",
+            "stalled_tasks",
+        ],
+        "properties": {
+            "group_id": {"type": "string", "format": "uuid"},
+            "state": {
+                "type": "string",
+                "description": "SENT (no member started), PROGRESS, then SUCCESS (every "
+                "member succeeded), FAILURE (one or more failed) or REVOKED (none failed, "
+                "one or more cancelled)",
+            },
+            "final": {"type": "boolean", "description": "every member has ended"},
+            "stalled": {"type": "boolean", "description": "an unfinished member is stalled"},
+            "size": {"type": "integer", "minimum": 1},
+            "done": {"type": "integer", "minimum": 0, "description": "members ended"},
+            "states": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 1},
+                "description": "how many members are in each state",
+            },
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "current": {"type": ["number", "null"]},
+                    "total": {"type": ["number", "null"]},
+                    "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "eta_s": {"type": ["number", "null"], "minimum": 0},
+                },
+            },
+            "failures": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "task_id": {"type": "string", "format": "uuid"},
+                        "state": {"type": "string"},
+                        "error": {"type": "object"},
+                    },
+                },
+            },
+            "stalled_tasks": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+        },
+    },
 }
 
 
+def _group_request(params_ref: dict[str, str], params_required: bool, most: int) -> dict[str, Any]:
+    """``{"count", "params"}`` or ``{"tasks": [params, ...]}``: exactly one of the two."""
+    by_count = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["count", "params"] if params_required else ["count"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 1, "maximum": most},
+            "params": params_ref,
+        },
+    }
+    by_list = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {"type": "array", "minItems": 1, "maxItems": most, "items": params_ref}
+        },
+    }
+    return {"oneOf": [by_count, by_list]}
+
+
 @cache
-def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[str, Any]:
-    """Build the document once per mode; it only depends on code, on dev mode, and on
-    which credentials the service wants (API keys, watch tokens)."""
+def spec(
+    dev: bool = False, keys: bool = False, tokens: bool = False, max_group_size: int = 1000
+) -> dict[str, Any]:
+    """Build the document once per mode; it only depends on code, on dev mode, on which
+    credentials the service wants (API keys, watch tokens) and on the group size cap."""
     schemas = dict(_SCHEMAS)
     paths: dict[str, Any] = {}
     for name, task in TASKS.items():
         model_schema = task.params.model_json_schema()
         schemas[task.params.__name__] = model_schema
+        params_ref = {"$ref": f"#/components/schemas/{task.params.__name__}"}
+        paths[f"/groups/{name}"] = {
+            "post": {
+                "summary": f"Start a group of {name} tasks: count copies, or one per params.",
+                "operationId": f"submit_group_{name}",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _group_request(
+                                params_ref, bool(model_schema.get("required")), max_group_size
+                            )
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _ok("Queued.", "GroupLinks"),
+                    "400": _error("Body is not JSON."),
+                    "413": _error("Body too large."),
+                    "422": _error("Invalid parameters."),
+                    "503": _error("Broker unavailable."),
+                },
+            }
+        }
         paths[f"/tasks/{name}"] = {
             "post": {
                 "summary": task.summary,
@@ -181,6 +304,29 @@ def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[st
                 "404": _error("Unknown task."),
                 "409": _error("The task already ended."),
                 "422": _error("Malformed task id."),
+            },
+        },
+    }
+    paths["/groups/{group_id}"] = {
+        "get": {
+            "summary": "Current status of a group: its members added up.",
+            "operationId": "get_group_status",
+            "parameters": [_GROUP_ID],
+            "responses": {
+                "200": _ok("The group status object.", "GroupStatus"),
+                "404": _error("Unknown group."),
+                "422": _error("Malformed group id."),
+            },
+        },
+        "delete": {
+            "summary": "Cancel every member of a group that has not ended.",
+            "operationId": "cancel_group",
+            "parameters": [_GROUP_ID],
+            "responses": {
+                "202": _ok("Cancelled.", "GroupLinks"),
+                "404": _error("Unknown group."),
+                "409": _error("Every member already ended."),
+                "422": _error("Malformed group id."),
             },
         },
     }
@@ -268,6 +414,9 @@ def spec(dev: bool = False, keys: bool = False, tokens: bool = False) -> dict[st
     watched: _Security = [{"watchToken": []}, {"bearer": []}] if tokens else []
     guards = [
         *(((f"/tasks/{name}", "post"), keyed) for name in TASKS),
+        *(((f"/groups/{name}", "post"), keyed) for name in TASKS),
+        (("/groups/{group_id}", "get"), watched),
+        (("/groups/{group_id}", "delete"), keyed or watched),
         *(((path, method), keyed) for path, method in _TUTORIAL_DISPATCH),
         (("/tasks/{task_id}", "get"), watched),
         (("/task-status/{task_id}", "get"), watched),
@@ -302,7 +451,12 @@ _TUTORIAL_DISPATCH = [
 async def openapi_json(request: Request) -> Response:
     state = app_state(request)
     return json_response(
-        spec(state.settings.dev, state.auth.keys_required, state.auth.tokens_required)
+        spec(
+            state.settings.dev,
+            state.auth.keys_required,
+            state.auth.tokens_required,
+            state.settings.max_group_size,
+        )
     )
 
 

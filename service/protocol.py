@@ -1,7 +1,8 @@
 """The WebSocket protocol: parsing client frames and building server messages.
 
 Client frames are JSON text: ``{"op": "subscribe", "task_id": ..., "token": ...?}``,
-``{"op": "unsubscribe", "task_id": ...}``, ``{"op": "ping"}``. Every message the server
+``{"op": "unsubscribe", "task_id": ...}``, ``{"op": "ping"}``; a subscribe or unsubscribe
+may name a ``group_id`` instead of a ``task_id``. Every message the server
 sends is built here, so docs/protocol.md has one place to check against.
 """
 
@@ -18,10 +19,10 @@ from service.validation import UUID_PATTERN
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
 CLOSE_TOO_BIG = 1009  # a client frame over the size limit
 CLOSE_TRY_AGAIN_LATER = 1013  # the client's address has TASKCAST_MAX_CONNECTIONS_PER_CLIENT open
-CLOSE_UNAUTHORIZED = 4401  # /ws/tasks/{id}: no valid watch token (or API key)
-CLOSE_UNKNOWN_TASK = 4404  # /ws/tasks/{id}: no such task
+CLOSE_UNAUTHORIZED = 4401  # /ws/tasks/{id}, /ws/groups/{id}: no valid watch token (or API key)
+CLOSE_UNKNOWN_TASK = 4404  # /ws/tasks/{id}, /ws/groups/{id}: no such task or group
 CLOSE_SLOW_CLIENT = 4408  # the client stopped reading for TASKCAST_SLOW_CLIENT_TIMEOUT
-CLOSE_INVALID_TASK_ID = 4422  # /ws/tasks/{id}: the id is not a UUID
+CLOSE_INVALID_TASK_ID = 4422  # /ws/tasks/{id}, /ws/groups/{id}: the id is not a UUID
 CLOSE_FLOOD = 4429  # the client sent far more requests than it read replies for
 
 
@@ -32,11 +33,14 @@ UNAUTHORIZED_DETAIL = "the task's watch token, or an API key, is required; token
 class ProtocolError(Exception):
     """A client frame that cannot be acted on; answered with an error message."""
 
-    def __init__(self, code: str, detail: str, task_id: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, task_id: str | None = None, group_id: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.task_id = task_id
+        self.group_id = group_id
 
 
 class _Op(BaseModel):
@@ -46,16 +50,36 @@ class _Op(BaseModel):
 TaskId = Annotated[str, Field(pattern=UUID_PATTERN)]
 
 
-class Subscribe(_Op):
+class _Watching(_Op):
+    """A frame about one task or one group: exactly one of the two ids (checked after
+    parsing, to name what is missing)."""
+
+    task_id: TaskId | None = None
+    group_id: TaskId | None = None
+
+    @property
+    def watched_id(self) -> str:
+        watched = self.group_id or self.task_id
+        assert watched is not None
+        return watched
+
+    @property
+    def ids(self) -> dict[str, str | None]:
+        """The id as a reply names it: ``task_id`` or ``group_id``."""
+        if self.group_id is not None:
+            return {"group_id": self.group_id}
+        return {"task_id": self.task_id}
+
+
+class Subscribe(_Watching):
     op: Literal["subscribe"]
-    task_id: TaskId
-    # The task's watch token, needed when the service signs them (TASKCAST_SECRET).
+    # The watch token of the task or group, needed when the service signs them
+    # (TASKCAST_SECRET).
     token: str | None = None
 
 
-class Unsubscribe(_Op):
+class Unsubscribe(_Watching):
     op: Literal["unsubscribe"]
-    task_id: TaskId
 
 
 class Ping(_Op):
@@ -79,8 +103,18 @@ def parse_command(text: str) -> Command:
     except ValidationError as exc:
         raise _explain(exc) from None
     if isinstance(command, Subscribe | Unsubscribe):
+        task_id, group_id = command.task_id, command.group_id
+        if task_id is None and group_id is None:
+            raise ProtocolError(
+                "invalid_task_id", "task_id is required (or group_id, to follow a group)"
+            )
+        if task_id is not None and group_id is not None:
+            raise ProtocolError("invalid_message", "give task_id or group_id, not both")
         # Celery's ids are lower case; the Redis key must match exactly.
-        return command.model_copy(update={"task_id": command.task_id.lower()})
+        if task_id is not None:
+            return command.model_copy(update={"task_id": task_id.lower()})
+        assert group_id is not None
+        return command.model_copy(update={"group_id": group_id.lower()})
     return command
 
 
@@ -102,13 +136,12 @@ def _explain(exc: ValidationError) -> ProtocolError:
     if kind == "extra_forbidden":
         # Before the task_id check: a ping's task_id is unexpected, however well-formed.
         return ProtocolError("invalid_message", f"unexpected field {field!r}")
-    if field == "task_id":
-        if kind == "missing":
-            return ProtocolError("invalid_task_id", "task_id is required")
+    if field in ("task_id", "group_id"):
         shown = given if isinstance(given, str) and len(given) <= 64 else None
-        return ProtocolError(
-            "invalid_task_id", f"task_id must be a UUID string, got {_shown(given)}", shown
-        )
+        detail = f"{field} must be a UUID string, got {_shown(given)}"
+        if field == "group_id":
+            return ProtocolError("invalid_group_id", detail, group_id=shown)
+        return ProtocolError("invalid_task_id", detail, shown)
     return ProtocolError("invalid_message", f"{field}: {problem['msg']}")
 
 
@@ -117,10 +150,19 @@ def status_message(status: Status) -> str:
     return encode({"type": "status", **status}).decode()
 
 
-def error_message(code: str, detail: str, task_id: str | None = None) -> str:
+def group_message(group: dict[str, Any]) -> str:
+    """The group message: the group status object with ``"type": "group"``."""
+    return encode({"type": "group", **group}).decode()
+
+
+def error_message(
+    code: str, detail: str, task_id: str | None = None, group_id: str | None = None
+) -> str:
     message: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
     if task_id is not None:
         message["task_id"] = task_id
+    if group_id is not None:
+        message["group_id"] = group_id
     return encode(message).decode()
 
 
@@ -128,8 +170,13 @@ def unknown_task_message(task_id: str) -> str:
     return error_message("unknown_task", f"no task with id {task_id}", task_id)
 
 
-def unsubscribed_message(task_id: str) -> str:
-    return encode({"type": "unsubscribed", "task_id": task_id}).decode()
+def unknown_group_message(group_id: str) -> str:
+    return error_message("unknown_group", f"no group with id {group_id}", group_id=group_id)
+
+
+def unsubscribed_message(ids: dict[str, str | None]) -> str:
+    """The answer to an unsubscribe, naming what it named (``task_id`` or ``group_id``)."""
+    return encode({"type": "unsubscribed", **ids}).decode()
 
 
 PONG = encode({"type": "pong"}).decode()

@@ -41,6 +41,10 @@ class Settings:
     # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
     subscribe_rate: float = 10.0
     subscribe_burst: int = 100
+    # Most members one POST /groups/{name} may start.
+    max_group_size: int = 1000
+    # Seconds without a heartbeat after which a running task is called stalled (0: never).
+    stall_after: float = 30.0
     # Logs of ``taskcast serve``: "text" (uvicorn's) or "json" (one object a line).
     log_format: str = "text"
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
@@ -81,6 +85,8 @@ class Settings:
             max_connections_per_client=int(env.get("TASKCAST_MAX_CONNECTIONS_PER_CLIENT", "100")),
             subscribe_rate=float(env.get("TASKCAST_SUBSCRIBE_RATE", "10")),
             subscribe_burst=int(env.get("TASKCAST_SUBSCRIBE_BURST", "100")),
+            max_group_size=int(env.get("TASKCAST_MAX_GROUP_SIZE", "1000")),
+            stall_after=_stall_after(env.get("TASKCAST_STALL_AFTER", "30")),
             log_format=_log_format(env.get("TASKCAST_LOG_FORMAT", "text")),
             dev=parse_bool(env.get("TASKCAST_DEV", "")),
             api_keys=_api_keys(env.get("TASKCAST_API_KEYS", "")),
@@ -125,6 +131,21 @@ def _origins(text: str) -> tuple[str, ...]:
                 "https://app.example.com"
             )
     return origins
+
+
+def _stall_after(text: str) -> float:
+    stall_after = float(text)
+    # A few missed beats, not one late one: the threshold must leave the workers' beat
+    # (TASKCAST_HEARTBEAT_INTERVAL, read by the same Celery settings) room to be late.
+    interval = celery_settings.heartbeat_interval
+    if stall_after and stall_after < 2 * interval:
+        raise ValueError(
+            f"TASKCAST_STALL_AFTER must be 0 (off) or at least twice "
+            f"TASKCAST_HEARTBEAT_INTERVAL ({interval:g} s), got {text!r}"
+        )
+    if stall_after < 0:
+        raise ValueError(f"TASKCAST_STALL_AFTER must not be negative, got {text!r}")
+    return stall_after
 
 
 def _log_format(text: str) -> str:

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from service.auth import Auth
 from service.dispatch import Dispatcher
+from service.groups import member_ids
 from service.hub import Hub
 from service.limits import ClientConnections
 from service.metrics import Metrics
@@ -28,3 +29,13 @@ class AppState:
     # Open WebSocket connections by client address, for their per-client cap.
     clients: ClientConnections
     auth: Auth
+
+    async def group_members(self, group_id: str) -> tuple[str, ...] | None:
+        """A group's member ids (None: no such group): from the hub while it tallies the
+        group, else from one read of the group's record."""
+        members = self.hub.members_of(group_id)
+        if members is None:
+            raw = await self.store.read_group(group_id)
+            found = None if raw is None else member_ids(raw)
+            members = None if found is None else tuple(found)
+        return members

@@ -83,6 +83,9 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
         "task_id": task_id,
         "state": state,
         "final": state in FINAL_STATES,
+        # Whether a running task's heartbeat has gone silent (service.liveness): filled
+        # in by whoever read the heartbeat with the record.
+        "stalled": False,
         "progress": progress,
         "result": value,
         "error": error,
@@ -100,6 +103,7 @@ def decode_status(task_id: str, raw: bytes) -> Status:
             "task_id": task_id,
             "state": "UNREADABLE",
             "final": False,
+            "stalled": False,
             "progress": None,
             "result": None,
             "error": {"type": "UnreadableRecord", "message": "the stored record is not JSON"},

@@ -6,10 +6,10 @@ import re
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
-from service.catalog import Params
+from service.catalog import Params, WholeNumber
 from service.errors import ApiError, describe_validation_error
 
 P = TypeVar("P", bound=Params)
@@ -24,11 +24,12 @@ def is_task_id(raw: str) -> bool:
     return _UUID.fullmatch(raw) is not None
 
 
-def parse_task_id(raw: str) -> str:
-    """The canonical (lower-case) task id, or a 422 before it can become a Redis key."""
+def parse_task_id(raw: str, what: str = "task") -> str:
+    """The canonical (lower-case) id of a task (or group: ``what``), or a 422 before it
+    can become a Redis key."""
     if not is_task_id(raw):
         shown = raw if len(raw) <= 64 else raw[:64] + "..."
-        raise ApiError(422, "invalid_task_id", f"task id must be a UUID, got {shown!r}")
+        raise ApiError(422, f"invalid_{what}_id", f"{what} id must be a UUID, got {shown!r}")
     return raw.lower()
 
 
@@ -56,6 +57,61 @@ def _invalid_params(exc: ValidationError) -> ApiError:
 
 def parse_params(model: type[P], body: bytes) -> P:
     """Validate a JSON object body against ``model``; an empty body means no parameters."""
+    return parse_params_as(model, body)
+
+
+class GroupRequest(BaseModel):
+    """``POST /groups/{name}``: ``count`` members with the same ``params``, or one member
+    per object of ``tasks``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    count: WholeNumber | None = Field(None, ge=1, description="How many members to start.")
+    params: dict[str, Any] | None = Field(
+        None, description="Every member's parameters (with count; default: the task's own)."
+    )
+    tasks: list[dict[str, Any]] | None = Field(
+        None, min_length=1, description="One member per object: each one's parameters."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GroupRequest:
+        if (self.count is None) == (self.tasks is None):
+            raise ValueError("give either count (with params) or tasks, not both")
+        if self.tasks is not None and self.params is not None:
+            raise ValueError("params goes with count; with tasks, each object is one's params")
+        return self
+
+
+def parse_group(model: type[P], body: bytes, max_size: int) -> list[P]:
+    """Validate a group request: at most ``max_size`` members, each one's parameters
+    against ``model``; an error names the member (``tasks.3.total: ...``)."""
+    request = parse_params_as(GroupRequest, body)
+    size = request.count if request.tasks is None else len(request.tasks)
+    assert size is not None
+    if size > max_size:
+        raise ApiError(
+            422, "invalid_params", f"a group may have at most {max_size} members, got {size}"
+        )
+    if request.tasks is None:
+        # The same parameters for every member: checked once.
+        return [_member(model, request.params or {}, "params")] * size
+    return [_member(model, values, f"tasks.{index}") for index, values in enumerate(request.tasks)]
+
+
+def _member(model: type[P], values: dict[str, Any], place: str) -> P:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(item) for item in (place, *problem['loc']))}: {problem['msg']}"
+            for problem in exc.errors(include_url=False)
+        ]
+        raise ApiError(422, "invalid_params", "; ".join(problems)) from None
+
+
+def parse_params_as(model: type[Q], body: bytes) -> Q:
+    """Validate a JSON object body against any model (400 when it is not JSON)."""
     try:
         return model.model_validate_json(body if body.strip() else b"{}")
     except ValidationError as exc:

@@ -1,4 +1,5 @@
-"""WebSocket endpoints: ``/ws`` (many tasks on one socket) and ``/ws/tasks/{id}``.
+"""WebSocket endpoints: ``/ws`` (many tasks and groups on one socket), ``/ws/tasks/{id}``
+and ``/ws/groups/{id}``.
 
 Each connection runs a receiver (client frames) and a sender (its mailbox) side by
 side; whichever ends first ends the connection, and every subscription it held is
@@ -21,7 +22,6 @@ from service.hub import Hub
 from service.limits import TokenBucket
 from service.metrics import Metrics
 from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
-from service.settings import Settings
 from service.state import AppState
 from service.subscriber import MailboxOverflow, Subscriber
 from service.validation import is_task_id
@@ -30,34 +30,61 @@ from service.validation import is_task_id
 _CLOSE_TIMEOUT = 1.0
 
 
+# What a single-subject socket (/ws/tasks/{id}, /ws/groups/{id}) watches from the start.
+WatchFirst = Callable[[Hub, Subscriber], None]
+
+
 async def ws_multiplexed(websocket: WebSocket) -> None:
     await websocket.accept()
-    await _serve(websocket, first_task=None)
+    await _serve(websocket, watch_first=None)
 
 
 async def ws_task(websocket: WebSocket) -> None:
+    task_id = await _accept_single(websocket, "task")
+    if task_id is not None:
+        await _serve(websocket, watch_first=lambda hub, subscriber: hub.watch(task_id, subscriber))
+
+
+async def ws_group(websocket: WebSocket) -> None:
+    group_id = await _accept_single(websocket, "group")
+    if group_id is None:
+        return
+    state: AppState = websocket.app.state.taskcast
+    members = await state.group_members(group_id)
+    if members is None:
+        await websocket.send_text(protocol.unknown_group_message(group_id))
+        await websocket.close(protocol.CLOSE_UNKNOWN_TASK)
+        return
+    await _serve(
+        websocket,
+        watch_first=lambda hub, subscriber: hub.watch_group(group_id, members, subscriber),
+    )
+
+
+async def _accept_single(websocket: WebSocket, what: str) -> str | None:
+    """Accept a socket for one task or group; its id, or None once refused and closed."""
     # Accept first: a close before accepting would reach the client as an HTTP 403,
     # not as the close code the protocol promises.
     await websocket.accept()
-    raw = websocket.path_params["task_id"]
+    raw: str = websocket.path_params[f"{what}_id"]
     if not is_task_id(raw):
         shown = raw if len(raw) <= 64 else raw[:61] + "..."
-        detail = f"task id must be a UUID, got {shown!r}"
-        await websocket.send_text(protocol.error_message("invalid_task_id", detail))
+        detail = f"{what} id must be a UUID, got {shown!r}"
+        await websocket.send_text(protocol.error_message(f"invalid_{what}_id", detail))
         await websocket.close(protocol.CLOSE_INVALID_TASK_ID)
-        return
-    task_id = raw.lower()
-    if not _may_watch(websocket)(task_id, websocket.query_params.get("token")):
+        return None
+    watched_id = raw.lower()
+    if not _may_watch(websocket)(watched_id, websocket.query_params.get("token")):
         await websocket.send_text(
             protocol.error_message("unauthorized", protocol.UNAUTHORIZED_DETAIL)
         )
         await websocket.close(protocol.CLOSE_UNAUTHORIZED)
-        return
-    await _serve(websocket, first_task=task_id)
+        return None
+    return watched_id
 
 
 def _may_watch(websocket: WebSocket) -> Callable[[str, str | None], bool]:
-    """Whether this connection may follow a task, given the task's token if it sent one.
+    """Whether this connection may follow a task or group, given its token if it sent one.
     An API key counts only in the handshake's Authorization header, never in a frame."""
     state: AppState = websocket.app.state.taskcast
     return partial(
@@ -65,7 +92,7 @@ def _may_watch(websocket: WebSocket) -> Callable[[str, str | None], bool]:
     )
 
 
-async def _serve(websocket: WebSocket, first_task: str | None) -> None:
+async def _serve(websocket: WebSocket, watch_first: WatchFirst | None) -> None:
     state: AppState = websocket.app.state.taskcast
     # Behind a proxy this is the proxy's address unless uvicorn trusts its headers
     # (--proxy-headers, --forwarded-allow-ips): see docs/operations.md.
@@ -77,28 +104,27 @@ async def _serve(websocket: WebSocket, first_task: str | None) -> None:
         await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
         return
     try:
-        await _stream(websocket, state, first_task)
+        await _stream(websocket, state, watch_first)
     finally:
         state.clients.release(client)
 
 
-async def _stream(websocket: WebSocket, state: AppState, first_task: str | None) -> None:
+async def _stream(websocket: WebSocket, state: AppState, watch_first: WatchFirst | None) -> None:
     hub = state.hub
-    subscriber = Subscriber(websocket.send_text, hub.stalled, single=first_task is not None)
+    subscriber = Subscriber(websocket.send_text, hub.stalled, single=watch_first is not None)
     sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
         _receive(
             websocket,
-            hub,
+            state,
             subscriber,
-            state.settings,
-            multiplexed=first_task is None,
+            multiplexed=watch_first is None,
             may_watch=_may_watch(websocket),
         )
     )
     hub.connect(subscriber, sender)
-    if first_task is not None:
-        hub.watch(first_task, subscriber)
+    if watch_first is not None:
+        watch_first(hub, subscriber)
     try:
         await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -119,15 +145,14 @@ async def _stream(websocket: WebSocket, state: AppState, first_task: str | None)
 
 async def _receive(
     websocket: WebSocket,
-    hub: Hub,
+    state: AppState,
     subscriber: Subscriber,
-    settings: Settings,
     multiplexed: bool,
     may_watch: Callable[[str, str | None], bool],
 ) -> int | None:
     """Act on client frames; return a close code, or None when the client left."""
+    settings, metrics = state.settings, state.metrics
     limit = settings.ws_max_message_bytes
-    metrics: Metrics = websocket.app.state.taskcast.metrics
     loop = asyncio.get_running_loop()
     subscribes = TokenBucket(settings.subscribe_rate, settings.subscribe_burst, loop.time())
     try:
@@ -149,58 +174,74 @@ async def _receive(
                 command = parse_command(text)
                 if multiplexed and isinstance(command, Subscribe):
                     # Before anything else about it: every attempt spends a token.
-                    _limit_rate(subscribes, loop.time(), command.task_id, metrics)
-                _act(command, hub, subscriber, settings, multiplexed, may_watch)
+                    _limit_rate(subscribes, loop.time(), command, metrics)
+                await _act(command, state, subscriber, multiplexed, may_watch)
             except ProtocolError as exc:
-                subscriber.reply(protocol.error_message(exc.code, exc.detail, exc.task_id))
+                subscriber.reply(
+                    protocol.error_message(exc.code, exc.detail, exc.task_id, exc.group_id)
+                )
     except MailboxOverflow:
         return protocol.CLOSE_FLOOD
 
 
-def _act(
+async def _act(
     command: Subscribe | Unsubscribe | Ping,
-    hub: Hub,
+    state: AppState,
     subscriber: Subscriber,
-    settings: Settings,
     multiplexed: bool,
     may_watch: Callable[[str, str | None], bool],
 ) -> None:
+    hub, settings = state.hub, state.settings
     if isinstance(command, Ping):
         subscriber.reply(protocol.PONG)
     elif not multiplexed:
-        raise ProtocolError("unknown_op", "only ping is accepted on /ws/tasks/{id}")
+        raise ProtocolError(
+            "unknown_op", "only ping is accepted on /ws/tasks/{id} and /ws/groups/{id}"
+        )
     elif isinstance(command, Subscribe):
-        task_id = command.task_id
+        watched_id, task_id, group_id = command.watched_id, command.task_id, command.group_id
         # Refused like any bad frame (the socket stays open, its other tasks unaffected),
-        # and before anything about the task is read.
-        if not may_watch(task_id, command.token):
-            raise ProtocolError("unauthorized", protocol.UNAUTHORIZED_DETAIL, task_id)
-        if task_id not in subscriber.tasks and len(subscriber.tasks) >= settings.max_subscriptions:
+        # and before anything about the task or group is read.
+        if not may_watch(watched_id, command.token):
+            raise ProtocolError("unauthorized", protocol.UNAUTHORIZED_DETAIL, task_id, group_id)
+        if (
+            watched_id not in subscriber.tasks
+            and len(subscriber.tasks) >= settings.max_subscriptions
+        ):
             raise ProtocolError(
                 "too_many_subscriptions",
-                f"a socket may watch at most {settings.max_subscriptions} tasks at once",
+                f"a socket may watch at most {settings.max_subscriptions} tasks and groups at once",
                 task_id,
+                group_id,
             )
         # The current status, sent at once or after one read, is the acknowledgement.
-        hub.watch(task_id, subscriber)
+        if group_id is None:
+            hub.watch(watched_id, subscriber)
+            return
+        members = await state.group_members(group_id)
+        if members is None:
+            raise ProtocolError("unknown_group", f"no group with id {group_id}", group_id=group_id)
+        hub.watch_group(group_id, members, subscriber)
     else:
-        hub.unwatch(command.task_id, subscriber)
-        subscriber.discard(command.task_id)
-        subscriber.reply(protocol.unsubscribed_message(command.task_id))
+        hub.unwatch(command.watched_id, subscriber)
+        subscriber.discard(command.watched_id)
+        subscriber.reply(protocol.unsubscribed_message(command.ids))
 
 
-def _limit_rate(subscribes: TokenBucket, now: float, task_id: str, metrics: Metrics) -> None:
+def _limit_rate(subscribes: TokenBucket, now: float, command: Subscribe, metrics: Metrics) -> None:
     if not subscribes.take(now):
         metrics.subscribes_refused.inc()
         raise ProtocolError(
             "rate_limited",
             f"over {subscribes.rate:g} subscribes a second (bursts of {subscribes.burst}); "
             "slow down",
-            task_id,
+            command.task_id,
+            command.group_id,
         )
 
 
 routes = [
     WebSocketRoute("/ws", ws_multiplexed),
     WebSocketRoute("/ws/tasks/{task_id}", ws_task, name="ws_task"),
+    WebSocketRoute("/ws/groups/{group_id}", ws_group, name="ws_group"),
 ]

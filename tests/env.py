@@ -47,6 +47,9 @@ for name in ("TASKCAST_BROKER_URL", "TASKCAST_RESULT_BACKEND_URL", "TASKCAST_QUE
 # Every test client comes from 127.0.0.1: the per-address cap, meant for the open
 # internet, would refuse the crowds some tests open (tests/test_limits.py sets its own).
 os.environ["TASKCAST_MAX_CONNECTIONS_PER_CLIENT"] = "0"
+# Workers beat five times a second, so that tests of stalled tasks (tests/test_stalled.py,
+# with a stall threshold of their own) take seconds, not minutes.
+os.environ["TASKCAST_HEARTBEAT_INTERVAL"] = "0.2"
 
 MAILTRAP = FakeMailtrap()
 MAILTRAP_TOKEN = f"test-token-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -159,6 +159,18 @@ class WorkerProcess:
             self.process.wait(10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def worker_on(queue: str, **env: str) -> Iterator[WorkerProcess]:
+    """A worker of a test's own, with one process, on a queue of its own (so that a test
+    may kill it), with ``env`` on top of this session's environment."""
+    process = WorkerProcess(concurrency=1, queues=queue, env={**os.environ, **env})
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @contextlib.asynccontextmanager

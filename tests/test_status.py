@@ -19,6 +19,8 @@ def test_progress_percent_is_computed_from_current_and_total() -> None:
         "task_id": TASK_ID,
         "state": "PROGRESS",
         "final": False,
+        # Liveness comes from the heartbeat, read with the record by REST and the hub.
+        "stalled": False,
         # One record says nothing of pace: only the hub, which sees changes, knows it.
         "progress": {
             "current": 3,

@@ -7,34 +7,22 @@ their own, so that killing them leaves the session's worker alone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.support import WorkerProcess, read_until_closed, recv_json, ws_connect
+from tests.support import WorkerProcess, read_until_closed, recv_json, worker_on, ws_connect
 from workers.app import celery_app
 
 
 @pytest.fixture
 def queue() -> str:
     return f"test-worker-loss-{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def worker_on(queue: str, **env: str) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(concurrency=1, queues=queue, env={**os.environ, **env})
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def progress_task(queue: str, total: int) -> str:

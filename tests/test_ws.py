@@ -43,7 +43,9 @@ async def test_task_socket_streams_snapshot_progress_and_final_then_closes(
     assert_progress_in_order(messages)
     assert messages[-1]["state"] == "SUCCESS"
     assert messages[-1]["progress"]["percent"] == 100.0
-    assert set(messages[-1]) == {"type", "task_id", "state", "final", "progress", "result", "error"}
+    assert set(messages[-1]) == {
+        "type", "task_id", "state", "final", "stalled", "progress", "result", "error"
+    }  # fmt: skip
     await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: task_id not in w)
 
 

@@ -16,6 +16,7 @@ from redis.commands.core import Script
 
 from workers import keys
 from workers.config import CelerySettings
+from workers.heartbeat import Heartbeat
 from workers.states import SENT
 
 settings = CelerySettings.from_env()
@@ -94,3 +95,22 @@ def backend_client() -> Redis:
 @functools.cache
 def _record_sent_script() -> Script:
     return backend_client().register_script(_RECORD_SENT_LUA)
+
+
+heartbeat = Heartbeat(
+    backend_client, settings.key_prefix, settings.heartbeat_interval, settings.result_expires
+)
+
+
+@signals.task_prerun.connect
+def start_heartbeat(task_id: str | None = None, **_: Any) -> None:
+    """Beat for the task about to run: sent before its STARTED record is stored."""
+    if task_id:
+        heartbeat.start(task_id)
+
+
+@signals.task_postrun.connect
+def stop_heartbeat(task_id: str | None = None, **_: Any) -> None:
+    """Stop beating once the task's final (or RETRY) state is stored."""
+    if task_id:
+        heartbeat.stop(task_id)

@@ -42,6 +42,9 @@ class CelerySettings:
     # how soon a task whose worker died outright runs again. It must exceed the longest
     # task, or a task still running is delivered twice (tasks are acknowledged late).
     visibility_timeout: int = 7200
+    # Seconds between a running task's heartbeats (workers.heartbeat); the service calls
+    # a task stalled after TASKCAST_STALL_AFTER seconds without one.
+    heartbeat_interval: float = 5.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> CelerySettings:
@@ -54,4 +57,14 @@ class CelerySettings:
             result_expires=int(env.get("TASKCAST_RESULT_EXPIRES", "86400")),
             queue=env.get("TASKCAST_QUEUE") or "celery",
             visibility_timeout=int(env.get("TASKCAST_VISIBILITY_TIMEOUT", "7200")),
+            heartbeat_interval=_positive(
+                "TASKCAST_HEARTBEAT_INTERVAL", env.get("TASKCAST_HEARTBEAT_INTERVAL", "5")
+            ),
         )
+
+
+def _positive(name: str, text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {text!r}")
+    return value

@@ -48,11 +48,16 @@ def sleep(self: TaskcastTask, seconds: float = 10) -> str:
 
 
 @celery_app.task(base=TaskcastTask, bind=True, name="taskcast.progress")
-def progress(self: TaskcastTask, total: int = 100, step_seconds: float = 1.0) -> dict[str, str]:
-    """Count from 1 to ``total``, one step every ``step_seconds``, reporting each step."""
+def progress(
+    self: TaskcastTask, total: int = 100, step_seconds: float = 1.0, fail_at: int | None = None
+) -> dict[str, str]:
+    """Count from 1 to ``total``, one step every ``step_seconds``, reporting each step;
+    raise on reaching step ``fail_at``, if given (to show what a failure looks like)."""
     with ProgressReporter(self, total) as reporter:
         for current in range(1, total + 1):
             time.sleep(step_seconds)
+            if current == fail_at:
+                raise RuntimeError(f"failed at step {current} of {total}")
             reporter.update(current)
     return {"status": "completed"}
 

@@ -1,8 +1,10 @@
 "use strict";
-// The taskcast demo page: starts and cancels tasks over REST, and follows every task on
-// ONE multiplexed /ws socket (docs/protocol.md). Plain JavaScript, no build, no library.
+// The taskcast demo page: starts and cancels tasks and groups of tasks over REST, and
+// follows every task and group on ONE multiplexed /ws socket (docs/protocol.md). Plain
+// JavaScript, no build, no library.
 
 (() => {
+  // Tasks and groups, oldest first (entries without "kind" are tasks: what older pages saved).
   const STORAGE_KEY = "taskcast.tasks";
   // Where TASKCAST_API_KEYS is set, starting and cancelling need a key: the page asks
   // for it after the first 401 and keeps it for this tab only (session storage).
@@ -14,10 +16,19 @@
   // A connection that lived this long was healthy: the next drop starts the backoff over.
   // Not reset on open, or a server that accepts and drops at once would be hammered.
   const STABLE_MS = 5000;
+  // The page's own bound, not the service's (TASKCAST_MAX_GROUP_SIZE, which it checks
+  // itself): a group with failing members is sent as one params object per member, and a
+  // typo in count must not have the page build millions of them.
+  const MAX_LISTED_MEMBERS = 10000;
+  // The order of a group's per-state counts: finished first, then under way, then queued.
+  const STATE_ORDER = ["SUCCESS", "FAILURE", "REVOKED", "PROGRESS", "STARTED", "RETRY", "SENT"];
 
   // task_id -> {id, name, params, token, status, unknown, denied, el}; token: the watch
   // token from the dispatch reply, when the service signs them (TASKCAST_SECRET).
   const tasks = new Map();
+  // group_id -> {kind: "group", id, name, size, about, token, status, unknown, denied,
+  // error, el}; status: the last group message.
+  const groups = new Map();
   let socket = null;
   let attempt = 0;
   let retryTimer = null;
@@ -50,10 +61,10 @@
     ws.addEventListener("open", () => {
       openedAt = Date.now();
       setConnection("open", "Live");
-      // The answer to each subscribe is the task's current status: whatever happened
-      // while the page was away shows at once.
-      for (const task of tasks.values()) {
-        if (following(task)) subscribe(task);
+      // The answer to each subscribe is the task's (or group's) current status: whatever
+      // happened while the page was away shows at once.
+      for (const item of [...tasks.values(), ...groups.values()]) {
+        if (following(item)) subscribe(item);
       }
     });
     ws.addEventListener("message", onMessage);
@@ -89,9 +100,10 @@
     }
   }
 
-  function subscribe(task) {
-    const frame = { op: "subscribe", task_id: task.id };
-    if (task.token) frame.token = task.token;
+  function subscribe(item) {
+    const frame = { op: "subscribe" };
+    frame[item.kind === "group" ? "group_id" : "task_id"] = item.id;
+    if (item.token) frame.token = item.token;
     send(frame);
   }
 
@@ -102,47 +114,61 @@
     } catch {
       return;
     }
-    const task = tasks.get(message.task_id);
-    if (task === undefined) return;
-    if (message.type === "status") {
+    if (message === null || typeof message !== "object") return;
+    // A group's messages name it by group_id (its failures name tasks, one level down).
+    const isGroup = typeof message.group_id === "string";
+    const item = isGroup ? groups.get(message.group_id) : tasks.get(message.task_id);
+    if (item === undefined) return;
+    if (message.type === (isGroup ? "group" : "status")) {
       // A final status is final: nothing may overwrite it.
-      if (task.status && task.status.final) return;
-      const before = stateOf(task);
-      task.status = message;
-      task.error = null;
-      render(task);
-      if (stateOf(task) !== before) announce(task);
+      if (item.status && item.status.final) return;
+      const before = stateOf(item);
+      const wasStalled = isStalled(item);
+      item.status = message;
+      item.error = null;
+      draw(item);
+      if (stateOf(item) !== before) {
+        announce(item);
+      } else if (isStalled(item) !== wasStalled) {
+        announceStall(item);
+      }
     } else if (message.type === "error") {
-      if (message.code === "unknown_task") {
+      if (message.code === "unknown_task" || message.code === "unknown_group") {
         // Expired (records are kept a day) or from another deployment.
-        task.unknown = true;
-        announce(task);
+        item.unknown = true;
+        announce(item);
       } else if (message.code === "unauthorized") {
         // Its token expired, or the service's secret changed: asking again would not help.
-        task.denied = true;
-        announce(task);
+        item.denied = true;
+        announce(item);
       }
-      task.error = message.detail;
-      render(task);
+      item.error = message.detail;
+      draw(item);
     }
   }
 
   // -- tasks -----------------------------------------------------------------------
 
-  const following = (task) =>
-    !task.unknown && !task.denied && !(task.status && task.status.final);
-  const stateOf = (task) => {
-    if (task.unknown) return "UNKNOWN";
-    if (task.denied) return "UNAUTHORIZED";
-    return task.status ? task.status.state : "…";
+  // These three serve tasks and groups alike: both have a status with state and final.
+  const following = (item) =>
+    !item.unknown && !item.denied && !(item.status && item.status.final);
+  const stateOf = (item) => {
+    if (item.unknown) return "UNKNOWN";
+    if (item.denied) return "UNAUTHORIZED";
+    return item.status ? item.status.state : "…";
   };
+  // The server's flag: a running task whose worker stopped beating (it probably died), or
+  // a group with such a member. Only while followed: a final status ends the question.
+  const isStalled = (item) => following(item) && Boolean(item.status && item.status.stalled);
+
+  const draw = (item) => (item.kind === "group" ? renderGroup(item) : render(item));
 
   function addTask(id, name, params, token) {
     if (tasks.has(id)) return;
     const el = $("#task-template").content.firstElementChild.cloneNode(true);
     const task = {
-      id, name, params, token: token || null, status: null, unknown: false, denied: false,
-      error: null, el,
+      kind: "task", id, name, params, token: token || null, status: null, unknown: false,
+      denied: false, error: null, el,
     };
     el.dataset.taskId = id;
     el.tabIndex = -1;
@@ -174,29 +200,17 @@
     const final = !following(task);
     el.dataset.state = state;
     $(".state", el).textContent = state;
+    const stalled = showStalled(task);
 
     const progress = status && status.progress;
     let percent = progress && typeof progress.percent === "number" ? progress.percent : null;
     if (percent === null && state === "SUCCESS") percent = 100;
-    const bar = $(".bar", el);
-    const fill = $(".bar-fill", el);
-    if (percent === null) {
-      // Unknown amount of work: no aria-valuenow is how ARIA says "indeterminate".
-      bar.removeAttribute("aria-valuenow");
-      bar.removeAttribute("aria-valuetext");
-      fill.style.width = "0%";
-      $(".percent", el).textContent = "–";
-    } else {
-      const steps = progress ? ` (${progress.current} of ${progress.total})` : "";
-      bar.setAttribute("aria-valuenow", String(percent));
-      bar.setAttribute("aria-valuetext", `${Math.floor(percent)}%${steps}`);
-      fill.style.width = `${percent}%`;
-      $(".percent", el).textContent = `${Math.floor(percent)}%`;
-    }
-    bar.classList.toggle("indeterminate", percent === null && !final);
+    const steps = progress ? ` (${progress.current} of ${progress.total})` : "";
+    const bar = showBar(task, percent, steps);
+    // A stalled task is not moving: no sliding band to say it is.
+    bar.classList.toggle("indeterminate", percent === null && !final && !stalled);
 
-    const eta = progress && typeof progress.eta_s === "number" && !final ? progress.eta_s : null;
-    $(".eta", el).textContent = eta === null ? "–" : formatDuration(eta);
+    showEta(task);
     $(".message", el).textContent = (progress && progress.message) || "–";
 
     const outcome = $(".outcome", el);
@@ -211,16 +225,57 @@
       outcome.hidden = true;
     }
 
+    showErrorAndCancel(task);
+  }
+
+  // -- parts of a row that tasks and groups share ------------------------------------
+
+  // The badge, and the row's data-stalled for the styles; whether the item is stalled.
+  function showStalled(item) {
+    const stalled = isStalled(item);
+    item.el.toggleAttribute("data-stalled", stalled);
+    $(".stall-badge", item.el).hidden = !stalled;
+    return stalled;
+  }
+
+  // eta_s is null while stalled (the server's pace is meaningless then) and after the end.
+  function showEta(item) {
+    const progress = item.status && item.status.progress;
+    const known = progress && typeof progress.eta_s === "number" && following(item);
+    $(".eta", item.el).textContent = known ? formatDuration(progress.eta_s) : "–";
+  }
+
+  function showErrorAndCancel(item) {
+    const { el } = item;
     const error = $(".task-error", el);
-    error.hidden = !task.error;
-    error.textContent = task.error || "";
+    error.hidden = !item.error;
+    error.textContent = item.error || "";
 
     const button = $(".cancel", el);
-    if (final) {
+    if (!following(item)) {
       // Keep keyboard users in place when the button they used goes away.
       if (document.activeElement === button) el.focus();
       button.hidden = true;
     }
+  }
+
+  function showBar(item, percent, valueText) {
+    const { el } = item;
+    const bar = $(".bar", el);
+    const fill = $(".bar-fill", el);
+    if (percent === null) {
+      // Unknown amount of work: no aria-valuenow is how ARIA says "indeterminate".
+      bar.removeAttribute("aria-valuenow");
+      bar.removeAttribute("aria-valuetext");
+      fill.style.width = "0%";
+      $(".percent", el).textContent = "–";
+    } else {
+      bar.setAttribute("aria-valuenow", String(percent));
+      bar.setAttribute("aria-valuetext", `${Math.floor(percent)}%${valueText}`);
+      fill.style.width = `${percent}%`;
+      $(".percent", el).textContent = `${Math.floor(percent)}%`;
+    }
+    return bar;
   }
 
   function showResult(result) {
@@ -236,25 +291,186 @@
     return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
   }
 
-  function announce(task) {
-    $("#announcer").textContent = `${task.name} task ${task.id.slice(0, 8)}: ${stateOf(task)}`;
+  const describe = (item) =>
+    item.kind === "group"
+      ? `group ${item.id.slice(0, 8)} of ${item.size} ${item.name} tasks`
+      : `${item.name} task ${item.id.slice(0, 8)}`;
+
+  function announce(item) {
+    let text = `${describe(item)}: ${stateOf(item)}`;
+    // A finished group's outcome in numbers: its state alone does not say how many failed.
+    if (item.kind === "group" && item.status && item.status.final) {
+      text += `, ${groupSummary(item.status, item.size)}`;
+    }
+    $("#announcer").textContent = text;
   }
 
-  async function cancel(task) {
-    const button = $(".cancel", task.el);
+  function announceStall(item) {
+    let text;
+    if (!isStalled(item)) {
+      text = `${describe(item)} running again: ${stateOf(item)}`;
+    } else if (item.kind === "group") {
+      const count = stalledMembers(item.status).length;
+      const who = count === 1 ? "1 member" : `${count || "some"} members`;
+      text = `${describe(item)} stalled: no heartbeat from the worker of ${who}`;
+    } else {
+      text = `${describe(item)} stalled: no heartbeat from its worker`;
+    }
+    $("#announcer").textContent = text;
+  }
+
+  async function cancel(item) {
+    const button = $(".cancel", item.el);
+    const label = button.textContent;
     button.disabled = true;
     button.textContent = "Cancelling…";
     // A key, where the service wants one, also covers the task; else its own token.
-    const credential = apiKey || task.token;
-    const response = await request("DELETE", `tasks/${task.id}`, undefined, credential);
-    // 202: REVOKED arrives over the socket. 409: it had already ended, and that
-    // final status is on its way too.
+    const credential = apiKey || item.token;
+    const path = `${item.kind === "group" ? "groups" : "tasks"}/${item.id}`;
+    const response = await request("DELETE", path, undefined, credential);
+    // 202: REVOKED arrives over the socket (a group's final message once every
+    // member has ended). 409: it had already ended, and that final status is on its
+    // way too.
     if (response.ok || response.status === 409) return;
     if (response.status === 401) showApiKey();
-    task.error = response.detail;
+    item.error = response.detail;
     button.disabled = false;
-    button.textContent = "Cancel";
-    render(task);
+    button.textContent = label;
+    draw(item);
+  }
+
+  // -- groups ----------------------------------------------------------------------
+
+  function addGroup(id, name, size, about, token) {
+    if (groups.has(id)) return;
+    const el = $("#group-template").content.firstElementChild.cloneNode(true);
+    const group = {
+      kind: "group", id, name, size, about, token: token || null, status: null,
+      unknown: false, denied: false, error: null, el, failuresShown: [],
+    };
+    el.dataset.groupId = id;
+    el.tabIndex = -1;
+    const title = $(".task-title", el);
+    title.id = `title-${id}`;
+    $(".bar", el).setAttribute("aria-labelledby", title.id);
+    $(".task-name", el).textContent = name;
+    $(".group-size", el).textContent = String(size);
+    const shortId = $(".task-id", el);
+    shortId.textContent = id.slice(0, 8);
+    shortId.title = id;
+    $(".task-params", el).textContent = about;
+    $(".cancel", el).addEventListener("click", () => cancel(group));
+    groups.set(id, group);
+    list.prepend(el);
+    renderGroup(group);
+    save();
+    subscribe(group);
+  }
+
+  // "7 of 20 done · 2 failed · 1 cancelled": what the state alone does not say.
+  function groupSummary(status, size) {
+    const states = (status && status.states) || {};
+    const total = status && typeof status.size === "number" ? status.size : size;
+    const done = status && typeof status.done === "number" ? status.done : 0;
+    const cancelled = states.REVOKED || 0;
+    // Every other ending is a failure: FAILURE, and UNKNOWN (a member whose record is gone,
+    // which the service counts as failed too).
+    const failed = done - (states.SUCCESS || 0) - cancelled;
+    const parts = [`${done} of ${total} done`];
+    if (failed > 0) parts.push(`${failed} failed`);
+    if (cancelled > 0) parts.push(`${cancelled} cancelled`);
+    return parts.join(" · ");
+  }
+
+  // The ids of the members whose workers went silent.
+  const stalledMembers = (status) =>
+    ((status && status.stalled_tasks) || []).filter((taskId) => typeof taskId === "string");
+
+  function renderGroup(group) {
+    const { el, status } = group;
+    const state = stateOf(group);
+    el.dataset.state = state;
+    $(".state", el).textContent = state;
+    const stalled = showStalled(group);
+
+    // The service's count wins over the one saved with the row.
+    if (status && typeof status.size === "number" && status.size !== group.size) {
+      group.size = status.size;
+      $(".group-size", el).textContent = String(group.size);
+    }
+    const { size } = group;
+    const progress = status && status.progress;
+    let percent = progress && typeof progress.percent === "number" ? progress.percent : null;
+    // The service always sends a percent (a member without progress counts 0 until it
+    // ends); should one be missing, the share of members done stands in.
+    if (percent === null && status && size > 0) percent = (100 * (status.done || 0)) / size;
+    const summary = groupSummary(status, size);
+    const bar = showBar(group, percent, ` (${summary})`);
+    bar.classList.toggle("indeterminate", percent === null && following(group) && !stalled);
+    $(".summary", el).textContent = summary;
+    showEta(group);
+
+    renderStateCounts(group);
+    const stalledLine = $(".stalled-members", el);
+    const ids = stalled ? stalledMembers(status) : [];
+    stalledLine.hidden = ids.length === 0;
+    stalledLine.textContent = ids.length
+      ? `No heartbeat from the worker of: ${ids.map((taskId) => taskId.slice(0, 8)).join(", ")}`
+      : "";
+    renderFailures(group);
+    showErrorAndCancel(group);
+  }
+
+  function renderStateCounts(group) {
+    const states = (group.status && group.status.states) || {};
+    const names = Object.keys(states).filter((name) => states[name] > 0);
+    names.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+    const items = names.map((name) => {
+      const li = document.createElement("li");
+      li.dataset.state = name;
+      li.textContent = `${name} ${states[name]}`;
+      return li;
+    });
+    $(".state-counts", group.el).replaceChildren(...items);
+  }
+
+  // Custom states (a task's own) go between the known running ones and SENT.
+  const rank = (name) => {
+    const at = STATE_ORDER.indexOf(name);
+    return at === -1 ? STATE_ORDER.length - 1.5 : at;
+  };
+
+  // The service lists failures in the order it saw them, so new ones are appended: not
+  // rebuilt on every progress tick (a thousand-member group sends many messages, and a
+  // list rebuilt under a screen reader loses its place).
+  function renderFailures(group) {
+    const failures = (group.status && group.status.failures) || [];
+    const shown = group.failuresShown;
+    const ids = failures.map((failure) => String(failure.task_id));
+    const grown = ids.length >= shown.length && shown.every((taskId, i) => ids[i] === taskId);
+    if (grown && ids.length === shown.length) return;
+    const added = grown ? failures.slice(shown.length) : failures;
+    group.failuresShown = ids;
+    $(".failures", group.el).hidden = failures.length === 0;
+    const count = failures.length;
+    $(".failures-head", group.el).textContent =
+      count === 1 ? "1 member did not succeed:" : `${count} members did not succeed:`;
+    const items = added.map((failure) => {
+      const li = document.createElement("li");
+      const code = document.createElement("code");
+      const taskId = String(failure.task_id || "");
+      code.textContent = taskId.slice(0, 8);
+      code.title = taskId;
+      const error = failure.error;
+      const why = error ? `${error.type}: ${error.message}` : failure.state;
+      // REVOKED members say so; a FAILURE's error says enough.
+      const prefix = failure.state && failure.state !== "FAILURE" ? `${failure.state} ` : "";
+      li.append(code, ` ${prefix}${why}`);
+      return li;
+    });
+    const failureList = $(".failure-list", group.el);
+    if (grown) failureList.append(...items);
+    else failureList.replaceChildren(...items);
   }
 
   // -- forms -----------------------------------------------------------------------
@@ -284,7 +500,9 @@
     const params = {};
     for (const field of form.querySelectorAll("input[name], textarea[name]")) {
       const raw = field.value.trim();
-      if (field.validity.badInput) throw new Error(`${field.name}: not a number`);
+      // Named as its label says, where that is not its name.
+      const label = field.dataset.label || field.name;
+      if (field.validity.badInput) throw new Error(`${label}: not a number`);
       if (raw === "") continue;
       if (field.dataset.kind === "number") {
         params[field.name] = Number(raw);
@@ -292,13 +510,81 @@
         try {
           params[field.name] = JSON.parse(raw);
         } catch (err) {
-          throw new Error(`${field.name}: not valid JSON (${err.message})`);
+          throw new Error(`${label}: not valid JSON (${err.message})`);
         }
       } else {
         params[field.name] = raw;
       }
     }
     return params;
+  }
+
+  // One body for POST /groups/{name}: N copies of the same params, or, when some members
+  // are to fail, one params object per member with fail_at on that many of them.
+  function groupBody(count, failing, params) {
+    const about = describeParams(params) || "default parameters";
+    if (!failing) return { body: { count, params }, about };
+    if (!Number.isInteger(failing) || failing < 0) {
+      throw new Error("members that fail: must be a whole number, 0 or more");
+    }
+    if (!Number.isInteger(count) || count < 1 || count > MAX_LISTED_MEMBERS) {
+      throw new Error(
+        `count: with members that fail, a whole number from 1 to ${MAX_LISTED_MEMBERS}`,
+      );
+    }
+    if (failing > count) throw new Error(`members that fail: at most count (${count})`);
+    if (typeof params.total !== "number") {
+      throw new Error("total: needed to say at which step members fail");
+    }
+    // Half-way, so that a failing member is seen making progress before it fails.
+    const failAt = Math.max(1, Math.ceil(params.total / 2));
+    const members = [];
+    for (let i = 0; i < count; i += 1) {
+      // Exactly `failing` members, spread evenly through the group (not all at its end).
+      const fails = Math.floor(((i + 1) * failing) / count) > Math.floor((i * failing) / count);
+      members.push(fails ? { ...params, fail_at: failAt } : params);
+    }
+    return { body: { tasks: members }, about: `${about}; ${failing} fail at step ${failAt}` };
+  }
+
+  // Only the chosen task's fields show (and are read).
+  function showGroupFields(form) {
+    const name = $("select[name=task]", form).value;
+    for (const fields of form.querySelectorAll("[data-for]")) {
+      fields.hidden = fields.dataset.for !== name;
+    }
+  }
+
+  async function onGroupSubmit(event) {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const name = $("select[name=task]", form).value;
+    let body;
+    let about;
+    try {
+      const { count } = readParams($(".group-common", form));
+      const { failing, ...params } = readParams($(`[data-for="${name}"]`, form));
+      ({ body, about } = groupBody(count, failing, params));
+    } catch (err) {
+      showFormError(form, err.message);
+      return;
+    }
+    const button = $("button[type=submit]", form);
+    button.disabled = true;
+    try {
+      const response = await request("POST", `groups/${name}`, body, apiKey);
+      if (!response.ok) {
+        if (response.status === 401) showApiKey();
+        showFormError(form, response.detail);
+        return;
+      }
+      showFormError(form, null);
+      const reply = response.body;
+      const size = Array.isArray(reply.task_ids) ? reply.task_ids.length : body.count;
+      addGroup(reply.group_id, name, size, about, reply.token);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   function showFormError(form, text) {
@@ -337,15 +623,26 @@
   // -- remembered across reloads ---------------------------------------------------
 
   function save() {
-    const saved = [...tasks.values()].map(({ id, name, params, token }) => ({
-      id, name, params, token,
-    }));
+    // In the list's order, reversed (it shows the newest first): restoring prepends each
+    // in turn, so tasks and groups come back in the order they were started.
+    const saved = [];
+    for (const el of [...list.children].reverse()) {
+      const group = groups.get(el.dataset.groupId);
+      const task = tasks.get(el.dataset.taskId);
+      if (group !== undefined) {
+        const { id, name, size, about, token } = group;
+        saved.push({ kind: "group", id, name, size, about, token });
+      } else if (task !== undefined) {
+        const { id, name, params, token } = task;
+        saved.push({ id, name, params, token });
+      }
+    }
     try {
       sessionStorage.setItem(STORAGE_KEY, JSON.stringify(saved));
     } catch {
       // Storage full or disabled: the page still works, it just forgets on reload.
     }
-    $("#empty").hidden = tasks.size > 0;
+    $("#empty").hidden = tasks.size + groups.size > 0;
   }
 
   function restore() {
@@ -355,9 +652,14 @@
     } catch {
       saved = [];
     }
-    for (const { id, name, params, token } of Array.isArray(saved) ? saved : []) {
-      if (typeof id === "string" && typeof name === "string") {
-        addTask(id, name, params || {}, typeof token === "string" ? token : null);
+    for (const entry of Array.isArray(saved) ? saved : []) {
+      const { kind, id, name, params, size, about } = entry || {};
+      const token = entry && typeof entry.token === "string" ? entry.token : null;
+      if (typeof id !== "string" || typeof name !== "string") continue;
+      if (kind === "group") {
+        addGroup(id, name, Number.isInteger(size) ? size : 0, String(about || ""), token);
+      } else {
+        addTask(id, name, params || {}, token);
       }
     }
   }
@@ -394,10 +696,12 @@
   });
 
   function clearFinished() {
-    for (const task of [...tasks.values()]) {
-      if (!following(task)) {
-        task.el.remove();
-        tasks.delete(task.id);
+    for (const items of [tasks, groups]) {
+      for (const item of [...items.values()]) {
+        if (!following(item)) {
+          item.el.remove();
+          items.delete(item.id);
+        }
       }
     }
     save();
@@ -406,6 +710,11 @@
   for (const form of document.querySelectorAll("form[data-task]")) {
     form.addEventListener("submit", onSubmit);
   }
+  const groupForm = $("#group-form");
+  groupForm.addEventListener("submit", onGroupSubmit);
+  $("select[name=task]", groupForm).addEventListener("change", () => showGroupFields(groupForm));
+  // A reload may keep the select's last choice (form restoration): match it.
+  showGroupFields(groupForm);
   $("#clear-finished").addEventListener("click", clearFinished);
   if (apiKey) showApiKey(false);
   restore();

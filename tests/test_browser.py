@@ -2,7 +2,8 @@
 
 Chromium is Debian's (``/usr/bin/chromium``), installed with apt-get by the first test
 that needs it; Playwright only drives it (its own browser downloads are never used).
-The finished page is saved as ``artifacts/browser/demo.png``.
+The finished page is saved as ``artifacts/browser/demo.png``; one with a finished group as
+``group.png``, one with a stalled task and group as ``stalled.png``, next to it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Locator,
+    Page,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from service.app import create_app
 from service.devstack import free_port
@@ -112,6 +121,25 @@ async def expect_state(row: Locator, state: str) -> None:
     await expect(row.locator(".state")).to_have_text(state, timeout=WAIT_MS)
 
 
+async def start_group(page: Page, task: str, fields: dict[str, object]) -> tuple[Locator, str]:
+    """Fill in the group form (``fields`` by label) and submit it; the new row and its id."""
+    form = page.locator("#group-form")
+    await form.get_by_label("task", exact=True).select_option(task)
+    for label, value in fields.items():
+        await form.get_by_label(label, exact=True).fill(str(value))
+    rows = page.locator(".group")
+    before = await rows.count()
+    await form.get_by_role("button", name="Start group").click()
+    await expect(rows).to_have_count(before + 1, timeout=WAIT_MS)
+    group_id = await rows.first.get_attribute("data-group-id")  # newest first
+    assert group_id
+    return group_row(page, group_id), group_id
+
+
+def group_row(page: Page, group_id: str) -> Locator:
+    return page.locator(f'.group[data-group-id="{group_id}"]')
+
+
 async def test_progress_runs_to_success_and_survives_a_reload(page: Page) -> None:
     row, task_id = await start(page, "progress", total=10, step_seconds=0.2)
     bar = row.get_by_role("progressbar")
@@ -180,6 +208,232 @@ async def test_cancel_running_tasks_and_save_a_screenshot(page: Page) -> None:
     await expect_state(running, "REVOKED")
 
 
+async def test_a_group_with_failing_members_is_one_row_with_one_bar(
+    page: Page, client: httpx.AsyncClient
+) -> None:
+    sent: list[dict[str, str]] = []
+    page.on(
+        "websocket",
+        lambda socket: socket.on("framesent", lambda frame: sent.append(json.loads(frame))),
+    )
+    # The page's socket was open before the listener: a reload makes a new one to watch.
+    await page.reload()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    fields = {"count": 6, "total": 3, "step_seconds": 0.05, "members that fail": 2}
+    row, group_id = await start_group(page, "progress", fields)
+    bar = row.get_by_role("progressbar")
+    await expect(bar).to_have_attribute("aria-valuemin", "0")
+    await expect(bar).to_have_attribute("aria-valuemax", "100")
+    await expect(row.locator(".task-title")).to_have_text(
+        re.compile(r"^group of 6\s+progress [0-9a-f]{8}$")
+    )
+    await expect(row.locator(".task-params")).to_have_text(
+        "total=3, step_seconds=0.05; 2 fail at step 2"
+    )
+
+    await expect_state(row, "FAILURE")
+    await expect(bar).to_have_attribute("aria-valuenow", "100")
+    await expect(bar).to_have_attribute("aria-valuetext", "100% (6 of 6 done · 2 failed)")
+    await expect(row.locator(".summary")).to_have_text("6 of 6 done · 2 failed")
+    await expect(row.locator(".state-counts li")).to_have_text(["SUCCESS 4", "FAILURE 2"])
+    failures = row.locator(".failure-list li")
+    await expect(failures).to_have_text(
+        [re.compile(r"^[0-9a-f]{8} RuntimeError: failed at step 2 of 3$")] * 2
+    )
+    await expect(row.get_by_role("button", name="Cancel group")).to_be_hidden()
+    await expect(page.locator("#announcer")).to_have_text(
+        re.compile(r"^group [0-9a-f]{8} of 6 progress tasks: FAILURE, 6 of 6 done · 2 failed$")
+    )
+    # One row for the whole group: its members have none of their own.
+    await expect(page.locator(".task")).to_have_count(1)
+    # The members listed are the group's failed ones (their full ids are in the titles).
+    status = (await client.get(f"/groups/{group_id}")).json()
+    listed = {await failures.nth(i).locator("code").get_attribute("title") for i in range(2)}
+    assert listed == {failure["task_id"] for failure in status["failures"]}, status
+    assert status["state"] == "FAILURE" and status["done"] == 6, status
+    # Followed on the page's one socket, by group id (no watch token: auth is off here).
+    assert {"op": "subscribe", "group_id": group_id} in sent, sent
+    await page.screenshot(path=ARTIFACTS / "group.png", full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'group.png'}")
+
+    # Remembered for the session like tasks; the snapshot brings its final state back.
+    await page.reload()
+    row = group_row(page, group_id)
+    await expect_state(row, "FAILURE")
+    await expect(row.locator(".summary")).to_have_text("6 of 6 done · 2 failed")
+    await expect(row.locator(".failure-list li")).to_have_count(2)
+
+
+async def test_a_group_followed_across_a_reload_and_cancelled(page: Page) -> None:
+    row, group_id = await start_group(page, "sleep", {"count": 3, "seconds": 60})
+    # The worker runs two at a time: two members start, the third waits in the queue.
+    await expect(row.locator(".state-counts li")).to_have_text(["STARTED 2", "SENT 1"])
+    await expect_state(row, "PROGRESS")
+    await expect(row.locator(".summary")).to_have_text("0 of 3 done")
+
+    await page.reload()
+    row = group_row(page, group_id)
+    await expect_state(row, "PROGRESS")
+    await row.get_by_role("button", name="Cancel group").click()
+    # Every member cancelled, the running ones and the queued one.
+    await expect_state(row, "REVOKED")
+    await expect(row.locator(".summary")).to_have_text("3 of 3 done · 3 cancelled")
+    await expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    await expect(row.get_by_role("button", name="Cancel group")).to_be_hidden()
+    await expect(page.locator("#announcer")).to_contain_text("REVOKED")
+
+
+async def test_a_refused_group_shows_what_was_wrong(page: Page) -> None:
+    form = page.locator("#group-form")
+    # More failing members than members: said on the page, and nothing is sent.
+    await form.get_by_label("count", exact=True).fill("2")
+    await form.get_by_label("members that fail", exact=True).fill("3")
+    await form.get_by_role("button", name="Start group").click()
+    await expect(form.get_by_role("alert")).to_have_text("members that fail: at most count (2)")
+    # The service's own rules: its detail, as is.
+    await form.get_by_label("members that fail", exact=True).fill("0")
+    await form.get_by_label("count", exact=True).fill("0")
+    await form.get_by_role("button", name="Start group").click()
+    await expect(form.get_by_role("alert")).to_contain_text("count")
+    await expect(form.get_by_role("alert")).not_to_contain_text("members that fail")
+    await expect(page.locator(".task")).to_have_count(0)
+
+
+# What the page shows for a value it does not have (an en dash).
+NONE_SHOWN = "\u2013"
+STALLED_TASK = "11111111-1111-4111-8111-111111111111"
+STALLED_GROUP = "22222222-2222-4222-8222-222222222222"
+STALLED_MEMBER = "33333333-3333-4333-8333-333333333333"
+
+
+def running_task(stalled: bool) -> dict[str, object]:
+    """A running task's status message; while stalled the service gives no ETA."""
+    return {
+        "type": "status",
+        "task_id": STALLED_TASK,
+        "state": "PROGRESS",
+        "final": False,
+        "stalled": stalled,
+        "progress": {
+            "current": 4,
+            "total": 10,
+            "percent": 40.0,
+            "message": None,
+            "rate": None if stalled else 2.0,
+            "eta_s": None if stalled else 3.0,
+        },
+        "result": None,
+        "error": None,
+    }
+
+
+def running_group(stalled: bool) -> dict[str, object]:
+    return {
+        "type": "group",
+        "group_id": STALLED_GROUP,
+        "state": "PROGRESS",
+        "final": False,
+        "stalled": stalled,
+        "size": 3,
+        "done": 1,
+        "states": {"SUCCESS": 1, "PROGRESS": 2},
+        "progress": {"current": 14, "total": 30, "percent": 46.67, "eta_s": None},
+        "failures": [],
+        "stalled_tasks": [STALLED_MEMBER] if stalled else [],
+    }
+
+
+async def test_a_stalled_task_and_group_are_badged_until_they_run_again(
+    browser: Browser, base_url: str
+) -> None:
+    """The page's side of the stalled flag. The socket is a stand-in that sends what the
+    service would (a real stall takes a worker killed mid-task: the service's own tests
+    do that); the page itself is the real one, from the real service."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    current: dict[str, dict[str, object]] = {
+        STALLED_TASK: running_task(stalled=False),
+        STALLED_GROUP: running_group(stalled=False),
+    }
+    sockets: list[WebSocketRoute] = []
+
+    def serve(socket: WebSocketRoute) -> None:
+        # Like the service: each subscribe is answered with the current status.
+        def answer(frame: str | bytes) -> None:
+            command = json.loads(frame)
+            watched = command.get("task_id") or command.get("group_id")
+            if command.get("op") == "subscribe" and watched in current:
+                socket.send(json.dumps(current[watched]))
+
+        sockets.append(socket)
+        socket.on_message(answer)
+
+    def push(message: dict[str, object]) -> None:
+        sockets[-1].send(json.dumps(message))
+
+    await context.route_web_socket(re.compile(r"/ws$"), serve)
+    try:
+        # Both as a page that started them would have saved them.
+        await page.goto(f"{base_url}/")
+        saved = [
+            {"id": STALLED_TASK, "name": "progress", "params": {"total": 10}, "token": None},
+            {
+                "kind": "group",
+                "id": STALLED_GROUP,
+                "name": "progress",
+                "size": 3,
+                "about": "total=10",
+                "token": None,
+            },
+        ]
+        await page.evaluate(
+            "saved => sessionStorage.setItem('taskcast.tasks', JSON.stringify(saved))", saved
+        )
+        await page.reload()
+        task, group = row_of(page, STALLED_TASK), group_row(page, STALLED_GROUP)
+        await expect_state(task, "PROGRESS")
+        await expect_state(group, "PROGRESS")
+        await expect(task.locator(".eta")).to_have_text("3 s")
+        await expect(task.locator(".stall-badge")).to_be_hidden()
+        await expect(group.locator(".stall-badge")).to_be_hidden()
+        announcer = page.locator("#announcer")
+
+        push(running_task(stalled=True))
+        await expect(task.locator(".stall-badge")).to_have_text("stalled")
+        await expect(task.locator(".stall-badge")).to_be_visible()
+        await expect(task.locator(".eta")).to_have_text(NONE_SHOWN)
+        await expect(announcer).to_have_text(
+            "progress task 11111111 stalled: no heartbeat from its worker"
+        )
+        push(running_group(stalled=True))
+        await expect(group.locator(".stall-badge")).to_be_visible()
+        await expect(group.locator(".stalled-members")).to_have_text(
+            "No heartbeat from the worker of: 33333333"
+        )
+        await expect(announcer).to_have_text(
+            "group 22222222 of 3 progress tasks stalled: no heartbeat from the worker of 1 member"
+        )
+
+        await page.screenshot(path=ARTIFACTS / "stalled.png", full_page=True)
+
+        # Redelivered and running again: the flag goes back, and so does the badge.
+        push(running_task(stalled=False))
+        await expect(task.locator(".stall-badge")).to_be_hidden()
+        await expect(task.locator(".eta")).to_have_text("3 s")
+        await expect(announcer).to_have_text("progress task 11111111 running again: PROGRESS")
+        push(running_group(stalled=False))
+        await expect(group.locator(".stall-badge")).to_be_hidden()
+        await expect(group.locator(".stalled-members")).to_be_hidden()
+        await expect(announcer).to_have_text(
+            "group 22222222 of 3 progress tasks running again: PROGRESS"
+        )
+    finally:
+        await context.close()
+    assert not errors, errors
+
+
 async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub) -> None:
     finished, finished_id = await start(page, "sleep", seconds=0)
     await expect_state(finished, "SUCCESS")
@@ -187,6 +441,10 @@ async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub
     sleeping, sleeping_id = await start(page, "sleep", seconds=2)
     await expect_state(counting, "PROGRESS")
     await expect_state(sleeping, "STARTED")
+    grouped, group_id = await start_group(
+        page, "progress", {"count": 2, "total": 20, "step_seconds": 0.15}
+    )
+    await expect(grouped.locator(".state")).to_have_text(re.compile(r"^(SENT|PROGRESS)$"))
 
     sent: list[dict[str, str]] = []
     page.on(
@@ -201,16 +459,21 @@ async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub
     socket = await reconnected.value
     await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
 
-    # Every unfinished task, and only those, is followed again on the new socket ...
+    # Every unfinished task and group, and only those, is followed again on the new
+    # socket ...
     await expect_state(counting, "SUCCESS")
     await expect_state(sleeping, "SUCCESS")
-    assert sorted(frame["task_id"] for frame in sent) == sorted([counting_id, sleeping_id])
+    await expect_state(grouped, "SUCCESS")
+    tasks_sent = [frame["task_id"] for frame in sent if "task_id" in frame]
+    assert sorted(tasks_sent) == sorted([counting_id, sleeping_id])
+    assert [frame["group_id"] for frame in sent if "group_id" in frame] == [group_id]
     assert {frame["op"] for frame in sent} == {"subscribe"}
-    assert finished_id not in {frame["task_id"] for frame in sent}
+    assert finished_id not in tasks_sent
     # ... which alone could bring their ends: the old one is gone, and there is no polling.
     assert dropped not in hub.connections
     assert not socket.is_closed()
     await expect(counting.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    await expect(grouped.locator(".summary")).to_have_text("2 of 2 done")
 
 
 # Every state the connection badge takes, in order, with its text.
@@ -269,6 +532,8 @@ async def test_fits_a_phone_screen(browser: Browser, base_url: str) -> None:
         await page.goto(f"{base_url}/")
         row, _ = await start(page, "sleep", seconds=0)
         await expect_state(row, "SUCCESS")
+        group, _ = await start_group(page, "sleep", {"count": 2, "seconds": 0})
+        await expect_state(group, "SUCCESS")
         overflow = await page.evaluate(
             "() => document.documentElement.scrollWidth - window.innerWidth"
         )
@@ -305,6 +570,9 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
             # (the socket has no other credential), and cancelled with the key.
             done, _ = await start(page, "sleep", seconds=0)
             await expect_state(done, "SUCCESS")
+            # A group too: the dispatch reply's token is the group's, sent on subscribe.
+            group, group_id = await start_group(page, "sleep", {"count": 2, "seconds": 0})
+            await expect_state(group, "SUCCESS")
             running, running_id = await start(page, "sleep", seconds=60)
             await expect_state(running, "STARTED")
             await running.get_by_role("button", name="Cancel").click()
@@ -313,6 +581,7 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
             await page.reload()
             await expect(key_form).to_be_visible()
             await expect_state(row_of(page, running_id), "REVOKED")
+            await expect_state(group_row(page, group_id), "SUCCESS")
     finally:
         await context.close()
     assert not errors, errors

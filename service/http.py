@@ -113,7 +113,8 @@ async def read_group_status(request: Request, group_id: str) -> dict[str, object
     """A known group's status, from one read of every member's record and heartbeat."""
     state = app_state(request)
     members = await read_members(request, group_id)
-    reading = await state.store.read_many(members, members)
+    reading = await state.store.read_many(members, members, clock=True)
+    assert reading.now_ms is not None
     tally = GroupTally(group_id, members)
     for task_id, raw, beat in zip(members, reading.records, reading.beats, strict=True):
         status = None if raw is None else decode_status(task_id, raw)

@@ -9,7 +9,8 @@ Seeing every change of a task, it also measures its pace (``service.eta``) and p
 the rate and time left into that one frame.
 
 Liveness: on each poll the hub also reads the heartbeats of the running tasks it
-watches (same round trip, with Redis's clock) and flips a task's ``stalled`` flag when
+watches (in the same MGET as their records), measures their age on Redis's clock (read
+with TIME every few seconds, kept as an offset from the loop's own between), and flips a task's ``stalled`` flag when
 its worker has been silent for ``stall_after`` seconds (``service.liveness``); a new
 record from the task is itself a sign of life and clears it.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -52,6 +54,9 @@ _BACKOFF_MAX = 5.0
 # How long the hub waits for Redis to confirm a SUBSCRIBE before reading anyway (the
 # poll would catch up on anything missed).
 _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
+# Seconds between reads of Redis's clock (TIME): in between, the hub counts it as an
+# offset from its own, rather than adding a command to every poll.
+_CLOCK_REFRESH = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +114,9 @@ class Hub:
         self.stall_after = stall_after
         self.stall_grace = stall_grace
         self._judge_stalls_from = 0.0
+        # Redis's clock (ms) minus the loop's, as last read, and when (loop time).
+        self._clock_offset_ms = 0.0
+        self._clock_read_at = -math.inf
         self.healthy = True
         # Every connection's mailbox, with its sender (cancelled if the client stalls).
         self.connections: dict[Subscriber, asyncio.Task[object]] = {}
@@ -269,6 +277,8 @@ class Hub:
         self._to_read |= set(self._watches)
         if recovering:
             self._judge_stalls_from = loop.time() + self.stall_grace
+        # Redis may be another server now (a failover), with a clock of its own.
+        self._clock_read_at = -math.inf
         self.healthy = True
         next_poll = loop.time() + self.poll_interval
         next_reap = loop.time() + self._reap_interval
@@ -292,8 +302,12 @@ class Hub:
                 if ids:
                     beat_ids = self._heartbeats_to_read(ids, polling)
                     started = loop.time()
-                    reading = await self.store.read_many(ids, beat_ids)
+                    clock = bool(beat_ids) and started - self._clock_read_at > _CLOCK_REFRESH
+                    reading = await self.store.read_many(ids, beat_ids, clock)
                     self.metrics.read_seconds.observe(loop.time() - started)
+                    if reading.now_ms is not None:
+                        self._clock_offset_ms = reading.now_ms - loop.time() * 1000
+                        self._clock_read_at = loop.time()
                     # The read time stands for the write time: records carry no time of
                     # their own, and with push the read follows the write within ms.
                     self._apply_all(ids, beat_ids, reading, loop.time())
@@ -327,6 +341,7 @@ class Hub:
     def _apply_all(self, ids: list[str], beat_ids: list[str], reading: Reading, now: float) -> None:
         beats = dict(zip(beat_ids, reading.beats, strict=True)) if beat_ids else {}
         judging = now >= self._judge_stalls_from
+        redis_now_ms = int(now * 1000 + self._clock_offset_ms)
         changed_groups: dict[_GroupWatch, None] = {}
         for task_id, raw in zip(ids, reading.records, strict=True):
             watch = self._watches.get(task_id)
@@ -336,7 +351,7 @@ class Hub:
                 # Unchanged: nothing decoded, nothing sent, unless its worker fell silent
                 # (or was heard again).
                 if task_id in beats and watch.running and raw is not None:
-                    age = beat_age_ms(beats[task_id], reading.now_ms)
+                    age = beat_age_ms(beats[task_id], redis_now_ms)
                     stalled = age is not None and age > self.stall_after * 1000
                     if stalled != watch.stalled and (judging or not stalled):
                         watch.stalled = stalled
@@ -364,7 +379,7 @@ class Hub:
             watch.stalled = (
                 first_read
                 and judging
-                and is_stalled(status["state"], beat, reading.now_ms, self.stall_after)
+                and is_stalled(status["state"], beat, redis_now_ms, self.stall_after)
             )
             if status["progress"] is not None and not status["final"]:
                 # Once per change, however many subscribers: part of the one frame.

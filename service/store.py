@@ -16,14 +16,14 @@ MGET_CHUNK = 1000
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What one round trip read: task records, heartbeats, and Redis's clock."""
+    """What one round trip read: task records, heartbeats, and maybe Redis's clock."""
 
     # The records of the task ids asked for, in their order (None: no record).
     records: list[bytes | None]
     # The heartbeats of the ids asked for them, in their order (None: no heartbeat).
     beats: list[bytes | None]
-    # Redis's clock in milliseconds, read in the same round trip (0 if no beat was asked).
-    now_ms: int
+    # Redis's clock in milliseconds, when it was asked for.
+    now_ms: int | None
 
 
 class ResultStore:
@@ -45,36 +45,29 @@ class ResultStore:
     def heartbeat_key(self, task_id: str) -> str:
         return keys.heartbeat_key(self.prefix, task_id)
 
-    async def read_many(self, task_ids: Sequence[str], beat_ids: Sequence[str] = ()) -> Reading:
-        """Records of ``task_ids`` and heartbeats of ``beat_ids``, in one round trip:
-        one pipeline of MGETs (a chunk of keys each) and, with heartbeats, Redis's TIME,
-        so that their age is measured on the clock that wrote them."""
+    async def read_many(
+        self, task_ids: Sequence[str], beat_ids: Sequence[str] = (), clock: bool = False
+    ) -> Reading:
+        """Records of ``task_ids`` and heartbeats of ``beat_ids`` in one round trip: one
+        MGET per chunk of keys (records and heartbeats together) and, with ``clock``,
+        Redis's TIME, the clock the heartbeats were written by."""
+        wanted = [self.key(task_id) for task_id in task_ids]
+        wanted += [self.heartbeat_key(task_id) for task_id in beat_ids]
         async with self.redis.pipeline(transaction=False) as pipe:
-            record_keys = [self.key(task_id) for task_id in task_ids]
-            beat_keys = [self.heartbeat_key(task_id) for task_id in beat_ids]
-            for group in (record_keys, beat_keys):
-                for start in range(0, len(group), MGET_CHUNK):
-                    pipe.mget(group[start : start + MGET_CHUNK])
-            if beat_keys:
+            for start in range(0, len(wanted), MGET_CHUNK):
+                pipe.mget(wanted[start : start + MGET_CHUNK])
+            if clock:
                 pipe.time()
             replies = await pipe.execute()
-        values: list[bytes | None] = []
-        for reply in replies[: _chunks(len(record_keys))]:
-            values.extend(cast("list[bytes | None]", reply))
-        beats: list[bytes | None] = []
-        now_ms = 0
-        if beat_keys:
-            for reply in replies[_chunks(len(record_keys)) : -1]:
-                beats.extend(cast("list[bytes | None]", reply))
-            seconds, micros = replies[-1]
+        now_ms = None
+        if clock:
+            seconds, micros = replies.pop()
             now_ms = seconds * 1000 + micros // 1000
-        return Reading(values, beats, now_ms)
+        values = [value for reply in replies for value in cast("list[bytes | None]", reply)]
+        return Reading(values[: len(task_ids)], values[len(task_ids) :], now_ms)
 
     async def read_one(self, task_id: str) -> tuple[bytes | None, bytes | None, int]:
         """One task's record, its heartbeat and Redis's clock, in one round trip."""
-        reading = await self.read_many([task_id], [task_id])
+        reading = await self.read_many([task_id], [task_id], clock=True)
+        assert reading.now_ms is not None
         return reading.records[0], reading.beats[0], reading.now_ms
-
-
-def _chunks(count: int) -> int:
-    return -(-count // MGET_CHUNK)

@@ -76,8 +76,10 @@ class GroupRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> GroupRequest:
-        if (self.count is None) == (self.tasks is None):
-            raise ValueError("give either count (with params) or tasks, not both")
+        if self.count is None and self.tasks is None:
+            raise ValueError("give count (with params) or tasks: the group's members")
+        if self.count is not None and self.tasks is not None:
+            raise ValueError("give count (with params) or tasks, not both")
         if self.tasks is not None and self.params is not None:
             raise ValueError("params goes with count; with tasks, each object is one's params")
         return self

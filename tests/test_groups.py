@@ -148,8 +148,8 @@ async def test_cancelling_a_group_revokes_every_unfinished_member(
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
-        ({}, "give either count (with params) or tasks, not both"),
-        ({"count": 2, "tasks": [{}]}, "give either count (with params) or tasks, not both"),
+        ({}, "give count (with params) or tasks: the group's members"),
+        ({"count": 2, "tasks": [{}]}, "give count (with params) or tasks, not both"),
         ({"count": 0}, "count: Input should be greater than or equal to 1"),
         ({"count": 1001}, "a group may have at most 1000 members, got 1001"),
         ({"tasks": []}, "tasks: List should have at least 1 item"),

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from celery import states
 
-from service.status import Status
+from service.status import Status, kept_progress
 
 # A member with no record at all (it expired, or was never written): it is over, and
 # counts as failed, since nothing says it succeeded.
@@ -81,10 +81,11 @@ class GroupTally:
     def final(self) -> bool:
         return self.done == self.size
 
-    def update(self, task_id: str, status: Status | None) -> None:
-        """Take in a member's newest status (None: the member has no record)."""
+    def update(self, task_id: str, status: Status | None, raw: bytes | None = None) -> None:
+        """Take in a member's newest status (None: the member has no record), decoded
+        from its record ``raw``."""
         old = self._members.get(task_id)
-        new = _member(status, old)
+        new = _member(status, raw)
         if old is not None:
             self._count(task_id, old, -1)
         self._members[task_id] = new
@@ -162,7 +163,7 @@ class GroupTally:
 _QUEUED = frozenset({"SENT", states.PENDING, states.RECEIVED})
 
 
-def _member(status: Status | None, old: _Member | None) -> _Member:
+def _member(status: Status | None, raw: bytes | None) -> _Member:
     if status is None:
         return _Member(UNKNOWN, True, False, 1.0, None, None, _UNKNOWN_ERROR)
     final = bool(status["final"])
@@ -173,10 +174,14 @@ def _member(status: Status | None, old: _Member | None) -> _Member:
         current, total = progress["current"], progress["total"]
         if not final and progress["percent"] is not None:
             fraction = progress["percent"] / 100.0
-    elif final and old is not None:
-        # A failed or cancelled member's status carries no progress: it keeps the last
-        # it reported in the sums, so the group's total does not shrink when it fails.
-        current, total = old.current, old.total
+    elif final and raw is not None:
+        # A failed or cancelled member's status shows no progress, but its record keeps
+        # the last it reported (workers.backend): that stays in the sums, so the group's
+        # total does not shrink when a member fails, and REST, which sees no history,
+        # adds up the same.
+        kept = kept_progress(raw)
+        if kept is not None:
+            current, total = kept["current"], kept["total"]
     error = status["error"] if final and status["state"] != states.SUCCESS else None
     if final and error is None and status["state"] != states.SUCCESS:
         error = {"type": "Error", "message": ""}

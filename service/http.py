@@ -121,7 +121,7 @@ async def read_group_status(request: Request, group_id: str) -> dict[str, object
         if status is not None:
             stall_after = state.settings.stall_after
             status["stalled"] = is_stalled(status["state"], beat, reading.now_ms, stall_after)
-        tally.update(task_id, status)
+        tally.update(task_id, status, raw)
     return tally.status()
 
 

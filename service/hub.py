@@ -10,9 +10,10 @@ the rate and time left into that one frame.
 
 Liveness: on each poll the hub also reads the heartbeats of the running tasks it
 watches (in the same MGET as their records), measures their age on Redis's clock (read
-with TIME every few seconds, kept as an offset from the loop's own between), and flips a task's ``stalled`` flag when
-its worker has been silent for ``stall_after`` seconds (``service.liveness``); a new
-record from the task is itself a sign of life and clears it.
+with TIME every few seconds, kept as an offset from the loop's own between), and flips
+a task's ``stalled`` flag when its worker has been silent for ``stall_after`` seconds
+(``service.liveness``); a new record from the task is itself a sign of life and clears
+it.
 
 Groups: a watched group is a tally (``service.groups``) fed by its members, which the
 hub watches like any task (their keys join the same MGET and the same channels), with
@@ -203,7 +204,7 @@ class Hub:
                 watch.groups.append(group)
                 if watch.loaded:
                     # Already read for someone else: no need to wait for the next read.
-                    group.tally.update(task_id, self._status_of(task_id, watch))
+                    group.tally.update(task_id, self._status_of(task_id, watch), watch.raw)
             if group.tally.complete:
                 self._refresh_group(group, asyncio.get_running_loop().time())
         group.subscribers[subscriber] = None
@@ -415,7 +416,7 @@ class Hub:
         watch.frame = status_message(status)
         watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
         for group in watch.groups or ():
-            group.tally.update(task_id, status)
+            group.tally.update(task_id, status, watch.raw)
             changed_groups[group] = None
         self._hand_out(task_id, watch)
 

@@ -111,6 +111,17 @@ def decode_status(task_id: str, raw: bytes) -> Status:
     return build_status(task_id, meta)
 
 
+def kept_progress(raw: bytes) -> dict[str, Any] | None:
+    """The last progress a finished task had reported, as its final record keeps it
+    (``workers.backend``); the status object shows it only on SUCCESS."""
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    last = meta.get("progress") if isinstance(meta, dict) else None
+    return _progress(last) if isinstance(last, dict) else None
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """Encode a JSON message once, for every client that receives it."""
     return orjson.dumps(message)

@@ -27,9 +27,9 @@ async def start_group(client: httpx.AsyncClient, name: str, body: dict[str, Any]
 
 
 def mixed_members(succeed: int, fail: int) -> list[dict[str, Any]]:
-    """``progress`` members: some count to 3, some fail before their first step."""
+    """``progress`` members: some count to 3, some fail on their second step."""
     ok = {"total": 3, "step_seconds": 0.02}
-    return [ok] * succeed + [{**ok, "fail_at": 1}] * fail
+    return [ok] * succeed + [{**ok, "fail_at": 2}] * fail
 
 
 async def test_a_group_of_twenty_adds_up_and_pushes_its_final_once(
@@ -50,11 +50,11 @@ async def test_a_group_of_twenty_adds_up_and_pushes_its_final_once(
     assert final["state"] == "FAILURE"
     assert (final["size"], final["done"]) == (20, 20)
     assert final["states"] == {"SUCCESS": 15, "FAILURE": 5}
-    # Members that failed before reporting add nothing; the others count 3 of 3 each.
-    assert final["progress"] == {"current": 45, "total": 45, "percent": 100.0, "eta_s": 0.0}
+    # 3 of 3 for each success; a failed member keeps the 1 of 3 it had reported.
+    assert final["progress"] == {"current": 50, "total": 60, "percent": 100.0, "eta_s": 0.0}
     assert {f["task_id"] for f in final["failures"]} == failing
     assert {(f["state"], f["error"]["type"], f["error"]["message"]) for f in final["failures"]} == {
-        ("FAILURE", "RuntimeError", "failed at step 1 of 3")
+        ("FAILURE", "RuntimeError", "failed at step 2 of 3")
     }
     assert (final["stalled"], final["stalled_tasks"]) == (False, [])
     # Done never goes back, and every message in between adds up.
@@ -207,34 +207,36 @@ def status(task_id: str, **meta: Any) -> dict[str, Any]:
     return decode_status(task_id, json.dumps(meta).encode())
 
 
+def feed(tally: GroupTally, task_id: str, **meta: Any) -> None:
+    """Give ``tally`` a member's record, as the hub and REST do."""
+    raw = json.dumps({**meta, "task_id": task_id}).encode()
+    tally.update(task_id, decode_status(task_id, raw), raw)
+
+
 def test_a_member_that_fails_keeps_its_last_progress_in_the_sums() -> None:
     tally = GroupTally("g", MEMBERS)
     for task_id in MEMBERS:
-        tally.update(task_id, status(task_id, status="SENT", result=None))
+        feed(tally, task_id, status="SENT", result=None)
     assert (tally.status()["state"], tally.status()["progress"]["current"]) == ("SENT", None)
-    tally.update(
-        MEMBERS[0], status(MEMBERS[0], status="PROGRESS", result={"current": 2, "total": 4})
-    )
-    tally.update(
-        MEMBERS[1], status(MEMBERS[1], status="PROGRESS", result={"current": 1, "total": 4})
-    )
+    feed(tally, MEMBERS[0], status="PROGRESS", result={"current": 2, "total": 4})
+    feed(tally, MEMBERS[1], status="PROGRESS", result={"current": 1, "total": 4})
     running = tally.status()
     assert running["state"] == "PROGRESS"
     assert (running["progress"]["current"], running["progress"]["total"]) == (3, 8)
     # Mean share of work: (0.5 + 0.25 + 0) / 3.
     assert running["progress"]["percent"] == 25.0
+    # The final record keeps the last progress (workers.backend), the status does not.
     failure = {"exc_type": "ValueError", "exc_message": ["bad row"]}
-    tally.update(MEMBERS[1], status(MEMBERS[1], status="FAILURE", result=failure))
+    kept = {"current": 1, "total": 4}
+    feed(tally, MEMBERS[1], status="FAILURE", result=failure, progress=kept)
     failed = tally.status()
     assert (failed["progress"]["current"], failed["progress"]["total"]) == (3, 8)
-    assert failed["failures"] == [
-        {
-            "task_id": MEMBERS[1],
-            "state": "FAILURE",
-            "error": {"type": "ValueError", "message": "bad row"},
-        }
-    ]
+    error = {"type": "ValueError", "message": "bad row"}
+    assert failed["failures"] == [{"task_id": MEMBERS[1], "state": "FAILURE", "error": error}]
     assert (failed["done"], failed["final"]) == (1, False)
+    # Cancelled before it reported anything: it adds nothing to the sums.
+    feed(tally, MEMBERS[2], status="REVOKED", result={"exc_type": "TaskRevokedError"})
+    assert (tally.status()["progress"]["current"], tally.status()["progress"]["total"]) == (3, 8)
 
 
 def test_the_final_state_says_how_the_group_ended() -> None:

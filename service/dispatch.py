@@ -116,5 +116,9 @@ class Dispatcher:
             # (see workers.backend), so a late progress write cannot undo it; and written
             # before the broadcast, so a worker's own "terminated" record never races it.
             self.celery_app.backend.mark_as_revoked(task_id, "revoked")
+        # A task stopped by SIGTERM never reaches task_postrun, which removes its heartbeat:
+        # removed here instead, after REVOKED, so that no beat on its way writes it again
+        # (a beat finds the task final and writes nothing: workers.heartbeat).
+        client.delete(*(keys.heartbeat_key(self.settings.key_prefix, t) for t in task_ids))
         # One broadcast for them all.
         self.celery_app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")

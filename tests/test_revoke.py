@@ -26,6 +26,9 @@ async def test_revoking_a_running_task_stops_it(
 ) -> None:
     task_id = await submit(client, "progress", total=200, step_seconds=0.05)
     await wait_for_state(client, task_id, lambda s: s["state"] == "PROGRESS")
+    heartbeat = keys.heartbeat_key(env.KEY_PREFIX, task_id)
+    beats = redis.Redis.from_url(env.REDIS_URL)
+    assert beats.exists(heartbeat)  # the worker beats while the task runs
     response = await client.delete(f"/tasks/{task_id}")
     assert response.status_code == 202
     assert response.json()["task_id"] == task_id
@@ -35,6 +38,9 @@ async def test_revoking_a_running_task_stops_it(
     # Stopped, not merely relabelled: the worker no longer runs it.
     await eventually(lambda: asyncio.to_thread(active_ids, worker), lambda ids: task_id not in ids)
     assert (await client.get(f"/tasks/{task_id}")).json()["state"] == "REVOKED"
+    # Killed before task_postrun could remove it: the cancel did, and nothing wrote it again.
+    assert not beats.exists(heartbeat)
+    beats.close()
 
 
 async def test_revoking_a_queued_task_means_it_never_runs(

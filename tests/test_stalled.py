@@ -101,7 +101,9 @@ async def test_a_killed_worker_shows_stalled_then_redelivery_clears_it(service: 
     assert (await rest_status(service, task_id))["stalled"] is False
 
 
-async def test_a_slow_task_that_keeps_its_heartbeat_is_never_stalled(service: Service) -> None:
+async def test_a_slow_task_that_keeps_its_heartbeat_is_never_stalled(
+    service: Service, redis_client: redis.Redis
+) -> None:
     with worker_on(service.queue):
         # Four times the threshold without a single record written while it runs.
         task_id = await start(service, "sleep", seconds=4 * STALL_AFTER)
@@ -118,6 +120,9 @@ async def test_a_slow_task_that_keeps_its_heartbeat_is_never_stalled(service: Se
     assert not any(status["stalled"] for status in statuses)
     assert "STARTED" in {status["state"] for status in rest_statuses}
     assert not any(status["stalled"] for status in rest_statuses)
+    # The task over, its heartbeat goes with it.
+    heartbeat = keys.heartbeat_key(celery_settings.key_prefix, task_id)
+    await eventually(lambda: asyncio.to_thread(redis_client.exists, heartbeat), lambda n: n == 0)
 
 
 def beat(client: redis.Redis, task_id: str, ago_s: float) -> None:

@@ -32,8 +32,20 @@ logger = logging.getLogger(__name__)
 
 # Redis's clock, in milliseconds, written by Redis itself: workers and the service
 # compare times on one clock. Redis 5+ replicates a script's effects, so TIME before
-# a write is allowed.
+# a write is allowed. A task already final (cancelled while a beat was on its way, or
+# just finished) gets no beat, and loses any: no beat ever outlives its task's end.
 _BEAT_LUA = """
+local record = redis.call('GET', KEYS[2])
+if record then
+    local ok, meta = pcall(cjson.decode, record)
+    if ok and type(meta) == 'table' then
+        local status = meta['status']
+        if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
+            redis.call('DEL', KEYS[1])
+            return 0
+        end
+    end
+end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if tonumber(ARGV[1]) > 0 then
@@ -110,8 +122,9 @@ class Heartbeat:
                 self._script = client.register_script(_BEAT_LUA)
             with client.pipeline(transaction=False) as pipe:
                 for task_id in task_ids:
-                    key = keys.heartbeat_key(self._prefix, task_id)
-                    self._script(keys=[key], args=[self._expires], client=pipe)
+                    beat = keys.heartbeat_key(self._prefix, task_id)
+                    record = keys.task_meta_key(self._prefix, task_id)
+                    self._script(keys=[beat, record], args=[self._expires], client=pipe)
                 pipe.execute()
         except Exception as exc:
             logger.warning("heartbeat failed (%r); retrying in %.1f s", exc, _RETRY_AFTER)

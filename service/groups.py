@@ -10,6 +10,7 @@ two.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ import orjson
 from celery import states
 
 from service.status import Status, kept_progress
+
+# While a group runs, its status lists at most this many failures (and stalled members):
+# a frame goes out on every member's change, and a group of 1,000 whose members all fail
+# would otherwise send the whole growing list 1,000 times. The final status lists all;
+# ``states`` counts them all the time.
+RUNNING_LIST_LIMIT = 25
 
 # A member with no record at all (it expired, or was never written): it is over, and
 # counts as failed, since nothing says it succeeded.
@@ -154,8 +161,10 @@ class GroupTally:
                 "percent": percent,
                 "eta_s": 0.0 if final else eta_s,
             },
-            "failures": list(self._failures.values()),
-            "stalled_tasks": [] if final else list(self._stalled),
+            "failures": list(
+                _first(self._failures.values(), None if final else RUNNING_LIST_LIMIT)
+            ),
+            "stalled_tasks": [] if final else list(_first(self._stalled, RUNNING_LIST_LIMIT)),
         }
 
 
@@ -187,6 +196,10 @@ def _member(status: Status | None, raw: bytes | None) -> _Member:
         error = {"type": "Error", "message": ""}
     stalled = bool(status["stalled"])
     return _Member(status["state"], final, stalled, fraction, current, total, error)
+
+
+def _first(items: Iterable[Any], limit: int | None) -> Iterable[Any]:
+    return items if limit is None else itertools.islice(items, limit)
 
 
 def _whole(value: float) -> float | int:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from service.groups import GroupTally, member_ids
+from service.groups import RUNNING_LIST_LIMIT, GroupTally, member_ids
 from service.hub import Hub
 from service.status import decode_status
 from tests.support import eventually, read_until_closed, recv_json, ws_connect
@@ -273,3 +273,17 @@ def test_celerys_group_record_gives_the_member_ids() -> None:
     assert member_ids(b"not json") is None
     assert member_ids(b'{"result": 5}') is None
     assert member_ids(b'{"result": [["g", null], [7]]}') is None
+
+
+def test_a_running_group_lists_its_first_failures_and_the_final_lists_all() -> None:
+    members = [str(uuid.UUID(int=n)) for n in range(1, 31)]
+    tally = GroupTally("g", members)
+    failure = {"exc_type": "ValueError", "exc_message": ["bad"]}
+    for task_id in members[:-1]:
+        feed(tally, task_id, status="FAILURE", result=failure)
+    feed(tally, members[-1], status="PROGRESS", result={"current": 1, "total": 2})
+    running = tally.status()
+    assert running["states"] == {"FAILURE": 29, "PROGRESS": 1}
+    assert [f["task_id"] for f in running["failures"]] == members[:RUNNING_LIST_LIMIT]
+    feed(tally, members[-1], status="FAILURE", result=failure)
+    assert [f["task_id"] for f in tally.status()["failures"]] == members

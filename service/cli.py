@@ -1,5 +1,5 @@
 """The ``taskcast`` command: ``dev`` (everything on one machine), ``serve``, ``worker``,
-and the clients ``submit`` and ``watch``."""
+and the clients ``submit``, ``submit-group`` and ``watch``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from types import FrameType
-from typing import Any, get_origin
+from types import FrameType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
@@ -174,24 +174,43 @@ def run_worker(extra: list[str]) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    """Show a task's progress live until it ends; the exit code says how it ended."""
+    """Show a task's (or with --group a group's) progress live until it ends; the exit
+    code says how it ended."""
+    group = args.group is not None
+    watched_id = args.group if group else args.task_id
     return terminal.run(
         lambda console: terminal.watch_task(
-            console, args.url, args.task_id, args.give_up, args.token, args.api_key
+            console, args.url, watched_id, args.give_up, args.token, args.api_key, group
         )
     )
 
 
-def run_submit(args: argparse.Namespace) -> int:
-    """Queue a task through the REST API, print its id and links, and with --watch follow it."""
-    params = {
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    """The task parameters given on the command line (the others take their defaults)."""
+    return {
         key.removeprefix(_PARAM): value
         for key, value in vars(args).items()
         if key.startswith(_PARAM)
     }
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Queue a task through the REST API, print its id and links, and with --watch follow it."""
+    params = _params(args)
     return terminal.run(
         lambda console: terminal.submit_task(
             console, args.url, args.task, params, args.watch, args.give_up, args.api_key
+        )
+    )
+
+
+def run_submit_group(args: argparse.Namespace) -> int:
+    """Queue --count copies of a task as one group, print its id, links and members' ids,
+    and with --watch follow the group."""
+    params = _params(args)
+    return terminal.run(
+        lambda console: terminal.submit_task_group(
+            console, args.url, args.task, args.count, params, args.watch, args.give_up, args.api_key
         )
     )
 
@@ -206,13 +225,26 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _given_type(annotation: Any) -> Any:
+    """The type of a parameter's value when it is given: ``int`` for an optional
+    ``Annotated[int, ...] | None`` (such as progress's fail_at)."""
+    if get_origin(annotation) in (Union, UnionType):
+        given = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(given) == 1:
+            annotation = given[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
 def _add_param(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
     """One task parameter as an option typed from the catalog's model."""
     kind: Any = str
     metavar = "TEXT"
-    if field.annotation in (int, float):
-        kind, metavar = field.annotation, "INT" if field.annotation is int else "NUMBER"
-    elif get_origin(field.annotation) is dict:
+    annotation = _given_type(field.annotation)
+    if annotation in (int, float):
+        kind, metavar = annotation, "INT" if annotation is int else "NUMBER"
+    elif get_origin(annotation) is dict:
         kind, metavar = _json_object, "JSON"
     required = field.is_required()
     text = field.description or ""
@@ -224,7 +256,8 @@ def _add_param(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> 
         required=required,
         # Unset options are not sent: the service applies its own defaults.
         default=argparse.SUPPRESS,
-        help=text if required else f"{text} (default: {field.default})",
+        # A None default is the parameter's absence, which the text already explains.
+        help=text if required or field.default is None else f"{text} (default: {field.default})",
     )
 
 
@@ -249,6 +282,26 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="API key, where the service wants one (default: $TASKCAST_API_KEY)",
     )
+
+
+def _add_task_parsers(
+    command: argparse.ArgumentParser, watch_help: str
+) -> list[argparse.ArgumentParser]:
+    """One sub-command per task of the catalog under ``command``, each with that task's
+    parameters as typed options, ``--watch`` and the client options; returned so that
+    ``command`` can add options of its own."""
+    tasks = command.add_subparsers(dest="task", metavar="NAME", required=True)
+    parsers = []
+    for name, spec in TASKS.items():
+        task = tasks.add_parser(
+            name, help=spec.summary, description=spec.summary, epilog=terminal.EXIT_HELP
+        )
+        for field_name, field in spec.params.model_fields.items():
+            _add_param(task, field_name, field)
+        task.add_argument("--watch", action="store_true", help=watch_help)
+        _add_client_options(task)
+        parsers.append(task)
+    return parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,24 +337,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     exits = terminal.EXIT_HELP
     watch = commands.add_parser(
-        "watch", help="show a task's progress live until it ends", epilog=exits
+        "watch", help="show a task's (or a group's) progress live until it ends", epilog=exits
     )
-    watch.add_argument("task_id", metavar="TASK_ID")
+    watched = watch.add_mutually_exclusive_group(required=True)
+    watched.add_argument("task_id", metavar="TASK_ID", nargs="?", help="the task to follow")
+    watched.add_argument(
+        "--group", metavar="GROUP_ID", help="follow this group (from submit-group) instead"
+    )
     watch.add_argument(
         "--token",
         default=os.environ.get("TASKCAST_TOKEN") or None,
-        help="the task's watch token, from its dispatch (default: $TASKCAST_TOKEN)",
+        help="the task's (or group's) watch token, from its dispatch (default: $TASKCAST_TOKEN)",
     )
     _add_client_options(watch)
 
     submit = commands.add_parser("submit", help="start a task and print its id", epilog=exits)
-    tasks = submit.add_subparsers(dest="task", metavar="NAME", required=True)
-    for name, spec in TASKS.items():
-        task = tasks.add_parser(name, help=spec.summary, description=spec.summary, epilog=exits)
-        for field_name, field in spec.params.model_fields.items():
-            _add_param(task, field_name, field)
-        task.add_argument("--watch", action="store_true", help="then show its progress live")
-        _add_client_options(task)
+    _add_task_parsers(submit, "then show its progress live")
+    submit_group = commands.add_parser(
+        "submit-group", help="start copies of a task as one group and print its id", epilog=exits
+    )
+    for task in _add_task_parsers(submit_group, "then show the group's progress live"):
+        task.add_argument(
+            "--count",
+            type=int,
+            required=True,
+            metavar="N",
+            help="how many copies of the task to start, each with the parameters given",
+        )
     return parser
 
 
@@ -318,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_watch(args)
     if args.command == "submit":
         return run_submit(args)
+    if args.command == "submit-group":
+        return run_submit_group(args)
     return run_serve(args)
 
 

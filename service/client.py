@@ -1,13 +1,18 @@
-"""A Python client for taskcast, for scripts and services: submit, read, and watch tasks.
+"""A Python client for taskcast, for scripts and services: submit, read, and watch tasks
+and groups of tasks.
 
 ```python
 async for status in watch("http://127.0.0.1:8000", task_id):
     print(status["state"], status["progress"])
 ```
 
-Where the service has auth on (docs/security.md), ``submit`` takes an ``api_key`` and
-returns the task's watch ``token``, which ``get_status`` and ``watch`` take (or an API
-key, which reads any task); both travel in the ``Authorization`` header, never in a URL.
+``submit_group``, ``get_group`` and ``watch_group`` do the same for a group (a batch of
+tasks started together, followed as one status object).
+
+Where the service has auth on (docs/security.md), ``submit`` and ``submit_group`` take an
+``api_key`` and return the watch ``token``, which ``get_status`` and ``watch`` (or
+``get_group`` and ``watch_group``) take, or an API key, which reads anything; both travel
+in the ``Authorization`` header, never in a URL.
 
 Every failure is a :class:`TaskcastError`; its subclasses say which kind. The client
 imports nothing of the service's own (no Celery, no Redis): it speaks only the public
@@ -21,7 +26,8 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +39,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 # want a tighter bound on a whole call wrap it in ``asyncio.timeout``.
 _HTTP_TIMEOUT = 10.0
 
-# Close codes of /ws/tasks/{id} (service/protocol.py) that end a watch instead of a retry.
+# Close codes of /ws/tasks/{id} and /ws/groups/{id} (service/protocol.py) that end a
+# watch instead of a retry.
 _CLOSE_UNAUTHORIZED = 4401
 _CLOSE_UNKNOWN_TASK = 4404
 _CLOSE_INVALID_TASK_ID = 4422
@@ -60,12 +67,21 @@ class InvalidTaskId(TaskcastError):
     """The id is not a task id, that is not a UUID (HTTP 422, WebSocket close 4422)."""
 
 
+class GroupNotFound(TaskcastError):
+    """No group has this id (HTTP 404, WebSocket ``unknown_group`` / close 4404)."""
+
+
+class InvalidGroupId(TaskcastError):
+    """The id is not a group id, that is not a UUID (HTTP 422, WebSocket close 4422)."""
+
+
 class UnknownTaskName(TaskcastError):
-    """``submit`` named a task the service does not offer (HTTP 404)."""
+    """``submit`` or ``submit_group`` named a task the service does not offer (HTTP 404)."""
 
 
 class InvalidParams(TaskcastError):
-    """``submit`` gave parameters the task refuses (HTTP 400, 413 or 422)."""
+    """``submit`` or ``submit_group`` gave parameters the task refuses, or a group request
+    the service refuses (HTTP 400, 413 or 422)."""
 
 
 def _base(base_url: str) -> str:
@@ -104,7 +120,44 @@ def _reason(exc: BaseException) -> str:
 # How each call's refusals become errors: by HTTP status and the service's error code
 # (None: any code). A 404 without taskcast's code is another server, or a wrong URL.
 _Refusals = dict[tuple[int, str | None], type[TaskcastError]]
-_STATUS_REFUSALS: _Refusals = {(404, "unknown_task"): TaskNotFound, (422, None): InvalidTaskId}
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What is read or watched, a task or a group: the words the service uses for it
+    (in paths, message types and error codes), and the errors its refusals become."""
+
+    word: str  # "task": /tasks/{id}, /ws/tasks/{id}, unknown_task, invalid_task_id
+    message_type: str  # the "type" of the WebSocket messages that carry its status
+    not_found: type[TaskcastError]
+    invalid_id: type[TaskcastError]
+
+    def url(self, base_url: str, last: str) -> str:
+        """Its REST URL, ending in ``last``: an id to read, or a task name to start."""
+        return f"{_base(base_url)}/{self.word}s/{_segment(last)}"
+
+    def ws_url(self, base_url: str, watched_id: str) -> str:
+        scheme, rest = _base(base_url).split("://", 1)
+        ws = "wss" if scheme == "https" else "ws"
+        return f"{ws}://{rest}/ws/{self.word}s/{_segment(watched_id)}"
+
+    @property
+    def refusals(self) -> _Refusals:
+        """How a REST read of it is refused."""
+        return {(404, f"unknown_{self.word}"): self.not_found, (422, None): self.invalid_id}
+
+    @property
+    def errors(self) -> dict[str, type[TaskcastError]]:
+        """The WebSocket error codes that end a watch of it, and the errors they become."""
+        return {
+            f"unknown_{self.word}": self.not_found,
+            f"invalid_{self.word}_id": self.invalid_id,
+            "unauthorized": Unauthorized,
+        }
+
+
+_TASK = _Subject("task", "status", TaskNotFound, InvalidTaskId)
+_GROUP = _Subject("group", "group", GroupNotFound, InvalidGroupId)
 _SUBMIT_REFUSALS: _Refusals = {
     (404, "unknown_task_name"): UnknownTaskName,
     **dict.fromkeys([(400, None), (413, None), (422, None)], InvalidParams),
@@ -148,6 +201,12 @@ async def _call(
     raise TaskcastError(f"unexpected answer from {method} {url}: {detail}")
 
 
+async def _read(subject: _Subject, base_url: str, watched_id: str, credential: str | None) -> Any:
+    return await _call(
+        "GET", subject.url(base_url, watched_id), 200, subject.refusals, credential=credential
+    )
+
+
 async def get_status(
     base_url: str, task_id: str, *, token: str | None = None, api_key: str | None = None
 ) -> dict[str, Any]:
@@ -157,11 +216,23 @@ async def get_status(
     Raises TaskNotFound, InvalidTaskId, Unauthorized, ServiceUnavailable, or
     TaskcastError for an answer that is not taskcast's.
     """
-    url = f"{_base(base_url)}/tasks/{_segment(task_id)}"
-    status: dict[str, Any] = await _call(
-        "GET", url, 200, _STATUS_REFUSALS, credential=api_key or token
-    )
+    status: dict[str, Any] = await _read(_TASK, base_url, task_id, api_key or token)
     return status
+
+
+async def get_group(
+    base_url: str, group_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """The group's status object (``GET /groups/{id}``): its state, how many members are
+    done of its ``size``, how many are in each state, the summed progress, the members
+    that failed or were cancelled, and those whose worker went silent. Read with the
+    group's watch ``token`` or an ``api_key`` where the service wants one.
+
+    Raises GroupNotFound, InvalidGroupId, Unauthorized, ServiceUnavailable, or
+    TaskcastError for an answer that is not taskcast's.
+    """
+    group: dict[str, Any] = await _read(_GROUP, base_url, group_id, api_key or token)
+    return group
 
 
 async def submit(
@@ -175,30 +246,49 @@ async def submit(
     service's explanation), Unauthorized, ServiceUnavailable (also when the service
     cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
     """
-    url = f"{_base(base_url)}/tasks/{_segment(name)}"
     links: dict[str, str] = await _call(
-        "POST", url, 202, _SUBMIT_REFUSALS, params, credential=api_key
+        "POST", _TASK.url(base_url, name), 202, _SUBMIT_REFUSALS, params, credential=api_key
     )
     return links
 
 
-def _ws_task_url(base_url: str, task_id: str) -> str:
-    scheme, rest = _base(base_url).split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/tasks/{_segment(task_id)}"
+async def submit_group(
+    base_url: str,
+    name: str,
+    *,
+    count: int | None = None,
+    params: dict[str, Any] | None = None,
+    tasks: list[dict[str, Any]] | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """Start a group of task ``name`` (``POST /groups/{name}``): ``count`` members that
+    all take ``params`` (the task's defaults without), or one member per parameter object
+    in ``tasks``; with ``api_key`` where the service wants one.
+
+    Returns ``{"group_id", "task_ids", "status_url", "ws_url"}``, plus ``"token"`` (the
+    group's watch token) when the service signs them. Raises UnknownTaskName,
+    InvalidParams (with the service's explanation: a member's parameters, too many
+    members, or ``count`` and ``tasks`` both or neither given), Unauthorized,
+    ServiceUnavailable, or TaskcastError for an answer that is not taskcast's.
+    """
+    # Only what was given: the service says what is missing or does not go together.
+    given = {"count": count, "params": params, "tasks": tasks}
+    body = {key: value for key, value in given.items() if value is not None}
+    reply: dict[str, Any] = await _call(
+        "POST", _GROUP.url(base_url, name), 202, _SUBMIT_REFUSALS, body, credential=api_key
+    )
+    return reply
 
 
-def _raise_for_error(message: dict[str, Any]) -> None:
+def _raise_for_error(subject: _Subject, message: dict[str, Any]) -> None:
     detail = str(message.get("detail", "error"))
-    if message.get("code") == "unknown_task":
-        raise TaskNotFound(detail)
-    if message.get("code") == "invalid_task_id":
-        raise InvalidTaskId(detail)
-    if message.get("code") == "unauthorized":
-        raise Unauthorized(detail)
+    error = subject.errors.get(str(message.get("code")))
+    if error is not None:
+        raise error(detail)
     raise TaskcastError(f"the service refused the watch: {detail}")
 
 
-async def watch(
+def watch(
     base_url: str,
     task_id: str,
     *,
@@ -239,8 +329,57 @@ async def watch(
     (one that delivered a status). Close the generator to stop early (``break`` out of
     the loop, or wrap it in ``contextlib.aclosing`` to close the socket at once).
     """
-    url = _ws_task_url(base_url, task_id)
-    headers = _authorization(api_key or token)
+    return _follow(
+        _TASK, base_url, task_id, api_key or token,
+        give_up_after, retry_initial, retry_max, open_timeout,
+    )  # fmt: skip
+
+
+def watch_group(
+    base_url: str,
+    group_id: str,
+    *,
+    token: str | None = None,
+    api_key: str | None = None,
+    give_up_after: float = 30.0,
+    retry_initial: float = 0.5,
+    retry_max: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the group's status objects: the current one at once, then every change,
+    ending after the final one (every member ended: SUCCESS, FAILURE or REVOKED).
+
+    It follows ``/ws/groups/{id}``, and behaves as ``watch`` does: it reconnects after
+    the same backoff, the new connection's first message is the group as it is then,
+    an exact repeat of the last group status yielded is skipped, ``token`` (the group's
+    watch token) or ``api_key`` go in the ``Authorization`` header, and closing the
+    generator stops it.
+
+    Raises GroupNotFound, InvalidGroupId or Unauthorized as the service reports them,
+    and ServiceUnavailable after ``give_up_after`` seconds without a working connection
+    (one that delivered a group status).
+    """
+    return _follow(
+        _GROUP, base_url, group_id, api_key or token,
+        give_up_after, retry_initial, retry_max, open_timeout,
+    )  # fmt: skip
+
+
+async def _follow(
+    subject: _Subject,
+    base_url: str,
+    watched_id: str,
+    credential: str | None,
+    give_up_after: float,
+    retry_initial: float,
+    retry_max: float,
+    open_timeout: float,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The reconnecting watch behind ``watch`` and ``watch_group`` (``watch`` says how it
+    behaves). An async generator that they return as it is, unwrapped, so that closing
+    what they return closes the socket at once."""
+    url = subject.ws_url(base_url, watched_id)
+    headers = _authorization(credential)
     last: dict[str, Any] | None = None
     failures = 0
     offline_since = time.monotonic()
@@ -254,8 +393,8 @@ async def watch(
                 async for raw in ws:
                     message = json.loads(raw)
                     if message.get("type") == "error":
-                        _raise_for_error(message)
-                    if message.get("type") != "status":
+                        _raise_for_error(subject, message)
+                    if message.get("type") != subject.message_type:
                         continue
                     message.pop("type")
                     delivered = True
@@ -269,11 +408,13 @@ async def watch(
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
             if code == _CLOSE_UNKNOWN_TASK:
-                raise TaskNotFound(f"no task with id {task_id}") from None
+                raise subject.not_found(f"no {subject.word} with id {watched_id}") from None
             if code == _CLOSE_INVALID_TASK_ID:
-                raise InvalidTaskId(f"task id must be a UUID, got {task_id!r}") from None
+                raise subject.invalid_id(
+                    f"{subject.word} id must be a UUID, got {watched_id!r}"
+                ) from None
             if code == _CLOSE_UNAUTHORIZED:
-                raise Unauthorized(f"not allowed to watch task {task_id}") from None
+                raise Unauthorized(f"not allowed to watch {subject.word} {watched_id}") from None
             reason = f"the connection dropped ({code or 'no close frame'})"
         except InvalidURI as exc:
             raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None

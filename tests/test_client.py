@@ -100,13 +100,61 @@ async def test_watch_unknown_and_malformed_ids(base_url: str) -> None:
         await collect(taskcast.watch(base_url, "not-a-uuid"))
 
 
-async def test_watch_gives_up_after_its_time_without_a_connection() -> None:
+@pytest.mark.parametrize("follow", [taskcast.watch, taskcast.watch_group])
+async def test_watch_gives_up_after_its_time_without_a_connection(
+    follow: Callable[..., AsyncIterator[dict[str, Any]]],
+) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    statuses = taskcast.watch(nobody, str(uuid.uuid4()), give_up_after=0.5, retry_initial=0.05)
+    statuses = follow(nobody, str(uuid.uuid4()), give_up_after=0.5, retry_initial=0.05)
     with pytest.raises(taskcast.ServiceUnavailable, match=r"Connection refused; gave up after"):
         await collect(statuses)
     assert 0.5 <= time.monotonic() - started < 5
+
+
+async def test_watch_group_yields_the_group_in_order_then_one_final(base_url: str) -> None:
+    ok = {"total": 2, "step_seconds": 0.02}
+    reply = await taskcast.submit_group(base_url, "progress", tasks=[ok, ok, {**ok, "fail_at": 1}])
+    group_id, task_ids = reply["group_id"], reply["task_ids"]
+    assert reply["status_url"] == f"{base_url}/groups/{group_id}"
+    assert len(task_ids) == 3
+    groups = await collect(taskcast.watch_group(base_url, group_id))
+    assert {(group["group_id"], group["size"]) for group in groups} == {(group_id, 3)}
+    # Never backwards: members done, and the share of the work done.
+    dones = [group["done"] for group in groups]
+    percents = [group["progress"]["percent"] for group in groups]
+    assert (dones, percents) == (sorted(dones), sorted(percents))
+    assert [group["final"] for group in groups].count(True) == 1
+    final = groups[-1]
+    assert (final["state"], final["done"], final["final"]) == ("FAILURE", 3, True)
+    assert final["states"] == {"SUCCESS": 2, "FAILURE": 1}
+    assert [(f["task_id"], f["error"]["message"]) for f in final["failures"]] == [
+        (task_ids[2], "failed at step 1 of 2")
+    ]
+    assert all(a != b for a, b in itertools.pairwise(groups))
+    # The group status object itself, as REST answers it: the message's "type" is gone.
+    assert final == await taskcast.get_group(base_url, group_id)
+
+
+async def test_group_errors(base_url: str) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(taskcast.GroupNotFound, match=f"no group with id {missing}"):
+        await taskcast.get_group(base_url, missing)
+    with pytest.raises(taskcast.InvalidGroupId, match="group id must be a UUID, got 'not-a-uuid'"):
+        await taskcast.get_group(base_url, "not-a-uuid")
+    with pytest.raises(taskcast.GroupNotFound, match=missing):
+        await collect(taskcast.watch_group(base_url, missing))
+    with pytest.raises(taskcast.InvalidGroupId, match="not-a-uuid"):
+        await collect(taskcast.watch_group(base_url, "not-a-uuid"))
+    with pytest.raises(taskcast.UnknownTaskName, match="no task named 'nope'"):
+        await taskcast.submit_group(base_url, "nope", count=1)
+    with pytest.raises(
+        taskcast.InvalidParams, match=re.escape("params.total: Input should be greater")
+    ):
+        await taskcast.submit_group(base_url, "progress", count=2, params={"total": 0})
+    # Neither count nor tasks: the service says what it wants.
+    with pytest.raises(taskcast.InvalidParams, match=re.escape("count (with params) or tasks")):
+        await taskcast.submit_group(base_url, "progress")
 
 
 class Follower:

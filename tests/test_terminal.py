@@ -1,25 +1,35 @@
-"""``taskcast submit`` and ``taskcast watch``: real processes against the live test server."""
+"""``taskcast submit``, ``submit-group`` and ``watch``: real processes against the live test
+server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
+import json
 import os
 import re
 import sys
 import uuid
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+import redis
 from rich.console import Console
 
 from service import client as taskcast
+from service.app import create_app
 from service.devstack import free_port
-from service.terminal import Exit, format_eta, show, status_line
-from tests.support import ROOT, submit, wait_for_state
+from service.settings import Settings
+from service.terminal import Exit, format_eta, group_line, group_summary, show, status_line
+from tests.support import ROOT, eventually, running_server, submit, wait_for_state
+from tests.test_stalled import beat, running_record
+from workers import keys
+from workers.app import settings as celery_settings
 
 
 @contextlib.asynccontextmanager
@@ -46,17 +56,57 @@ async def run_cli(
     return process.returncode, out.decode(), err.decode()
 
 
+RUNNING: dict[str, Any] = {
+    "task_id": "t", "state": "PROGRESS", "final": False, "stalled": False, "result": None,
+    "error": None, "progress": {"current": 2, "total": 5, "percent": 40.0, "message": "rows [2]",
+                                "rate": 1.5, "eta_s": 2.1},
+}  # fmt: skip
+# What the service sends while the task's worker is silent: no ETA.
+STALLED: dict[str, Any] = {
+    **RUNNING,
+    "stalled": True,
+    "progress": {**RUNNING["progress"], "eta_s": None},
+}
+
+
 def test_status_lines() -> None:
-    running = {
-        "task_id": "t", "state": "PROGRESS", "final": False, "result": None, "error": None,
-        "progress": {"current": 2, "total": 5, "percent": 40.0, "message": "rows [2]",
-                     "rate": 1.5, "eta_s": 2.1},
-    }  # fmt: skip
-    assert status_line(running) == "PROGRESS   40.0%  2/5  ETA 0:03  rows [2]"
-    revoked = {**running, "state": "REVOKED", "final": True, "progress": None,
+    assert status_line(RUNNING) == "PROGRESS   40.0%  2/5  ETA 0:03  rows [2]"
+    assert status_line(STALLED) == (
+        "PROGRESS   40.0%  2/5  STALLED: no heartbeat from its worker  rows [2]"
+    )
+    revoked = {**RUNNING, "state": "REVOKED", "final": True, "progress": None,
                "error": {"type": "TaskRevokedError", "message": "revoked"}}  # fmt: skip
     assert status_line(revoked) == "REVOKED   TaskRevokedError: revoked"
     assert status_line({**revoked, "state": "SENT", "final": False, "error": None}) == "SENT"
+
+
+def test_group_lines() -> None:
+    running = {
+        "group_id": "g", "state": "PROGRESS", "final": False, "stalled": False, "size": 5,
+        "done": 2, "states": {"PROGRESS": 3, "SUCCESS": 1, "FAILURE": 1},
+        "progress": {"current": 7, "total": 15, "percent": 46.67, "eta_s": 2.1},
+        "failures": [{"task_id": "t4", "state": "FAILURE",
+                      "error": {"type": "RuntimeError", "message": "failed at step 1 of 3"}}],
+        "stalled_tasks": [],
+    }  # fmt: skip
+    assert group_line(running) == "PROGRESS   46.7%  2/5 done  1 failed  ETA 0:03"
+    stalled = {**running, "stalled": True, "stalled_tasks": ["t1", "t2"],
+               "progress": {**running["progress"], "eta_s": None}}  # fmt: skip
+    assert group_line(stalled) == (
+        "PROGRESS   46.7%  2/5 done  1 failed  STALLED: 2 tasks without a worker heartbeat"
+    )
+    revoked = {"task_id": "t5", "state": "REVOKED",
+               "error": {"type": "TaskRevokedError", "message": "revoked"}}  # fmt: skip
+    ended = {**running, "state": "FAILURE", "final": True, "done": 5,
+             "states": {"SUCCESS": 3, "FAILURE": 1, "REVOKED": 1},
+             "progress": {"current": 15, "total": 15, "percent": 100.0, "eta_s": 0.0},
+             "failures": [*running["failures"], revoked]}  # fmt: skip
+    # The final line, then every member that did not succeed; a cancelled one is not a failure.
+    assert group_summary(ended).splitlines() == [
+        "FAILURE   100.0%  5/5 done  1 failed  1 revoked",
+        "  t4  FAILURE   RuntimeError: failed at step 1 of 3",
+        "  t5  REVOKED   TaskRevokedError: revoked",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +172,10 @@ async def test_errors_are_one_line_on_stderr_with_their_exit_codes(base_url: str
     cases = [
         (("watch", missing), Exit.NOT_FOUND, f"taskcast: no task with id {missing}"),
         (("watch", "not-a-uuid"), Exit.REJECTED, "taskcast: task id must be a UUID"),
+        (("watch", "--group", missing), Exit.NOT_FOUND, f"taskcast: no group with id {missing}"),
+        (("watch", "--group", "x"), Exit.REJECTED, "taskcast: group id must be a UUID"),
+        (("submit-group", "sleep", "--count", "0"), Exit.REJECTED,
+         "taskcast: count: Input should be greater than or equal to 1"),
         (("watch", missing, "--url", nobody), Exit.UNAVAILABLE,
          f"taskcast: cannot reach {nobody}/tasks/{missing}: Connection refused"),
         (("submit", "progress", "--total", "0"), Exit.REJECTED,
@@ -139,6 +193,96 @@ async def test_an_unknown_task_name_is_a_usage_error(base_url: str) -> None:
     assert "invalid choice: 'nope'" in err
 
 
+async def test_watch_wants_a_task_or_a_group(base_url: str) -> None:
+    code, _, err = await run_cli("watch", "--url", base_url)
+    assert code == 2
+    assert "one of the arguments TASK_ID --group is required" in err
+
+
+async def test_submit_group_and_watch_until_success(base_url: str) -> None:
+    code, out, err = await run_cli(
+        "submit-group", "progress", "--count", "3", "--total", "2", "--step-seconds", "0.02",
+        "--watch", "--url", base_url,
+    )  # fmt: skip
+    assert (code, err) == (Exit.SUCCESS, "")
+    lines = out.splitlines()
+    group_id = lines[0]
+    assert uuid.UUID(group_id)
+    assert lines[1] == f"  status  {base_url}/groups/{group_id}"
+    assert lines[2] == f"  live    {base_url.replace('http', 'ws')}/ws/groups/{group_id}"
+    label, *members = lines[3].split()
+    assert label == "tasks" and len(members) == 3 and all(uuid.UUID(m) for m in members)
+    changes = lines[4:]
+    assert "\x1b" not in out
+    dones = [int(m[1]) for line in changes if (m := re.search(r"(\d)/3 done", line))]
+    assert len(dones) == len(changes) and dones == sorted(dones)
+    assert changes[-1] == "SUCCESS   100.0%  3/3 done  0 failed"
+    assert sum(line.startswith("SUCCESS") for line in changes) == 1
+
+
+async def test_watch_group_exits_with_how_the_group_ended(base_url: str) -> None:
+    ok = {"total": 2, "step_seconds": 0.02}
+    mixed = await taskcast.submit_group(base_url, "progress", tasks=[ok, {**ok, "fail_at": 1}, ok])
+    fine = await taskcast.submit_group(base_url, "progress", count=2, params=ok)
+    (failed_code, failed_out, failed_err), (fine_code, fine_out, fine_err) = await asyncio.gather(
+        run_cli("watch", "--group", mixed["group_id"], "--url", base_url),
+        run_cli("watch", "--group", fine["group_id"], "--url", base_url),
+    )
+    assert (failed_code, failed_err) == (Exit.FAILURE, "")
+    *changes, last, failure = failed_out.splitlines()
+    assert all(line.split()[0] in {"SENT", "PROGRESS"} for line in changes)
+    assert last == "FAILURE   100.0%  3/3 done  1 failed"
+    # Which member failed, and why.
+    assert failure == f"  {mixed['task_ids'][1]}  FAILURE   RuntimeError: failed at step 1 of 2"
+    assert (fine_code, fine_err) == (Exit.SUCCESS, "")
+    assert fine_out.splitlines()[-1] == "SUCCESS   100.0%  2/2 done  0 failed"
+
+
+async def test_submit_group_takes_optional_parameters_typed(base_url: str) -> None:
+    # fail_at is optional (int or nothing): given, it is sent as a number.
+    code, out, err = await run_cli(
+        "submit-group", "progress", "--count", "2", "--total", "2", "--step-seconds", "0.02",
+        "--fail-at", "2", "--watch", "--url", base_url,
+    )  # fmt: skip
+    assert (code, err) == (Exit.FAILURE, "")
+    lines = out.splitlines()
+    assert lines[-3] == "FAILURE   100.0%  2/2 done  2 failed"
+    assert all(
+        line.endswith("  FAILURE   RuntimeError: failed at step 2 of 2") for line in lines[-2:]
+    )
+
+
+@pytest.fixture
+async def quick_to_stall() -> AsyncIterator[str]:
+    """A service that calls a running task stalled after 1 s without a heartbeat."""
+    settings = dataclasses.replace(Settings.from_env(), stall_after=1.0)
+    async with running_server(create_app(settings)) as url:
+        yield url
+
+
+async def test_watch_marks_a_stalled_task_until_its_worker_is_heard_again(
+    quick_to_stall: str, redis_client: redis.Redis
+) -> None:
+    # No worker runs it: its records and heartbeats are written here, as a worker would.
+    task_id = str(uuid.uuid4())
+    running_record(redis_client, task_id)
+    beat(redis_client, task_id, ago_s=10)
+    async with cli("watch", task_id, "--url", quick_to_stall) as process, asyncio.timeout(30):
+        assert process.stdout is not None
+        stalled = (await process.stdout.readline()).decode().rstrip()
+        assert stalled == "PROGRESS   40.0%  2/5  STALLED: no heartbeat from its worker"
+        beat(redis_client, task_id, ago_s=0)
+        heard = (await process.stdout.readline()).decode().rstrip()
+        assert heard == "PROGRESS   40.0%  2/5  ETA -"
+        done = {"status": "SUCCESS", "result": {"status": "completed"}, "task_id": task_id,
+                "progress": {"current": 5, "total": 5}}  # fmt: skip
+        key = keys.task_meta_key(celery_settings.key_prefix, task_id)
+        redis_client.set(key, json.dumps(done))
+        out, err = await process.communicate()
+    assert (process.returncode, err) == (Exit.SUCCESS, b"")
+    assert out.decode().splitlines() == ['SUCCESS   100.0%  5/5  result: {"status": "completed"}']
+
+
 async def test_on_a_terminal_the_bar_is_redrawn_in_place(
     client: httpx.AsyncClient, base_url: str
 ) -> None:
@@ -153,3 +297,45 @@ async def test_on_a_terminal_the_bar_is_redrawn_in_place(
     assert drawn.index("\x1b[?25l") < drawn.index("\x1b[?25h")
     assert "━" in drawn and "100.0%" in drawn
     assert drawn.rstrip().endswith('SUCCESS   100.0%  5/5  result: {"status": "completed"}')
+
+
+async def test_in_a_pipe_a_change_the_line_does_not_show_prints_nothing() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=False, width=100)
+
+    async def statuses() -> AsyncIterator[dict[str, Any]]:
+        yield RUNNING
+        # Only the rate changed, which the line does not show.
+        yield {**RUNNING, "progress": {**RUNNING["progress"], "rate": 2.0}}
+        yield STALLED
+        yield {**RUNNING, "state": "SUCCESS", "final": True, "progress": None, "result": 1}
+
+    await show(statuses(), console)
+    assert screen.getvalue().splitlines() == [
+        "PROGRESS   40.0%  2/5  ETA 0:03  rows [2]",
+        "PROGRESS   40.0%  2/5  STALLED: no heartbeat from its worker  rows [2]",
+        "SUCCESS   result: 1",
+    ]
+
+
+async def test_on_a_terminal_a_stalled_task_says_so_in_its_bar() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, color_system=None)
+
+    def drawn_since(marker: str) -> str:
+        drawn = screen.getvalue()
+        return drawn[drawn.rindex(marker) :] if marker in drawn else ""
+
+    async def statuses() -> AsyncIterator[dict[str, Any]]:
+        # Each status stays until the bar, redrawn about ten times a second, has shown it.
+        yield STALLED
+        await eventually(lambda: asyncio.sleep(0, drawn_since("STALLED")), bool)
+        yield RUNNING
+        await eventually(
+            lambda: asyncio.sleep(0, drawn_since("STALLED")), lambda d: "ETA 0:03" in d
+        )
+        yield {**RUNNING, "state": "SUCCESS", "final": True, "result": 1}
+
+    async with asyncio.timeout(20):
+        await show(statuses(), console)
+    assert "STALLED" in screen.getvalue()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import uuid
@@ -193,3 +194,33 @@ async def test_queued_tasks_never_stall(service: Service, redis_client: redis.Re
     redis_client.set(keys.task_meta_key(celery_settings.key_prefix, task_id), meta)
     beat(redis_client, task_id, ago_s=10)
     assert (await rest_status(service, task_id))["stalled"] is False
+
+
+async def test_a_group_shows_which_members_are_stalled(
+    service: Service, redis_client: redis.Redis
+) -> None:
+    group_id, running, queued = (str(uuid.uuid4()) for _ in range(3))
+    members = [[[task_id, None], None] for task_id in (running, queued)]
+    record = json.dumps({"result": [[group_id, None], members]})
+    redis_client.set(keys.group_meta_key(celery_settings.key_prefix, group_id), record)
+    running_record(redis_client, running)
+    beat(redis_client, running, ago_s=10)
+    queued_meta = f'{{"status": "SENT", "result": null, "task_id": "{queued}"}}'
+    redis_client.set(keys.task_meta_key(celery_settings.key_prefix, queued), queued_meta)
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        rest = (await http.get(f"/groups/{group_id}")).json()
+    assert (rest["stalled"], rest["stalled_tasks"]) == (True, [running])
+    async with ws_connect(service.url, f"/ws/groups/{group_id}") as ws:
+        first = await recv_json(ws)
+        assert (first["stalled"], first["stalled_tasks"], first["progress"]["eta_s"]) == (
+            True, [running], None,
+        )  # fmt: skip
+        beat(redis_client, running, ago_s=0)
+        cleared = await recv_json(ws, within=5)
+        assert (cleared["stalled"], cleared["stalled_tasks"]) == (False, [])
+        for task_id in (running, queued):
+            done = f'{{"status": "SUCCESS", "result": 1, "task_id": "{task_id}"}}'
+            redis_client.set(keys.task_meta_key(celery_settings.key_prefix, task_id), done)
+        rest_of_it, code = await read_until_closed(ws, within=10)
+    assert code == 1000
+    assert rest_of_it[-1]["state"] == "SUCCESS"

@@ -120,9 +120,11 @@ def status_line(status: dict[str, Any]) -> str:
 
 def _tally(group: dict[str, Any]) -> str:
     """``3/5 done  1 failed``; cancelled members are counted apart: ``0 failed  2 revoked``."""
-    failures = group["failures"]
-    revoked = sum(failure["state"] == "REVOKED" for failure in failures)
-    parts = [f"{group['done']}/{group['size']} done", f"{len(failures) - revoked} failed"]
+    # From the counts: while the group runs, its failures list holds only the first few.
+    states = group["states"]
+    revoked = states.get("REVOKED", 0)
+    failed = states.get("FAILURE", 0) + states.get("UNKNOWN", 0)
+    parts = [f"{group['done']}/{group['size']} done", f"{failed} failed"]
     if revoked:
         parts.append(f"{revoked} revoked")
     return "  ".join(parts)

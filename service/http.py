@@ -38,15 +38,16 @@ def require_api_key(request: Request) -> None:
         raise ApiError(401, "unauthorized", detail, _CHALLENGE)
 
 
-def require_watch(request: Request, task_id: str) -> None:
-    """401 unless the caller may read the task (its token, or an API key, when tokens are
-    on). Decided before the task is read: a known and an unknown id get the same answer."""
+def require_watch(request: Request, watched_id: str, what: str = "task") -> None:
+    """401 unless the caller may read the task (or group: ``what``): its token, or an API
+    key, when tokens are on. Decided before anything is read: a known and an unknown id
+    get the same answer."""
     auth = app_state(request).auth
     if not auth.may_watch(
-        task_id, request.query_params.get("token"), bearer(request.headers.get("authorization"))
+        watched_id, request.query_params.get("token"), bearer(request.headers.get("authorization"))
     ):
         detail = (
-            "the task's watch token (?token= or Authorization: Bearer) or an API key "
+            f"the {what}'s watch token (?token= or Authorization: Bearer) or an API key "
             "is required; tokens expire"
         )
         raise ApiError(401, "unauthorized", detail, _CHALLENGE)
@@ -194,14 +195,14 @@ async def submit_group(request: Request) -> Response:
 
 async def group_status(request: Request) -> Response:
     group_id = parse_task_id(request.path_params["group_id"], what="group")
-    require_watch(request, group_id)
+    require_watch(request, group_id, what="group")
     return json_response(await read_group_status(request, group_id))
 
 
 async def cancel_group(request: Request) -> Response:
     require_api_key(request)
     group_id = parse_task_id(request.path_params["group_id"], what="group")
-    require_watch(request, group_id)
+    require_watch(request, group_id, what="group")
     state = app_state(request)
     members = await read_members(request, group_id)
     records = (await state.store.read_many(members)).records

@@ -27,7 +27,9 @@ CLOSE_FLOOD = 4429  # the client sent far more requests than it read replies for
 
 
 # Why a watch was refused: the same words whether or not the task exists.
-UNAUTHORIZED_DETAIL = "the task's watch token, or an API key, is required; tokens expire"
+UNAUTHORIZED_DETAIL = (
+    "the watch token of the task (or group), or an API key, is required; tokens expire"
+)
 
 
 class ProtocolError(Exception):

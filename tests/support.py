@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from service.devstack import free_port
+from tests import env
 from workers import keys
 from workers.states import FINAL_STATES
 
@@ -239,6 +240,20 @@ async def service_process(
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def beat(client: redis.Redis, task_id: str, ago_s: float) -> None:
+    """Write a task's heartbeat as its worker would have ``ago_s`` seconds ago (on
+    Redis's clock), for tests of stalled tasks that kill no worker."""
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    client.set(keys.heartbeat_key(env.KEY_PREFIX, task_id), now_ms - int(ago_s * 1000))
+
+
+def running_record(client: redis.Redis, task_id: str) -> None:
+    """Write the record of a task at 2 of 5, as its worker's ``update_state`` would."""
+    meta = {"status": "PROGRESS", "result": {"current": 2, "total": 5}, "task_id": task_id}
+    client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), json.dumps(meta))
 
 
 def ws_url(base_url: str, path: str) -> str:

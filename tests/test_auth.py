@@ -341,6 +341,42 @@ async def test_subscribe_needs_the_tasks_token_and_the_socket_stays_open(
         assert (await recv_json_until_final(ws))["state"] == "SUCCESS"
 
 
+async def test_a_group_is_opened_by_its_own_token_only(
+    http: httpx.AsyncClient, secured: str
+) -> None:
+    body = {"count": 2, "params": {"seconds": 0}}
+    assert (await http.post("/groups/sleep", json=body)).status_code == 401
+    response = await http.post("/groups/sleep", json=body, headers=keyed())
+    assert response.status_code == 202, response.text
+    reply = response.json()
+    group_id, token = reply["group_id"], reply["token"]
+    assert reply["status_url"].endswith(f"?token={token}")
+    assert reply["ws_url"].endswith(f"?token={token}")
+    # A member's token is not the group's (nor the other way round).
+    member_token = Auth(settings(secret=SECRET)).token(reply["task_ids"][0])
+    for bad in (None, member_token):
+        params = {} if bad is None else {"token": bad}
+        refused = await http.get(f"/groups/{group_id}", params=params)
+        assert refused.status_code == 401
+        assert "the group's watch token" in refused.json()["detail"]
+    assert (
+        await http.get(f"/tasks/{reply['task_ids'][0]}", params={"token": token})
+    ).status_code == 401
+    assert (await http.get(f"/groups/{group_id}", params={"token": token})).status_code == 200
+    async with ws_connect(secured, f"/ws/groups/{group_id}") as ws:
+        messages, code = await read_until_closed(ws)
+    assert (code, [m["code"] for m in messages]) == (4401, ["unauthorized"])
+    async with ws_connect(secured, f"/ws/groups/{group_id}?token={token}") as ws:
+        messages, code = await read_until_closed(ws, within=30)
+    assert (code, messages[-1]["state"]) == (1000, "SUCCESS")
+    async with ws_connect(secured, "/ws") as ws:
+        await ws.send(json.dumps({"op": "subscribe", "group_id": group_id}))
+        refusal = await recv_json(ws)
+        assert (refusal["code"], refusal["group_id"]) == ("unauthorized", group_id)
+        await ws.send(json.dumps({"op": "subscribe", "group_id": group_id, "token": token}))
+        assert (await recv_json(ws))["states"] == {"SUCCESS": 2}
+
+
 async def recv_json_until_final(ws: ClientConnection) -> dict[str, Any]:
     while True:
         message = await recv_json(ws)

@@ -24,9 +24,11 @@ import redis
 from service.app import create_app
 from service.settings import Settings
 from tests.support import (
+    beat,
     eventually,
     read_until_closed,
     recv_json,
+    running_record,
     running_server,
     worker_on,
     ws_connect,
@@ -124,20 +126,6 @@ async def test_a_slow_task_that_keeps_its_heartbeat_is_never_stalled(
     # The task over, its heartbeat goes with it.
     heartbeat = keys.heartbeat_key(celery_settings.key_prefix, task_id)
     await eventually(lambda: asyncio.to_thread(redis_client.exists, heartbeat), lambda n: n == 0)
-
-
-def beat(client: redis.Redis, task_id: str, ago_s: float) -> None:
-    """Write a heartbeat as a worker would have ``ago_s`` seconds ago (Redis's clock)."""
-    seconds, micros = client.time()
-    now_ms = seconds * 1000 + micros // 1000
-    client.set(keys.heartbeat_key(celery_settings.key_prefix, task_id), now_ms - int(ago_s * 1000))
-
-
-def running_record(client: redis.Redis, task_id: str) -> None:
-    meta = (
-        f'{{"status": "PROGRESS", "result": {{"current": 2, "total": 5}}, "task_id": "{task_id}"}}'
-    )
-    client.set(keys.task_meta_key(celery_settings.key_prefix, task_id), meta)
 
 
 async def test_the_first_status_already_says_stalled_and_a_new_beat_clears_it(

@@ -26,8 +26,15 @@ from service.app import create_app
 from service.devstack import free_port
 from service.settings import Settings
 from service.terminal import Exit, format_eta, group_line, group_summary, show, status_line
-from tests.support import ROOT, eventually, running_server, submit, wait_for_state
-from tests.test_stalled import beat, running_record
+from tests.support import (
+    ROOT,
+    beat,
+    eventually,
+    running_record,
+    running_server,
+    submit,
+    wait_for_state,
+)
 from workers import keys
 from workers.app import settings as celery_settings
 

@@ -75,9 +75,10 @@ class _Tally:
 class _Socket(asyncio.Protocol):
     """One WebSocket client that counts the text frames it receives."""
 
-    def __init__(self, uri: WebSocketURI, tally: _Tally) -> None:
+    def __init__(self, uri: WebSocketURI, tally: _Tally, sends: Sequence[str]) -> None:
         self.protocol = ClientProtocol(uri, max_size=None)
         self.tally = tally
+        self.sends = sends
         self.frames = 0
         self.transport: asyncio.Transport | None = None
 
@@ -96,6 +97,9 @@ class _Socket(asyncio.Protocol):
                     self.tally.received(self.frames)
             elif isinstance(event, Response) and event.status_code != 101:
                 self.tally.failed(f"handshake refused: HTTP {event.status_code}")
+            elif isinstance(event, Response):
+                for text in self.sends:
+                    self.protocol.send_text(text.encode())
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -114,7 +118,9 @@ class _Socket(asyncio.Protocol):
                 self.transport.write_eof()
 
 
-async def _run_sockets(report: Connection, urls: Sequence[str], server_closes: bool) -> None:
+async def _run_sockets(
+    report: Connection, urls: Sequence[str], server_closes: bool, sends: Sequence[str]
+) -> None:
     loop = asyncio.get_running_loop()
     tally = _Tally(len(urls), report, server_closes)
     stop = asyncio.Event()
@@ -127,7 +133,7 @@ async def _run_sockets(report: Connection, urls: Sequence[str], server_closes: b
         uri = parse_uri(url)
         async with gate:
             transport, _ = await loop.create_connection(
-                lambda: _Socket(uri, tally), uri.host, uri.port
+                lambda: _Socket(uri, tally, sends), uri.host, uri.port
             )
         transports.append(transport)
 
@@ -141,8 +147,10 @@ async def _run_sockets(report: Connection, urls: Sequence[str], server_closes: b
         transport.abort()
 
 
-def _sockets_main(report: Connection, urls: Sequence[str], server_closes: bool) -> None:
-    asyncio.run(_run_sockets(report, urls, server_closes))
+def _sockets_main(
+    report: Connection, urls: Sequence[str], server_closes: bool, sends: Sequence[str]
+) -> None:
+    asyncio.run(_run_sockets(report, urls, server_closes, sends))
 
 
 class Sockets:
@@ -151,6 +159,7 @@ class Sockets:
     Every socket's first frame (the snapshot, or the baseline's greeting) means it is
     connected and subscribed; the context manager returns once all of them have it.
     With ``server_closes``, the server ending a socket is expected (see ``closed``).
+    Each socket sends the text frames ``sends`` (subscribes on ``/ws``) once connected.
     """
 
     def __init__(
@@ -159,17 +168,21 @@ class Sockets:
         processes: int = 2,
         timeout: float = 120.0,
         server_closes: bool = False,
+        sends: Sequence[str] = (),
     ) -> None:
         self.shares = [list(urls[i::processes]) for i in range(processes) if urls[i::processes]]
         self.timeout = timeout
         self.server_closes = server_closes
+        self.sends = list(sends)
         self.pipes: list[Connection] = []
+        # The highest k each process has reported every one of its sockets reaching.
+        self.reached: dict[Connection, int] = {}
         self.processes: list[Any] = []
 
     def __enter__(self) -> Sockets:
         for share in self.shares:
             here, there = _context.Pipe()
-            args = (there, share, self.server_closes)
+            args = (there, share, self.server_closes, self.sends)
             process = _context.Process(target=_sockets_main, args=args, daemon=True)
             process.start()
             self.pipes.append(here)
@@ -213,6 +226,23 @@ class Sockets:
             codes.update(report[1])
         return codes, sum(report[2] for report in reports)
 
+    def frames_within(self, seconds: float) -> int:
+        """Read the clients' reports for ``seconds`` (so that none waits on a full pipe);
+        how many frames every socket has had by then."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            for pipe in multiprocessing.connection.wait(self.pipes, timeout=left):
+                assert isinstance(pipe, Connection)
+                self._note(pipe, pipe.recv())
+        return min(self.reached.get(pipe, 0) for pipe in self.pipes)
+
+    def _note(self, pipe: Connection, message: tuple[Any, ...]) -> None:
+        """Take in a client process's report; its error is raised."""
+        if message[0] == "error":
+            raise RuntimeError(message[1])
+        if message[0] == "frame":
+            self.reached[pipe] = max(self.reached.get(pipe, 0), message[1])
+
     def _one_each(
         self, wanted: Callable[[tuple[Any, ...]], bool], timeout: float, late: str
     ) -> list[tuple[Any, ...]]:
@@ -229,8 +259,7 @@ class Sockets:
             for pipe in ready:
                 assert isinstance(pipe, Connection)
                 message = pipe.recv()
-                if message[0] == "error":
-                    raise RuntimeError(message[1])
+                self._note(pipe, message)
                 if wanted(message):
                     reports.append(message)
                     waiting.remove(pipe)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,6 +24,12 @@ from service.state import AppState
 from service.store import ResultStore
 from workers.app import celery_app
 
+# Redis connections one service process may open (the hub's reads, its pub/sub, REST
+# reads and group lookups in flight), and how long a request waits for a free one before
+# it is answered 503.
+_REDIS_CONNECTIONS = 100
+_REDIS_CONNECTION_WAIT = 5.0
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the service; ``settings`` default to the environment's."""
@@ -33,7 +39,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.celery.result_backend_url)
+        # A blocking pool: a burst of requests (a hundred clients subscribing to one group
+        # at once, say) waits a moment for a connection instead of failing on the 101st.
+        pool = BlockingConnectionPool.from_url(
+            settings.celery.result_backend_url,
+            max_connections=_REDIS_CONNECTIONS,
+            timeout=_REDIS_CONNECTION_WAIT,
+        )
+        redis = Redis.from_pool(pool)
         store = ResultStore(redis, settings.celery.key_prefix)
         app_metrics = Metrics()
         hub = Hub(

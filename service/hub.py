@@ -17,8 +17,8 @@ it.
 
 Groups: a watched group is a tally (``service.groups``) fed by its members, which the
 hub watches like any task (their keys join the same MGET and the same channels), with
-the group as their listener. One frame per group per read, however many members
-changed in it.
+the group as their listener. A group's frame goes out at most every 100 ms, however
+many members changed meanwhile (its final one at once).
 
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
 The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -58,6 +59,10 @@ _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
 # Seconds between reads of Redis's clock (TIME): in between, the hub counts it as an
 # offset from its own, rather than adding a command to every poll.
 _CLOCK_REFRESH = 10.0
+# A group's status goes out at most this often (its final one at once): a group of a
+# thousand members reporting every second would otherwise send each follower a thousand
+# frames a second, where ten say as much.
+_GROUP_FRAME_INTERVAL = 0.1
 
 
 @dataclass(slots=True, eq=False)
@@ -88,6 +93,8 @@ class _GroupWatch:
     frame: str | None = None
     kind: Kind = Kind.STATUS
     eta: EtaEstimator = field(default_factory=EtaEstimator)
+    # Loop time of its last frame, for the group frame interval.
+    sent_at: float = -math.inf
 
 
 class Hub:
@@ -125,6 +132,8 @@ class Hub:
         self.stalled: set[Subscriber] = set()
         self._watches: dict[str, _Watch] = {}
         self._groups: dict[str, _GroupWatch] = {}
+        # Groups with a change not yet sent, held back by the group frame interval.
+        self._groups_due: dict[_GroupWatch, None] = {}
         self._to_read: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
@@ -297,15 +306,18 @@ class Hub:
             if now >= next_reap:
                 self._reap_slow_clients(now)
                 next_reap = now + self._reap_interval
+            if self._groups_due:
+                self._send_due_groups(now)
             if self._to_read:
                 ids = [task_id for task_id in self._to_read if task_id in self._watches]
                 self._to_read.clear()
                 if ids:
                     beat_ids = self._heartbeats_to_read(ids, polling)
-                    started = loop.time()
-                    clock = bool(beat_ids) and started - self._clock_read_at > _CLOCK_REFRESH
+                    clock = bool(beat_ids) and now - self._clock_read_at > _CLOCK_REFRESH
+                    # perf_counter, not the loop's clock: uvloop's counts whole ms.
+                    started = time.perf_counter()
                     reading = await self.store.read_many(ids, beat_ids, clock)
-                    self.metrics.read_seconds.observe(loop.time() - started)
+                    self.metrics.read_seconds.observe(time.perf_counter() - started)
                     if reading.now_ms is not None:
                         self._clock_offset_ms = reading.now_ms - loop.time() * 1000
                         self._clock_read_at = loop.time()
@@ -318,6 +330,8 @@ class Hub:
             deadlines = [next_poll] if self._watches else []
             if self.connections:
                 deadlines.append(next_reap)
+            if self._groups_due:
+                deadlines.append(min(g.sent_at for g in self._groups_due) + _GROUP_FRAME_INTERVAL)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(min(deadlines) if deadlines else None):
                     await self._wake.wait()
@@ -388,7 +402,7 @@ class Hub:
             self._publish(task_id, watch, status, now, changed_groups)
         for group in changed_groups:
             if group.tally.complete and self._groups.get(group.tally.group_id) is group:
-                self._refresh_group(group, now)
+                self._group_changed(group, now)
 
     def _status_of(self, task_id: str, watch: _Watch) -> Status | None:
         """A loaded watch's status, decoded again from its raw record (None: no record)."""
@@ -429,8 +443,23 @@ class Hub:
             # Handed out to everyone watching, groups included: the watch is over.
             self._forget(task_id)
 
+    def _group_changed(self, group: _GroupWatch, now: float) -> None:
+        """Send a changed group's frame now, or once the group frame interval has passed."""
+        if group.tally.final or now >= group.sent_at + _GROUP_FRAME_INTERVAL:
+            self._groups_due.pop(group, None)
+            self._refresh_group(group, now)
+        else:
+            self._groups_due[group] = None
+
+    def _send_due_groups(self, now: float) -> None:
+        for group in list(self._groups_due):
+            if now >= group.sent_at + _GROUP_FRAME_INTERVAL:
+                del self._groups_due[group]
+                self._refresh_group(group, now)
+
     def _refresh_group(self, group: _GroupWatch, now: float) -> None:
         """Make a group's frame from its tally and hand it out (ending it when final)."""
+        group.sent_at = now
         tally = group.tally
         group.eta.observe(now, tally.fraction_done, tally.size)
         eta_s = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
@@ -443,6 +472,7 @@ class Hub:
 
     def _forget_group(self, group_id: str) -> None:
         group = self._groups.pop(group_id)
+        self._groups_due.pop(group, None)
         for task_id in group.members:
             watch = self._watches.get(task_id)
             if watch is None or watch.groups is None:

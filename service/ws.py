@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from functools import partial
 
+from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -29,6 +31,8 @@ from service.validation import is_task_id
 # How long a close frame may wait for a congested socket before the connection is dropped.
 _CLOSE_TIMEOUT = 1.0
 
+
+logger = logging.getLogger(__name__)
 
 # What a single-subject socket (/ws/tasks/{id}, /ws/groups/{id}) watches from the start.
 WatchFirst = Callable[[Hub, Subscriber], None]
@@ -50,7 +54,12 @@ async def ws_group(websocket: WebSocket) -> None:
     if group_id is None:
         return
     state: AppState = websocket.app.state.taskcast
-    members = await state.group_members(group_id)
+    try:
+        members = await _group_members(state, group_id)
+    except ProtocolError as exc:
+        await websocket.send_text(protocol.error_message(exc.code, exc.detail, group_id=group_id))
+        await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
+        return
     if members is None:
         await websocket.send_text(protocol.unknown_group_message(group_id))
         await websocket.close(protocol.CLOSE_UNKNOWN_TASK)
@@ -132,6 +141,9 @@ async def _stream(websocket: WebSocket, state: AppState, watch_first: WatchFirst
         sender.cancel()
         receiver.cancel()
         outcomes = await asyncio.gather(sender, receiver, return_exceptions=True)
+    if isinstance(outcomes[1], Exception):
+        # A client that leaves ends the receiver quietly; anything else is a bug here.
+        logger.error("WebSocket receiver failed", exc_info=outcomes[1])
     if sender.cancelled() and not receiver.done():
         # Cancelled by the hub's reaper: the client stopped reading.
         code: int | None = protocol.CLOSE_SLOW_CLIENT
@@ -218,7 +230,7 @@ async def _act(
         if group_id is None:
             hub.watch(watched_id, subscriber)
             return
-        members = await state.group_members(group_id)
+        members = await _group_members(state, group_id)
         if members is None:
             raise ProtocolError("unknown_group", f"no group with id {group_id}", group_id=group_id)
         hub.watch_group(group_id, members, subscriber)
@@ -226,6 +238,18 @@ async def _act(
         hub.unwatch(command.watched_id, subscriber)
         subscriber.discard(command.watched_id)
         subscriber.reply(protocol.unsubscribed_message(command.ids))
+
+
+async def _group_members(state: AppState, group_id: str) -> tuple[str, ...] | None:
+    """A group's members; a Redis failure is the client's to retry, not the socket's end."""
+    try:
+        return await state.group_members(group_id)
+    except (RedisError, OSError) as exc:
+        state.metrics.request_redis_errors.inc()
+        logger.warning("reading group %s failed: %r", group_id, exc)
+        raise ProtocolError(
+            "unavailable", "could not read the group from Redis; try again", group_id=group_id
+        ) from None
 
 
 def _limit_rate(subscribes: TokenBucket, now: float, command: Subscribe, metrics: Metrics) -> None:

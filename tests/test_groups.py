@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import uuid
 from typing import Any
@@ -11,10 +13,13 @@ import httpx
 import pytest
 import redis
 
+from service.app import create_app
+from service.devstack import free_port
 from service.groups import RUNNING_LIST_LIMIT, GroupTally, member_ids
 from service.hub import Hub
+from service.settings import Settings
 from service.status import decode_status
-from tests.support import eventually, read_until_closed, recv_json, ws_connect
+from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
 from workers import keys
 from workers.app import settings as celery_settings
 
@@ -287,3 +292,40 @@ def test_a_running_group_lists_its_first_failures_and_the_final_lists_all() -> N
     assert [f["task_id"] for f in running["failures"]] == members[:RUNNING_LIST_LIMIT]
     feed(tally, members[-1], status="FAILURE", result=failure)
     assert [f["task_id"] for f in tally.status()["failures"]] == members
+
+
+async def test_a_crowd_subscribing_to_a_new_group_at_once_is_served_whole(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    # Each of them reads the group's record before the hub knows it: more reads at once
+    # than the Redis pool has connections, which must wait for one, not fail.
+    group_id = (await start_group(client, "sleep", {"count": 2, "params": {"seconds": 0}}))[
+        "group_id"
+    ]
+    frame = json.dumps({"op": "subscribe", "group_id": group_id})
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(ws_connect(base_url, "/ws")) for _ in range(150)]
+        await asyncio.gather(*(ws.send(frame) for ws in sockets))
+        firsts = await asyncio.gather(*(recv_json(ws, within=30) for ws in sockets))
+    assert {(m["type"], m["group_id"]) for m in firsts} == {("group", group_id)}
+
+
+async def test_a_group_that_cannot_be_read_is_an_error_to_retry(
+    redis_client: redis.Redis,
+) -> None:
+    # Nothing listens on this port: every Redis call fails at once.
+    dead = dataclasses.replace(
+        celery_settings, result_backend_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    app = create_app(dataclasses.replace(Settings.from_env(), celery=dead))
+    group_id = str(uuid.uuid4())
+    async with running_server(app) as url:
+        async with ws_connect(url, "/ws") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "group_id": group_id}))
+            error = await recv_json(ws)
+            assert (error["code"], error["group_id"]) == ("unavailable", group_id)
+            await ws.send('{"op": "ping"}')
+            assert await recv_json(ws) == {"type": "pong"}
+        async with ws_connect(url, f"/ws/groups/{group_id}") as ws:
+            messages, code = await read_until_closed(ws)
+        assert (code, [m["code"] for m in messages]) == (1013, ["unavailable"])

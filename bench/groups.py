@@ -183,19 +183,12 @@ def _subscribe(key: str, ids: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def _following(url: str, w: int, sends: list[str]) -> Iterator[Sockets]:
-    """W clients, each with the snapshot of every subscription in ``sends``.
-
-    One client subscribes first and leaves once the W are in: then the hub already
-    knows the members, and W subscribes to a group at once do not each read its record
-    (the service's Redis pool refuses a burst of 100 such reads: docs/benchmarks.md).
-    """
-    with contextlib.ExitStack() as first:
-        first.enter_context(Sockets([url], sends=sends))
-        with Sockets([url] * w, sends=sends) as sockets:
-            if len(sends) > 1:
-                sockets.frame(len(sends))
-            first.close()
-            yield sockets
+    """W clients, each with the snapshot of every subscription in ``sends``. They
+    subscribe at once: W reads of a group's record the hub does not know yet."""
+    with Sockets([url] * w, sends=sends) as sockets:  # returns with every first frame
+        if len(sends) > 1:
+            sockets.frame(len(sends))
+        yield sockets
 
 
 def _start_group(server: Server, size: int) -> tuple[str, list[str]]:

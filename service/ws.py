@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from functools import partial
 
 from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
@@ -20,7 +18,6 @@ from starlette.websockets import WebSocket
 
 from service import protocol
 from service.auth import bearer
-from service.hub import Hub
 from service.limits import TokenBucket
 from service.metrics import Metrics
 from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
@@ -34,19 +31,16 @@ _CLOSE_TIMEOUT = 1.0
 
 logger = logging.getLogger(__name__)
 
-# What a single-subject socket (/ws/tasks/{id}, /ws/groups/{id}) watches from the start.
-WatchFirst = Callable[[Hub, Subscriber], None]
-
 
 async def ws_multiplexed(websocket: WebSocket) -> None:
     await websocket.accept()
-    await _serve(websocket, watch_first=None)
+    await _serve(websocket, first=None)
 
 
 async def ws_task(websocket: WebSocket) -> None:
     task_id = await _accept_single(websocket, "task")
     if task_id is not None:
-        await _serve(websocket, watch_first=lambda hub, subscriber: hub.watch(task_id, subscriber))
+        await _serve(websocket, first=task_id)
 
 
 async def ws_group(websocket: WebSocket) -> None:
@@ -66,7 +60,8 @@ async def ws_group(websocket: WebSocket) -> None:
         return
     await _serve(
         websocket,
-        watch_first=lambda hub, subscriber: hub.watch_group(group_id, members, subscriber),
+        first=group_id,
+        members=members,
     )
 
 
@@ -83,7 +78,10 @@ async def _accept_single(websocket: WebSocket, what: str) -> str | None:
         await websocket.close(protocol.CLOSE_INVALID_TASK_ID)
         return None
     watched_id = raw.lower()
-    if not _may_watch(websocket)(watched_id, websocket.query_params.get("token")):
+    state: AppState = websocket.app.state.taskcast
+    if not state.auth.may_watch(
+        watched_id, websocket.query_params.get("token"), _handshake_credential(websocket)
+    ):
         await websocket.send_text(
             protocol.error_message("unauthorized", protocol.UNAUTHORIZED_DETAIL)
         )
@@ -92,16 +90,17 @@ async def _accept_single(websocket: WebSocket, what: str) -> str | None:
     return watched_id
 
 
-def _may_watch(websocket: WebSocket) -> Callable[[str, str | None], bool]:
-    """Whether this connection may follow a task or group, given its token if it sent one.
-    An API key counts only in the handshake's Authorization header, never in a frame."""
-    state: AppState = websocket.app.state.taskcast
-    return partial(
-        state.auth.may_watch, bearer_credential=bearer(websocket.headers.get("authorization"))
-    )
+def _handshake_credential(websocket: WebSocket) -> str | None:
+    """The handshake's bearer credential. An API key counts only there, never in a frame."""
+    return bearer(websocket.headers.get("authorization"))
 
 
-async def _serve(websocket: WebSocket, watch_first: WatchFirst | None) -> None:
+async def _serve(
+    websocket: WebSocket, first: str | None, members: tuple[str, ...] | None = None
+) -> None:
+    """Serve a connection: ``/ws`` (``first`` None), or one that watches ``first`` from
+    the start: a task, or the group whose members are ``members``. Plain values, not a
+    callable: the connection holds them as long as it lives, and they cost least."""
     state: AppState = websocket.app.state.taskcast
     # Behind a proxy this is the proxy's address unless uvicorn trusts its headers
     # (--proxy-headers, --forwarded-allow-ips): see docs/operations.md.
@@ -113,27 +112,33 @@ async def _serve(websocket: WebSocket, watch_first: WatchFirst | None) -> None:
         await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
         return
     try:
-        await _stream(websocket, state, watch_first)
+        await _stream(websocket, state, first, members)
     finally:
         state.clients.release(client)
 
 
-async def _stream(websocket: WebSocket, state: AppState, watch_first: WatchFirst | None) -> None:
+async def _stream(
+    websocket: WebSocket, state: AppState, first: str | None, members: tuple[str, ...] | None
+) -> None:
     hub = state.hub
-    subscriber = Subscriber(websocket.send_text, hub.stalled, single=watch_first is not None)
+    subscriber = Subscriber(websocket.send_text, hub.stalled, single=first is not None)
     sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
         _receive(
             websocket,
             state,
             subscriber,
-            multiplexed=watch_first is None,
-            may_watch=_may_watch(websocket),
+            multiplexed=first is None,
+            # A plain string held for the connection's life, not a bound callable: one
+            # per socket, it is memory every idle subscriber pays.
+            credential=_handshake_credential(websocket),
         )
     )
     hub.connect(subscriber, sender)
-    if watch_first is not None:
-        watch_first(hub, subscriber)
+    if first is not None and members is None:
+        hub.watch(first, subscriber)
+    elif first is not None and members is not None:
+        hub.watch_group(first, members, subscriber)
     try:
         await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -160,7 +165,7 @@ async def _receive(
     state: AppState,
     subscriber: Subscriber,
     multiplexed: bool,
-    may_watch: Callable[[str, str | None], bool],
+    credential: str | None,
 ) -> int | None:
     """Act on client frames; return a close code, or None when the client left."""
     settings, metrics = state.settings, state.metrics
@@ -187,7 +192,7 @@ async def _receive(
                 if multiplexed and isinstance(command, Subscribe):
                     # Before anything else about it: every attempt spends a token.
                     _limit_rate(subscribes, loop.time(), command, metrics)
-                await _act(command, state, subscriber, multiplexed, may_watch)
+                await _act(command, state, subscriber, multiplexed, credential)
             except ProtocolError as exc:
                 subscriber.reply(
                     protocol.error_message(exc.code, exc.detail, exc.task_id, exc.group_id)
@@ -201,7 +206,7 @@ async def _act(
     state: AppState,
     subscriber: Subscriber,
     multiplexed: bool,
-    may_watch: Callable[[str, str | None], bool],
+    credential: str | None,
 ) -> None:
     hub, settings = state.hub, state.settings
     if isinstance(command, Ping):
@@ -214,7 +219,7 @@ async def _act(
         watched_id, task_id, group_id = command.watched_id, command.task_id, command.group_id
         # Refused like any bad frame (the socket stays open, its other tasks unaffected),
         # and before anything about the task or group is read.
-        if not may_watch(watched_id, command.token):
+        if not state.auth.may_watch(watched_id, command.token, credential):
             raise ProtocolError("unauthorized", protocol.UNAUTHORIZED_DETAIL, task_id, group_id)
         if (
             watched_id not in subscriber.tasks

@@ -437,12 +437,15 @@ async def test_a_stalled_task_and_group_are_badged_until_they_run_again(
 async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub) -> None:
     finished, finished_id = await start(page, "sleep", seconds=0)
     await expect_state(finished, "SUCCESS")
-    counting, counting_id = await start(page, "progress", total=20, step_seconds=0.15)
-    sleeping, sleeping_id = await start(page, "sleep", seconds=2)
+    # Long enough to be unfinished when the socket drops, however slow the set-up (they
+    # ran 3 s and 2 s, and a slow start once let one end first). They hold both of the
+    # session worker's processes, so the group waits in the queue behind them meanwhile.
+    counting, counting_id = await start(page, "progress", total=30, step_seconds=0.15)
+    sleeping, sleeping_id = await start(page, "sleep", seconds=4.5)
     await expect_state(counting, "PROGRESS")
     await expect_state(sleeping, "STARTED")
     grouped, group_id = await start_group(
-        page, "progress", {"count": 2, "total": 20, "step_seconds": 0.15}
+        page, "progress", {"count": 2, "total": 10, "step_seconds": 0.15}
     )
     await expect(grouped.locator(".state")).to_have_text(re.compile(r"^(SENT|PROGRESS)$"))
 

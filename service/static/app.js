@@ -569,19 +569,26 @@
       showFormError(form, err.message);
       return;
     }
+    await post(form, `groups/${name}`, body, (reply) => {
+      const size = Array.isArray(reply.task_ids) ? reply.task_ids.length : body.count;
+      addGroup(reply.group_id, name, size, about, reply.token);
+    });
+  }
+
+  // POST a form's request with its button disabled meanwhile: the service's refusal is
+  // shown in the form (asking for an API key on a 401), a reply goes to `accepted`.
+  async function post(form, path, body, accepted) {
     const button = $("button[type=submit]", form);
     button.disabled = true;
     try {
-      const response = await request("POST", `groups/${name}`, body, apiKey);
+      const response = await request("POST", path, body, apiKey);
       if (!response.ok) {
         if (response.status === 401) showApiKey();
         showFormError(form, response.detail);
         return;
       }
       showFormError(form, null);
-      const reply = response.body;
-      const size = Array.isArray(reply.task_ids) ? reply.task_ids.length : body.count;
-      addGroup(reply.group_id, name, size, about, reply.token);
+      accepted(response.body);
     } finally {
       button.disabled = false;
     }
@@ -604,20 +611,9 @@
       showFormError(form, err.message);
       return;
     }
-    const button = $("button[type=submit]", form);
-    button.disabled = true;
-    try {
-      const response = await request("POST", `tasks/${name}`, params, apiKey);
-      if (!response.ok) {
-        if (response.status === 401) showApiKey();
-        showFormError(form, response.detail);
-        return;
-      }
-      showFormError(form, null);
-      addTask(response.body.task_id, name, params, response.body.token);
-    } finally {
-      button.disabled = false;
-    }
+    await post(form, `tasks/${name}`, params, (reply) =>
+      addTask(reply.task_id, name, params, reply.token),
+    );
   }
 
   // -- remembered across reloads ---------------------------------------------------

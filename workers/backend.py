@@ -16,19 +16,34 @@ from workers.states import FINAL_STATES, PROGRESS
 # record can say the task had reported progress (and show it at 100 percent).
 _LAST_PROGRESS = "taskcast_last_progress"
 
+# A Lua function for scripts that must not act on a finished task: whether a stored
+# record is final (the states of FINAL_STATES, written out once here).
+IS_FINAL_LUA = (
+    """
+local function is_final(record)
+    if not record then
+        return false
+    end
+    local ok, meta = pcall(cjson.decode, record)
+    if not ok or type(meta) ~= 'table' then
+        return false
+    end
+    local status = meta['status']
+    return """
+    + " or ".join(f"status == '{state}'" for state in sorted(FINAL_STATES))
+    + """
+end
+"""
+)
+
 # Write a state unless the task already has a final one, and announce it on the key's
 # channel, in one atomic step: a GET followed by a SET (Celery's way) lets a PROGRESS
 # write land between a revoke's REVOKED and the task's end, un-finishing the task.
-_STORE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current then
-    local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' then
-        local status = meta['status']
-        if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
-            return 0
-        end
-    end
+_STORE_LUA = (
+    IS_FINAL_LUA
+    + """
+if is_final(redis.call('GET', KEYS[1])) then
+    return 0
 end
 if tonumber(ARGV[2]) > 0 then
     redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -38,6 +53,7 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
+)
 
 
 class TaskcastRedisBackend(RedisBackend):

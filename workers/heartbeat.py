@@ -27,6 +27,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 from workers import keys
+from workers.backend import IS_FINAL_LUA
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,12 @@ logger = logging.getLogger(__name__)
 # compare times on one clock. Redis 5+ replicates a script's effects, so TIME before
 # a write is allowed. A task already final (cancelled while a beat was on its way, or
 # just finished) gets no beat, and loses any: no beat ever outlives its task's end.
-_BEAT_LUA = """
-local record = redis.call('GET', KEYS[2])
-if record then
-    local ok, meta = pcall(cjson.decode, record)
-    if ok and type(meta) == 'table' then
-        local status = meta['status']
-        if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
-            redis.call('DEL', KEYS[1])
-            return 0
-        end
-    end
+_BEAT_LUA = (
+    IS_FINAL_LUA
+    + """
+if is_final(redis.call('GET', KEYS[2])) then
+    redis.call('DEL', KEYS[1])
+    return 0
 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -55,6 +51,7 @@ else
 end
 return ms
 """
+)
 
 # After a failed beat (Redis unreachable), try again this soon rather than a whole
 # interval later: the beat that lands first after an outage ends any doubt.

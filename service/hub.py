@@ -42,7 +42,7 @@ from redis.asyncio.client import PubSub
 
 from service.eta import EtaEstimator
 from service.groups import GroupTally
-from service.liveness import beat_age_ms, can_stall, is_stalled
+from service.liveness import can_stall, is_stalled, silent
 from service.metrics import Metrics
 from service.protocol import group_message, status_message, unknown_task_message
 from service.status import Status, decode_status
@@ -366,8 +366,8 @@ class Hub:
                 # Unchanged: nothing decoded, nothing sent, unless its worker fell silent
                 # (or was heard again).
                 if task_id in beats and watch.running and raw is not None:
-                    age = beat_age_ms(beats[task_id], redis_now_ms)
-                    stalled = age is not None and age > self.stall_after * 1000
+                    # Running by its record: only the beat's age decides.
+                    stalled = silent(beats[task_id], redis_now_ms, self.stall_after)
                     if stalled != watch.stalled and (judging or not stalled):
                         watch.stalled = stalled
                         status = decode_status(task_id, raw)

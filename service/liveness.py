@@ -23,14 +23,15 @@ def can_stall(state: str) -> bool:
     return state not in _NOT_RUNNING and state not in FINAL_STATES
 
 
-def beat_age_ms(beat: bytes | None, now_ms: int) -> int | None:
-    """Milliseconds since the heartbeat ``beat`` (Redis's clock); None without one."""
+def silent(beat: bytes | None, now_ms: int, stall_after: float) -> bool:
+    """Whether the heartbeat ``beat`` (Redis's clock, ms) is older than ``stall_after``
+    seconds at ``now_ms``; a missing or unreadable beat is no evidence either way."""
     if beat is None:
-        return None
+        return False
     try:
-        return now_ms - int(beat)
+        return now_ms - int(beat) > stall_after * 1000
     except ValueError:
-        return None
+        return False
 
 
 def is_stalled(state: str, beat: bytes | None, now_ms: int, stall_after: float) -> bool:
@@ -38,7 +39,4 @@ def is_stalled(state: str, beat: bytes | None, now_ms: int, stall_after: float) 
 
     ``stall_after`` 0 turns detection off.
     """
-    if not stall_after or not can_stall(state):
-        return False
-    age = beat_age_ms(beat, now_ms)
-    return age is not None and age > stall_after * 1000
+    return bool(stall_after) and can_stall(state) and silent(beat, now_ms, stall_after)

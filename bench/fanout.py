@@ -48,12 +48,12 @@ def main() -> None:
     sizes, rounds = ([200, 1000], 3) if args.small else (args.sizes, args.rounds)
 
     with Stack() as stack:
-        taskcast = stack.serve("taskcast", "service.cli")
+        taskcast = stack.serve("taskcast", "taskcast")
         ceiling = stack.serve("ceiling", "bench.ceiling")
 
-        from service.protocol import status_message
-        from service.status import decode_status
-        from workers.app import backend_client, celery_app
+        from taskcast.live.protocol import status_message
+        from taskcast.status import decode_status
+        from taskcast_celery.demo.app import backend_client, celery_app
 
         task_id = str(uuid.uuid4())
         key = celery_app.backend.get_key_for_task(task_id)

@@ -107,8 +107,8 @@ class _Driver:
 
     def beat(self, members: list[str]) -> None:
         """Every member's heartbeat, written now as a worker writes it."""
-        from workers import keys
-        from workers.app import settings
+        from taskcast_celery import keys
+        from taskcast_celery.demo.app import settings
 
         seconds, micros = self.redis.time()
         with self.redis.pipeline(transaction=False) as pipe:
@@ -203,7 +203,7 @@ def _start_group(server: Server, size: int) -> tuple[str, list[str]]:
 
 def _finish(server: Server, group_id: str, members: list[str]) -> None:
     """Every member succeeds: the group's own socket must get the final and close 1000."""
-    from workers.app import celery_app
+    from taskcast_celery.demo.app import celery_app
 
     with Sockets([server.url(f"/ws/groups/{group_id}", "ws")], server_closes=True) as end:
         for task_id in members:
@@ -235,13 +235,13 @@ def main() -> None:
     with Stack() as stack:
         servers = {
             stall: stack.serve(
-                f"taskcast-stall-{stall}", "service.cli", TASKCAST_STALL_AFTER=str(stall), **limits
+                f"taskcast-stall-{stall}", "taskcast", TASKCAST_STALL_AFTER=str(stall), **limits
             )
             for stall in (30, 0)
         }
         taskcast = servers[30]
 
-        from workers.app import backend_client
+        from taskcast_celery.demo.app import backend_client
 
         driver = _Driver(backend_client(), seconds, settle)
         for n in sizes:

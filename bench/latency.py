@@ -44,7 +44,7 @@ async def _watch(server: Server, task_id: str, within: float) -> tuple[list[floa
 
 
 def _measure(server: Server, count: int, gap: tuple[float, float]) -> tuple[list[float], int]:
-    from workers.app import celery_app
+    from taskcast_celery.demo.app import celery_app
 
     kwargs = {"count": count, "gap_min": gap[0], "gap_max": gap[1], "lead": 1.0}
     task_id = celery_app.send_task("bench.stamp", kwargs=kwargs).id
@@ -57,10 +57,10 @@ def main() -> None:
     push_count, poll_count = (40, 6) if args.small else (500, 80)
     with Stack() as stack:
         stack.worker("--concurrency", "1")
-        push = stack.serve("taskcast-push", "service.cli", TASKCAST_PUSH="true")
+        push = stack.serve("taskcast-push", "taskcast", TASKCAST_PUSH="true")
         poll = stack.serve(
             "taskcast-poll",
-            "service.cli",
+            "taskcast",
             TASKCAST_PUSH="false",
             TASKCAST_POLL_INTERVAL=str(POLL_INTERVAL),
         )

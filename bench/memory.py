@@ -36,7 +36,7 @@ def main() -> None:
     n = 500 if args.small else args.subscribers
 
     with Stack() as stack:
-        from workers.app import backend_client, celery_app, sent_record
+        from taskcast_celery.demo.app import backend_client, celery_app, sent_record
 
         # Tasks that exist (recorded as SENT) and stay idle for the whole run.
         task_ids = [str(uuid.uuid4()) for _ in range(n)]
@@ -47,8 +47,8 @@ def main() -> None:
 
         scenarios = [
             ("ceiling (bare Starlette)", "bench.ceiling", lambda i: "/ws"),
-            ("taskcast, all on one task", "service.cli", lambda i: f"/ws/tasks/{task_ids[0]}"),
-            ("taskcast, one task each", "service.cli", lambda i: f"/ws/tasks/{task_ids[i]}"),
+            ("taskcast, all on one task", "taskcast", lambda i: f"/ws/tasks/{task_ids[0]}"),
+            ("taskcast, one task each", "taskcast", lambda i: f"/ws/tasks/{task_ids[i]}"),
         ]
         rows = []
         for i, (name, module, path) in enumerate(scenarios):

@@ -67,10 +67,10 @@ def main() -> None:
     pollers = 100 if args.small else 1000
 
     with Stack() as stack:
-        taskcast = stack.serve("taskcast", "service.cli")
+        taskcast = stack.serve("taskcast", "taskcast")
         tutorial = stack.serve("tutorial", "bench.tutorial_app")
 
-        from workers.app import backend_client
+        from taskcast_celery.demo.app import backend_client
 
         task_id = str(uuid.uuid4())
         redis = backend_client()

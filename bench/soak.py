@@ -59,9 +59,9 @@ def main() -> None:
 
     with Stack() as stack:
         stack.worker("--pool", "threads", "--concurrency", str(tasks))
-        servers = [stack.serve(f"taskcast-{i + 1}", "service.cli") for i in range(args.processes)]
+        servers = [stack.serve(f"taskcast-{i + 1}", "taskcast") for i in range(args.processes)]
 
-        from workers.app import backend_client, celery_app
+        from taskcast_celery.demo.app import backend_client, celery_app
 
         redis = backend_client()
         kwargs = {"total": steps, "step_seconds": step_seconds}

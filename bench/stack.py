@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from service.devstack import EmbeddedRedis, Supervisor, free_port, wait_until
+from taskcast.cli.devstack import EmbeddedRedis, Supervisor, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self.redis.start()
-        # The driver imports ``workers.app`` (to write task states the way a worker does)
+        # The driver imports the demo app (to write task states the way a worker does)
         # only after this, so it reads the same Redis as everything it starts.
         os.environ.update(TASKCAST_REDIS_URL=self.redis.url)
         return self
@@ -54,7 +54,7 @@ class Stack:
         """Start ``python -m <module> --port P`` and wait until its /healthz answers."""
         port = free_port()
         argv = [sys.executable, "-m", module, "--port", str(port)]
-        if module == "service.cli":
+        if module == "taskcast":
             argv[3:3] = ["serve", "--log-level", "warning"]
         child = self.supervisor.spawn(name, argv, env={**self.env, **env})
         server = Server(name, f"127.0.0.1:{port}", child.process.pid)
@@ -67,7 +67,7 @@ class Stack:
     def worker(self, *extra: str) -> None:
         """Start a Celery worker of taskcast's app that also knows the benchmark tasks."""
         argv = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "--quiet", "worker",
+            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo.app", "--quiet", "worker",
             "--include", "bench.tasks", "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip", *extra,
         ]  # fmt: skip
@@ -104,7 +104,7 @@ def write_progress(task_id: str, current: int, total: int) -> None:
 
     Import-time settings: call it only inside a ``Stack``, which points them at its Redis.
     """
-    from workers.app import celery_app
+    from taskcast_celery.demo.app import celery_app
 
     celery_app.backend.store_result(task_id, {"current": current, "total": total}, "PROGRESS")
 
@@ -134,7 +134,7 @@ def serve_baseline(app: Any, description: str) -> None:
     """Serve a baseline app on ``--port`` with taskcast's own uvicorn WebSocket options."""
     import uvicorn
 
-    from service.settings import Settings
+    from taskcast.settings import Settings
 
     arguments = argparse.ArgumentParser(description=description)
     arguments.add_argument("--port", type=int, required=True)

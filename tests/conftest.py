@@ -10,11 +10,11 @@ from starlette.applications import Starlette
 from tests import env  # first: fixes the environment before taskcast is imported
 
 # isort: split
-from service.hub import Hub
-from service.state import AppState
+from taskcast.live.hub import Hub
+from taskcast.state import AppState
+from taskcast_celery.demo.app import celery_app
 from tests.mailtrap_server import FakeMailtrap
 from tests.support import WorkerProcess, running_server
-from workers.app import celery_app
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ def mailtrap(mailtrap_server: FakeMailtrap) -> FakeMailtrap:
 
 @pytest.fixture(scope="session")
 def app() -> Starlette:
-    from service.app import create_app
+    from taskcast.app import create_app
 
     return create_app()
 

@@ -1,6 +1,6 @@
 """Test environment, fixed before any taskcast module is imported.
 
-Settings are read once, when ``workers.app`` is imported, so the Redis URL and the key
+Settings are read once, when ``taskcast_celery.demo.app`` is imported, so the Redis URL and the key
 prefix of this test session must be in the environment first. Tests use the machine's
 Redis (127.0.0.1:6379, database 15) when it answers, or else an embedded redis-server
 of their own; every key they write starts with a prefix unique to this session, and
@@ -17,7 +17,7 @@ import os
 import tempfile
 import uuid
 
-from service.devstack import EmbeddedRedis, Supervisor, redis_answers
+from taskcast.cli.devstack import EmbeddedRedis, Supervisor, redis_answers
 from tests.mailtrap_server import CA, FakeMailtrap
 
 LOCAL_REDIS = os.environ.get("TASKCAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -23,10 +23,10 @@ from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from service.devstack import free_port
+from taskcast.cli.devstack import free_port
+from taskcast_celery import keys
+from taskcast_celery.states import FINAL_STATES
 from tests import env
-from workers import keys
-from workers.states import FINAL_STATES
 
 T = TypeVar("T")
 
@@ -137,7 +137,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo.app", "worker",
             "--pool", "prefork", "--concurrency", str(self.concurrency),
             "--hostname", self.hostname, "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip",
@@ -219,7 +219,7 @@ async def service_process(
     """
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+        sys.executable, "-m", "taskcast", "serve", "--port", str(port),
         "--log-level", log_level, env=env, cwd=ROOT, stdout=output, stderr=output,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -21,10 +21,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from service import client as taskcast
-from service.app import create_app
-from service.auth import Auth, sign, verify
-from service.settings import Settings
+from taskcast import client as taskcast
+from taskcast.app import create_app
+from taskcast.auth import Auth, sign, verify
+from taskcast.settings import Settings
 from tests.support import (
     WorkerProcess,
     eventually,

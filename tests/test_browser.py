@@ -29,10 +29,10 @@ from playwright.async_api import (
     expect,
 )
 
-from service.app import create_app
-from service.devstack import free_port
-from service.hub import Hub
-from service.settings import Settings
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.live.hub import Hub
+from taskcast.settings import Settings
 from tests.support import ROOT, WorkerProcess, running_server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.catalog import EmailParams, ProgressParams
+from taskcast.catalog import EmailParams, ProgressParams
 
 
 def test_total_may_be_written_as_an_integral_float() -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service import client as taskcast
-from service.app import create_app
-from service.devstack import free_port
-from service.hub import Hub
+from taskcast import client as taskcast
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.live.hub import Hub
 from tests.support import (
     assert_progress_in_order,
     eventually,

@@ -10,7 +10,7 @@ import sys
 import httpx
 import psutil
 
-from service.devstack import free_port
+from taskcast.cli.devstack import free_port
 from tests.support import ROOT, eventually, final, wait_for_state
 
 
@@ -50,8 +50,8 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
 
         descendants = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in descendants)
-        assert "redis-server" in names and "celery" in names and "service.cli serve" in names
-        assert "workers.app flower" in names
+        assert "redis-server" in names and "celery" in names and "-m taskcast serve" in names
+        assert "taskcast_celery.demo.app flower" in names
 
         async with httpx.AsyncClient(timeout=10) as flower:
             # The banner waits for Flower's health check too.

@@ -14,11 +14,11 @@ import pytest
 import redis
 from celery import signals
 
-from service.devstack import EmbeddedRedis, Supervisor
+from taskcast.cli.devstack import EmbeddedRedis, Supervisor
+from taskcast_celery import keys
+from taskcast_celery.demo.app import celery_app
 from tests import env
 from tests.support import eventually, final, service_process, wait_for_state
-from workers import keys
-from workers.app import celery_app
 
 
 def meta_key(task_id: str) -> str:

@@ -20,9 +20,11 @@ import httpx
 import pytest
 import redis
 
-from service.app import create_app
-from service.devstack import free_port
-from service.settings import Settings
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.settings import Settings
+from taskcast_celery import keys
+from taskcast_celery.demo.app import celery_app
 from tests import env
 from tests.mailtrap_server import FakeMailtrap
 from tests.support import (
@@ -34,8 +36,6 @@ from tests.support import (
     task_keys,
     wait_for_state,
 )
-from workers import keys
-from workers.app import celery_app
 
 QUEUE = f"taskcast-test-mail-{uuid.uuid4().hex[:8]}"
 DATA = {"name": "Ada", "rows": [1, 2, 3]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.eta import Estimate, EtaEstimator
+from taskcast.live.eta import Estimate, EtaEstimator
 
 
 def steady(estimator: EtaEstimator, *, steps: int, every: float, total: int) -> float:

@@ -38,10 +38,11 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from service.app import create_app
-from service.catalog import TASKS
-from service.settings import Settings
-from service.tutorial import SleepQuery
+from taskcast.api.tutorial import SleepQuery
+from taskcast.app import create_app
+from taskcast.catalog import TASKS
+from taskcast.settings import Settings
+from taskcast_celery.demo.app import settings as celery_settings
 from tests import env
 from tests.support import (
     assert_progress_in_order,
@@ -52,7 +53,6 @@ from tests.support import (
     wait_for_state,
     ws_connect,
 )
-from workers.app import settings as celery_settings
 
 T = TypeVar("T")
 LIMIT = Settings().ws_max_message_bytes

@@ -13,15 +13,15 @@ import httpx
 import pytest
 import redis
 
-from service.app import create_app
-from service.devstack import free_port
-from service.groups import RUNNING_LIST_LIMIT, GroupTally, member_ids
-from service.hub import Hub
-from service.settings import Settings
-from service.status import decode_status
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.groups import RUNNING_LIST_LIMIT, GroupTally, member_ids
+from taskcast.live.hub import Hub
+from taskcast.settings import Settings
+from taskcast.status import decode_status
+from taskcast_celery import keys
+from taskcast_celery.demo.app import settings as celery_settings
 from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
-from workers import keys
-from workers.app import settings as celery_settings
 
 
 async def start_group(client: httpx.AsyncClient, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def test_a_member_that_fails_keeps_its_last_progress_in_the_sums() -> None:
     assert (running["progress"]["current"], running["progress"]["total"]) == (3, 8)
     # Mean share of work: (0.5 + 0.25 + 0) / 3.
     assert running["progress"]["percent"] == 25.0
-    # The final record keeps the last progress (workers.backend), the status does not.
+    # The final record keeps the last progress (taskcast_celery.backend), the status does not.
     failure = {"exc_type": "ValueError", "exc_message": ["bad row"]}
     kept = {"current": 1, "total": 4}
     feed(tally, MEMBERS[1], status="FAILURE", result=failure, progress=kept)

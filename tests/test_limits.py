@@ -10,10 +10,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from service.app import create_app
-from service.limits import ClientConnections, TokenBucket
-from service.settings import Settings
-from service.state import AppState
+from taskcast.app import create_app
+from taskcast.live.limits import ClientConnections, TokenBucket
+from taskcast.settings import Settings
+from taskcast.state import AppState
 from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
 
 

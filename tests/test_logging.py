@@ -12,8 +12,8 @@ import tempfile
 import httpx
 import pytest
 
-from service.logs import JsonFormatter
-from service.settings import Settings
+from taskcast.cli.logs import JsonFormatter
+from taskcast.settings import Settings
 from tests import env
 from tests.support import eventually, service_process
 
@@ -49,8 +49,8 @@ async def test_json_logs_carry_the_task_id_and_no_secret() -> None:
         assert isinstance(entry, dict) and {"time", "level", "logger", "message"} <= set(entry)
     tagged = [entry for entry in entries if entry.get("task_id") == task_id]
     assert [(entry["logger"], entry["level"], entry["message"]) for entry in tagged] == [
-        ("service.dispatch", "INFO", f"queued taskcast.sleep as {task_id}"),
-        ("service.dispatch", "INFO", f"revoking {task_id}"),
+        ("taskcast.dispatch", "INFO", f"queued taskcast.sleep as {task_id}"),
+        ("taskcast.dispatch", "INFO", f"revoking {task_id}"),
     ]
     # uvicorn's own lines (start-up, access log) are JSON too.
     assert {"uvicorn.error", "uvicorn.access"} <= {entry["logger"] for entry in entries}
@@ -58,7 +58,9 @@ async def test_json_logs_carry_the_task_id_and_no_secret() -> None:
 
 
 def test_json_formatter_keeps_to_its_fields() -> None:
-    record = logging.LogRecord("service.hub", logging.ERROR, __file__, 1, "read %s", ("x",), None)
+    record = logging.LogRecord(
+        "taskcast.live.hub", logging.ERROR, __file__, 1, "read %s", ("x",), None
+    )
     record.task_id = "1f0c9e2a-0000-4000-8000-000000000000"
     record.api_key = "whatever a log site had at hand"
     try:
@@ -67,7 +69,8 @@ def test_json_formatter_keeps_to_its_fields() -> None:
         record.exc_info = sys.exc_info()
     entry = json.loads(JsonFormatter().format(record))
     assert set(entry) == {"time", "level", "logger", "message", "task_id", "exception"}
-    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "service.hub", "read x")
+    expected = ("ERROR", "taskcast.live.hub", "read x")
+    assert (entry["level"], entry["logger"], entry["message"]) == expected
     assert entry["time"].endswith("+00:00")
     assert "RuntimeError: boom" in entry["exception"]
 

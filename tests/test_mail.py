@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.mail import MailNotConfigured, MailSettings, MailtrapSender, backoff_delay
+from taskcast_celery.demo.mail import MailNotConfigured, MailSettings, MailtrapSender, backoff_delay
 
 
 def test_settings_default_to_the_dev_friendly_values() -> None:

@@ -11,9 +11,9 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.devstack import free_port
-from service.subscriber import Kind, Subscriber
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.live.subscriber import Kind, Subscriber
 from tests.support import (
     WorkerProcess,
     eventually,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.devstack import free_port, redis_answers, redis_server_binary
+from taskcast.cli.devstack import free_port, redis_answers, redis_server_binary
 from tests.support import (
     WorkerProcess,
     eventually,

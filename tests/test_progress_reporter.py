@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workers.progress import ProgressReporter
+from taskcast_celery.progress import ProgressReporter
 
 
 class Recorder:

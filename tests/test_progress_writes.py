@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from taskcast_celery.demo.app import celery_app
 from tests import env
 from tests.support import Published
-from workers.app import celery_app
 
 
 async def test_tight_loop_progress_is_throttled_and_ends_at_total(worker: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
+from taskcast.live.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
 
 TASK_ID = "0f0c9e2a-1111-4222-8333-944455556666"
 

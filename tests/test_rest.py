@@ -9,8 +9,8 @@ import pytest
 import redis
 from starlette.routing import Route
 
-from service.app import create_app
-from service.catalog import TASKS
+from taskcast.app import create_app
+from taskcast.catalog import TASKS
 from tests import env
 from tests.support import final, task_keys, wait_for_state
 
@@ -162,8 +162,8 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_readiness_reports_redis_down() -> None:
     import dataclasses
 
-    from service.devstack import free_port
-    from service.settings import Settings
+    from taskcast.cli.devstack import free_port
+    from taskcast.settings import Settings
     from tests.support import running_server
 
     settings = Settings()

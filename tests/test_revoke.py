@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from taskcast_celery import keys
+from taskcast_celery.demo.app import celery_app
 from tests import env
 from tests.support import WorkerProcess, eventually, final, submit, wait_for_state
-from workers import keys
-from workers.app import celery_app
 
 
 def active_ids(worker: WorkerProcess) -> set[str]:

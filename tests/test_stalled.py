@@ -21,8 +21,10 @@ import httpx
 import pytest
 import redis
 
-from service.app import create_app
-from service.settings import Settings
+from taskcast.app import create_app
+from taskcast.settings import Settings
+from taskcast_celery import keys
+from taskcast_celery.demo.app import settings as celery_settings
 from tests.support import (
     beat,
     eventually,
@@ -33,8 +35,6 @@ from tests.support import (
     worker_on,
     ws_connect,
 )
-from workers import keys
-from workers.app import settings as celery_settings
 
 STALL_AFTER = 1.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.status import decode_status
+from taskcast.status import decode_status
 
 TASK_ID = "0f0c9e2a-1111-4222-8333-944455556666"
 

@@ -21,11 +21,13 @@ import pytest
 import redis
 from rich.console import Console
 
-from service import client as taskcast
-from service.app import create_app
-from service.devstack import free_port
-from service.settings import Settings
-from service.terminal import Exit, format_eta, group_line, group_summary, show, status_line
+from taskcast import client as taskcast
+from taskcast.app import create_app
+from taskcast.cli.devstack import free_port
+from taskcast.cli.terminal import Exit, format_eta, group_line, group_summary, show, status_line
+from taskcast.settings import Settings
+from taskcast_celery import keys
+from taskcast_celery.demo.app import settings as celery_settings
 from tests.support import (
     ROOT,
     beat,
@@ -35,15 +37,13 @@ from tests.support import (
     submit,
     wait_for_state,
 )
-from workers import keys
-from workers.app import settings as celery_settings
 
 
 @contextlib.asynccontextmanager
 async def cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Process]:
-    """``python -m service.cli`` with pipes (not a terminal), killed if still running at exit."""
+    """``python -m taskcast`` with pipes (not a terminal), killed if still running at exit."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", *args,
+        sys.executable, "-m", "taskcast", *args,
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

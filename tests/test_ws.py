@@ -14,9 +14,10 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 
-from service.app import create_app
-from service.hub import Hub
-from service.settings import Settings
+from taskcast.app import create_app
+from taskcast.live.hub import Hub
+from taskcast.settings import Settings
+from taskcast_celery import keys
 from tests import env
 from tests.support import (
     assert_progress_in_order,
@@ -28,7 +29,6 @@ from tests.support import (
     wait_for_state,
     ws_connect,
 )
-from workers import keys
 
 
 async def test_task_socket_streams_snapshot_progress_and_final_then_closes(
@@ -290,14 +290,14 @@ def small_window_socket(base_url: str) -> socket.socket:
 
 def write_progress(task_id: str, current: int, total: int, message: str = "") -> None:
     """A state change, written the way update_state writes it (SET + PUBLISH)."""
-    from workers.app import celery_app
+    from taskcast_celery.demo.app import celery_app
 
     meta = {"current": current, "total": total, "message": message}
     celery_app.backend.store_result(task_id, meta, "PROGRESS")
 
 
 def write_success(task_id: str) -> None:
-    from workers.app import celery_app
+    from taskcast_celery.demo.app import celery_app
 
     celery_app.backend.store_result(task_id, "done", "SUCCESS")
 

@@ -1,0 +1,249 @@
+"""REST routes: dispatch, status, cancel, health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from taskcast.api.errors import ApiError
+from taskcast.api.responses import json_response
+from taskcast.api.validation import parse_group, parse_params, parse_task_id, read_body
+from taskcast.auth import bearer
+from taskcast.catalog import TASKS, TaskSpec
+from taskcast.dispatch import DispatchError
+from taskcast.groups import GroupTally
+from taskcast.liveness import is_stalled
+from taskcast.state import AppState
+from taskcast.status import Status, decode_status
+
+
+def app_state(request: Request) -> AppState:
+    """What the lifespan opened for this process."""
+    state: AppState = request.app.state.taskcast
+    return state
+
+
+# RFC 6750: a 401 names the scheme that would be accepted.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskcast"'}
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless the caller may dispatch and cancel (an API key, when keys are set)."""
+    if not app_state(request).auth.may_dispatch(bearer(request.headers.get("authorization"))):
+        detail = "an API key is required: Authorization: Bearer <key>"
+        raise ApiError(401, "unauthorized", detail, _CHALLENGE)
+
+
+def require_watch(request: Request, watched_id: str, what: str = "task") -> None:
+    """401 unless the caller may read the task (or group: ``what``): its token, or an API
+    key, when tokens are on. Decided before anything is read: a known and an unknown id
+    get the same answer."""
+    auth = app_state(request).auth
+    if not auth.may_watch(
+        watched_id, request.query_params.get("token"), bearer(request.headers.get("authorization"))
+    ):
+        detail = (
+            f"the {what}'s watch token (?token= or Authorization: Bearer) or an API key "
+            "is required; tokens expire"
+        )
+        raise ApiError(401, "unauthorized", detail, _CHALLENGE)
+
+
+def watch_token(request: Request, watched_id: str) -> dict[str, str]:
+    """``{"token": ...}`` for a dispatch reply when tokens are on, else nothing."""
+    token = app_state(request).auth.token(watched_id)
+    return {} if token is None else {"token": token}
+
+
+def task_links(request: Request, task_id: str) -> dict[str, str]:
+    """Where a client reads a task's status once (REST) and follows it live (WebSocket),
+    with its watch token (in the reply, and in both URLs) when tokens are on."""
+    token = watch_token(request, task_id)
+    status_url = request.url_for("task_status", task_id=task_id).include_query_params(**token)
+    ws_url = request.url_for("ws_task", task_id=task_id).include_query_params(**token)
+    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
+    return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
+
+
+async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
+    """Publish a task, answering 503 (and queueing nothing) when the broker is down."""
+    state = app_state(request)
+    try:
+        task_id = await state.dispatcher.submit(celery_name, dict(kwargs))
+    except DispatchError as exc:
+        state.metrics.dispatched(celery_name, "publish_failed")
+        state.metrics.dispatch_redis_errors.inc()
+        raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
+    state.metrics.dispatched(celery_name, "ok")
+    return task_id
+
+
+async def read_status(request: Request, task_id: str) -> Status:
+    """The status of a known task, or 404 ``unknown_task``."""
+    state = app_state(request)
+    raw, beat, now_ms = await state.store.read_one(task_id)
+    if raw is None:
+        raise ApiError(404, "unknown_task", f"no task with id {task_id}")
+    status = decode_status(task_id, raw)
+    status["stalled"] = is_stalled(status["state"], beat, now_ms, state.settings.stall_after)
+    return status
+
+
+def group_links(request: Request, group_id: str) -> dict[str, str]:
+    """A group's REST and WebSocket URLs, with its watch token when tokens are on."""
+    token = watch_token(request, group_id)
+    status_url = request.url_for("group_status", group_id=group_id).include_query_params(**token)
+    ws_url = request.url_for("ws_group", group_id=group_id).include_query_params(**token)
+    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
+    return {"group_id": group_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
+
+
+async def read_members(request: Request, group_id: str) -> tuple[str, ...]:
+    """A known group's member ids, or 404 ``unknown_group``."""
+    members = await app_state(request).group_members(group_id)
+    if members is None:
+        raise ApiError(404, "unknown_group", f"no group with id {group_id}")
+    return members
+
+
+async def read_group_status(request: Request, group_id: str) -> dict[str, object]:
+    """A known group's status, from one read of every member's record and heartbeat."""
+    state = app_state(request)
+    members = await read_members(request, group_id)
+    reading = await state.store.read_many(members, members, clock=True)
+    assert reading.now_ms is not None
+    tally = GroupTally(group_id, members)
+    for task_id, raw, beat in zip(members, reading.records, reading.beats, strict=True):
+        status = None if raw is None else decode_status(task_id, raw)
+        if status is not None:
+            stall_after = state.settings.stall_after
+            status["stalled"] = is_stalled(status["state"], beat, reading.now_ms, stall_after)
+        tally.update(task_id, status, raw)
+    return tally.status()
+
+
+def task_spec(request: Request) -> TaskSpec:
+    """The catalog entry the path's ``{name}`` names, or 404 ``unknown_task_name``."""
+    name = request.path_params["name"]
+    spec = TASKS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(TASKS))
+        raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
+    return spec
+
+
+async def submit(request: Request) -> Response:
+    require_api_key(request)
+    spec = task_spec(request)
+    try:
+        body = await read_body(request, app_state(request).settings.max_body_bytes)
+        params = parse_params(spec.params, body)
+    except ApiError:
+        app_state(request).metrics.dispatched(spec.celery_name, "invalid")
+        raise
+    task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
+    links = task_links(request, task_id)
+    return json_response(links, status_code=202, headers={"Location": links["status_url"]})
+
+
+async def task_status(request: Request) -> Response:
+    task_id = parse_task_id(request.path_params["task_id"])
+    require_watch(request, task_id)
+    return json_response(await read_status(request, task_id))
+
+
+async def cancel_task(request: Request) -> Response:
+    # What dispatching needs, and what reading the task needs: an API key covers both;
+    # with tokens but no keys, the task's token lets its holder cancel it.
+    require_api_key(request)
+    task_id = parse_task_id(request.path_params["task_id"])
+    require_watch(request, task_id)
+    status = await read_status(request, task_id)
+    if status["final"]:
+        raise ApiError(409, "already_final", f"task {task_id} already ended {status['state']}")
+    await app_state(request).dispatcher.revoke(task_id)
+    return json_response(task_links(request, task_id), status_code=202)
+
+
+async def submit_group(request: Request) -> Response:
+    require_api_key(request)
+    state = app_state(request)
+    spec = task_spec(request)
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        members = parse_group(spec.params, body, state.settings.max_group_size)
+    except ApiError:
+        state.metrics.dispatched(spec.celery_name, "invalid")
+        raise
+    try:
+        group_id, task_ids = await state.dispatcher.submit_group(
+            spec.celery_name, [params.model_dump() for params in members]
+        )
+    except DispatchError as exc:
+        state.metrics.dispatched(spec.celery_name, "publish_failed", len(members))
+        state.metrics.dispatch_redis_errors.inc()
+        raise ApiError(503, "broker_unavailable", f"could not queue the group: {exc}") from None
+    state.metrics.dispatched(spec.celery_name, "ok", len(task_ids))
+    links = group_links(request, group_id)
+    reply = {**links, "task_ids": task_ids}
+    return json_response(reply, status_code=202, headers={"Location": links["status_url"]})
+
+
+async def group_status(request: Request) -> Response:
+    group_id = parse_task_id(request.path_params["group_id"], what="group")
+    require_watch(request, group_id, what="group")
+    return json_response(await read_group_status(request, group_id))
+
+
+async def cancel_group(request: Request) -> Response:
+    require_api_key(request)
+    group_id = parse_task_id(request.path_params["group_id"], what="group")
+    require_watch(request, group_id, what="group")
+    state = app_state(request)
+    members = await read_members(request, group_id)
+    records = (await state.store.read_many(members)).records
+    unfinished = [
+        task_id
+        for task_id, raw in zip(members, records, strict=True)
+        if raw is not None and not decode_status(task_id, raw)["final"]
+    ]
+    if not unfinished:
+        raise ApiError(409, "already_final", f"every member of group {group_id} has ended")
+    await state.dispatcher.revoke(*unfinished)
+    reply = {**group_links(request, group_id), "task_ids": list(members), "revoked": unfinished}
+    return json_response(reply, status_code=202)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = app_state(request)
+    try:
+        async with asyncio.timeout(state.settings.ready_timeout):
+            await state.redis.ping()
+    except Exception as exc:
+        state.metrics.readyz_redis_errors.inc()
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        return json_response({"status": "degraded", "redis": reason}, status_code=503)
+    if not state.hub.healthy:
+        # Redis answers again, but the hub has not yet caught up after the outage.
+        return json_response({"status": "degraded", "redis": "recovering"}, status_code=503)
+    return json_response({"status": "ready", "redis": "ok"})
+
+
+routes = [
+    Route("/tasks/{name}", submit, methods=["POST"]),
+    Route("/tasks/{task_id}", task_status, methods=["GET"], name="task_status"),
+    Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+    Route("/groups/{name}", submit_group, methods=["POST"]),
+    Route("/groups/{group_id}", group_status, methods=["GET"], name="group_status"),
+    Route("/groups/{group_id}", cancel_group, methods=["DELETE"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

@@ -1,0 +1,117 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from taskcast import metrics
+from taskcast.api import demo, dev, openapi, tasks, tutorial
+from taskcast.api.errors import EXCEPTION_HANDLERS
+from taskcast.auth import Auth, OriginCheck, redact_tokens_in_server_logs
+from taskcast.dispatch import Dispatcher
+from taskcast.live import ws
+from taskcast.live.hub import Hub
+from taskcast.live.limits import ClientConnections
+from taskcast.metrics import Metrics
+from taskcast.settings import Settings
+from taskcast.state import AppState
+from taskcast.store import ResultStore
+from taskcast_celery.demo.app import celery_app
+
+# Redis connections one service process may open (the hub's reads, its pub/sub, REST
+# reads and group lookups in flight), and how long a request waits for a free one before
+# it is answered 503.
+_REDIS_CONNECTIONS = 100
+_REDIS_CONNECTION_WAIT = 5.0
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the service; ``settings`` default to the environment's."""
+    settings = settings or Settings.from_env()
+    # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
+    redact_tokens_in_server_logs()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A blocking pool: a burst of requests (a hundred clients subscribing to one group
+        # at once, say) waits a moment for a connection instead of failing on the 101st.
+        pool = BlockingConnectionPool.from_url(
+            settings.celery.result_backend_url,
+            max_connections=_REDIS_CONNECTIONS,
+            timeout=_REDIS_CONNECTION_WAIT,
+        )
+        redis = Redis.from_pool(pool)
+        store = ResultStore(redis, settings.celery.key_prefix)
+        app_metrics = Metrics()
+        hub = Hub(
+            store,
+            metrics=app_metrics,
+            poll_interval=settings.poll_interval,
+            push=settings.push,
+            slow_client_timeout=settings.slow_client_timeout,
+            stall_after=settings.stall_after,
+            # One beat, and the poll that reads it, after Redis is back.
+            stall_grace=settings.celery.heartbeat_interval + settings.poll_interval,
+        )
+        app.state.taskcast = AppState(
+            settings=settings,
+            redis=redis,
+            store=store,
+            dispatcher=Dispatcher(celery_app, settings.celery),
+            hub=hub,
+            metrics=app_metrics,
+            clients=ClientConnections(settings.max_connections_per_client),
+            auth=Auth(settings),
+        )
+        # A hard reference: the loop itself keeps only a weak one to its tasks.
+        hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
+        app_metrics.track(hub)
+        try:
+            yield
+        finally:
+            hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hub_task
+            await hub.close()
+            await redis.aclose()
+
+    # Dev-only routes are absent, not refused, outside dev mode: they answer 404.
+    dev_routes = dev.routes if settings.dev else []
+    return Starlette(
+        routes=[
+            *tasks.routes,
+            *ws.routes,
+            *tutorial.routes,
+            *openapi.routes,
+            *metrics.routes,
+            *demo.routes,
+            *dev_routes,
+        ],
+        middleware=_origin_middleware(settings.allowed_origins),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+def _origin_middleware(origins: tuple[str, ...]) -> list[Middleware]:
+    """WebSocket handshakes checked against TASKCAST_ALLOWED_ORIGINS and, when it is set,
+    CORS for the same origins (unset: browsers keep the API to the service's own pages)."""
+    if not origins:
+        return []
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Location"],
+        max_age=600,
+    )
+    return [cors, Middleware(OriginCheck, allowed=origins)]

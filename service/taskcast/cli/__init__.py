@@ -1,0 +1,1 @@
+"""The ``taskcast`` command: dev, serve, worker, and the terminal clients."""

@@ -1,0 +1,320 @@
+"""What ``taskcast watch``, ``taskcast submit`` and ``taskcast submit-group`` show in a
+terminal, and their exit codes.
+
+On a terminal a task or a group is a live progress bar (state, bar, percent, ETA, then
+the task's message or how many of the group's members are done). When the output is not
+a terminal (a pipe, a file, CI), every change that shows is one plain line, because
+redrawing a bar there would leave escape codes or a single final frame. A running task
+whose worker has gone silent (the status's ``stalled``) shows STALLED where its ETA would
+be, until it is heard from again; so does a group with such a member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+from taskcast.client import (
+    GroupNotFound,
+    InvalidGroupId,
+    InvalidParams,
+    InvalidTaskId,
+    TaskcastError,
+    TaskNotFound,
+    Unauthorized,
+    UnknownTaskName,
+    get_group,
+    get_status,
+    submit,
+    submit_group,
+    watch,
+    watch_group,
+)
+
+
+class Exit(IntEnum):
+    """Exit codes of ``watch``, ``submit`` and ``submit-group``; 2 stays argparse's, for a
+    wrong command line."""
+
+    SUCCESS = 0  # the task (a group: every member) succeeded, or without --watch was queued
+    FAILURE = 1  # the task ended FAILURE, or a member of the group did
+    REVOKED = 3  # the task was cancelled; a group: members were, and none failed
+    NOT_FOUND = 4  # no task or group with that id, or no task of that name
+    REJECTED = 5  # a malformed id, or parameters the task refuses
+    UNAVAILABLE = 6  # the service could not be reached, or answered unexpectedly
+    UNAUTHORIZED = 7  # no API key or watch token, or a wrong or expired one
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+EXIT_HELP = (
+    "exit status: 0 the task (a group: every member) succeeded (or was queued, without "
+    "--watch), 1 it (a group: any member) failed, 3 it was revoked (a group: members were, "
+    "none failed), 4 no such task or group, 5 invalid id or parameters, 6 service "
+    "unreachable, 7 missing or wrong credentials, 2 usage error, 130 interrupted"
+)
+
+
+def outcome(status: dict[str, Any]) -> Exit:
+    """The exit code for a task's or a group's final status."""
+    if status["state"] == "SUCCESS":
+        return Exit.SUCCESS
+    return Exit.REVOKED if status["state"] == "REVOKED" else Exit.FAILURE
+
+
+def error_exit(exc: TaskcastError) -> Exit:
+    """The exit code for a client error."""
+    if isinstance(exc, TaskNotFound | GroupNotFound | UnknownTaskName):
+        return Exit.NOT_FOUND
+    if isinstance(exc, InvalidTaskId | InvalidGroupId | InvalidParams):
+        return Exit.REJECTED
+    if isinstance(exc, Unauthorized):
+        return Exit.UNAUTHORIZED
+    return Exit.UNAVAILABLE
+
+
+def format_eta(progress: dict[str, Any] | None) -> str:
+    """The task's time left as ``m:ss`` (``h:mm:ss`` past an hour), or ``-`` when unknown."""
+    eta = (progress or {}).get("eta_s")
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta):
+        return "-"
+    minutes, seconds = divmod(math.ceil(max(eta, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes}:{seconds:02}"
+
+
+def _percent(progress: dict[str, Any] | None) -> str:
+    percent = (progress or {}).get("percent")
+    return f"{percent:.1f}%" if isinstance(percent, int | float) else ""
+
+
+def status_line(status: dict[str, Any]) -> str:
+    """One status as one line: ``PROGRESS  40.0%  2/5  ETA 0:03  message``; a stalled task
+    says ``STALLED: no heartbeat from its worker`` in place of its ETA."""
+    parts = [f"{status['state']:<8}"]
+    progress = status.get("progress")
+    # Read with get: a service older than the field does not send it.
+    stalled = status.get("stalled")
+    if progress:
+        parts += [f"{_percent(progress):>6}", f"{progress['current']}/{progress['total']}"]
+        if not status["final"] and not stalled:
+            parts.append(f"ETA {format_eta(progress)}")
+    if stalled:
+        parts.append("STALLED: no heartbeat from its worker")
+    if progress and progress.get("message"):
+        parts.append(progress["message"])
+    if status["error"]:
+        parts.append(f"{status['error']['type']}: {status['error']['message']}")
+    elif status["state"] == "SUCCESS":
+        parts.append(f"result: {json.dumps(status['result'])}")
+    return "  ".join(parts).rstrip()
+
+
+def _tally(group: dict[str, Any]) -> str:
+    """``3/5 done  1 failed``; cancelled members are counted apart: ``0 failed  2 revoked``."""
+    # From the counts: while the group runs, its failures list holds only the first few.
+    states = group["states"]
+    revoked = states.get("REVOKED", 0)
+    failed = states.get("FAILURE", 0) + states.get("UNKNOWN", 0)
+    parts = [f"{group['done']}/{group['size']} done", f"{failed} failed"]
+    if revoked:
+        parts.append(f"{revoked} revoked")
+    return "  ".join(parts)
+
+
+def group_line(group: dict[str, Any]) -> str:
+    """One group status as one line: ``PROGRESS   40.0%  2/5 done  0 failed  ETA 0:03``;
+    while members are stalled, ``STALLED: 1 task without a worker heartbeat`` in place of
+    the ETA."""
+    parts = [f"{group['state']:<8}", f"{_percent(group['progress']):>6}", _tally(group)]
+    if group["stalled"]:
+        count = len(group["stalled_tasks"])
+        parts.append(f"STALLED: {count} task{'' if count == 1 else 's'} without a worker heartbeat")
+    elif not group["final"]:
+        parts.append(f"ETA {format_eta(group['progress'])}")
+    return "  ".join(parts)
+
+
+def group_summary(group: dict[str, Any]) -> str:
+    """The group's last line, then one line for each member that failed or was cancelled:
+    ``  TASK_ID  FAILURE   RuntimeError: failed at step 1 of 3``."""
+    lines = [group_line(group)]
+    for failure in group["failures"]:
+        error = failure["error"]
+        line = f"  {failure['task_id']}  {failure['state']:<8}  {error['type']}: {error['message']}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """How one kind of status object is shown: a task's, or a group's."""
+
+    line: Callable[[dict[str, Any]], str]  # a change, as one plain line
+    note: Callable[[dict[str, Any]], str]  # on a terminal, the text after the bar's ETA
+    summary: Callable[[dict[str, Any]], str]  # the final status, printed last
+
+
+def _message(status: dict[str, Any]) -> str:
+    """The task's own progress message, if it wrote one."""
+    return str((status.get("progress") or {}).get("message") or "")
+
+
+TASK = View(status_line, _message, status_line)
+GROUP = View(group_line, _tally, group_summary)
+
+
+def _bar_fields(status: dict[str, Any], note: str) -> dict[str, Any]:
+    progress = status.get("progress")
+    percent = (progress or {}).get("percent")
+    known = isinstance(percent, int | float)
+    return {
+        # No total makes rich draw a moving, indeterminate bar: queued or started.
+        "total": 100.0 if known else None,
+        "completed": percent if known else 0,
+        "state": status["state"],
+        "percent": _percent(progress),
+        # Stalled, the ETA is unknown anyway (the service sends none): its place says why.
+        "eta": "[bold red]STALLED[/]" if status.get("stalled") else f"ETA {format_eta(progress)}",
+        "note": note,
+    }
+
+
+def _say(console: Console, text: str, style: str | None = None) -> None:
+    # markup=False: a task's message and error are its own text, not rich markup.
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+async def show(
+    statuses: AsyncIterator[dict[str, Any]], console: Console, view: View = TASK
+) -> dict[str, Any]:
+    """Show each status as it comes and return the final one."""
+    if not console.is_terminal:
+        said = ""
+        async for status in statuses:
+            line = view.summary(status) if status["final"] else view.line(status)
+            # A change the line does not show (a group's member going from queued to
+            # started, a rate) would repeat the line before: one is enough.
+            if line != said:
+                _say(console, line)
+                said = line
+            if status["final"]:
+                return status
+        raise TaskcastError("the status stream ended before the final status")
+    columns = (
+        TextColumn("{task.fields[state]:<8}", markup=False),
+        BarColumn(),
+        TextColumn("{task.fields[percent]:>6}", markup=False),
+        # Markup here only: the ETA field is this module's own text, never the task's.
+        TextColumn("{task.fields[eta]}"),
+        TextColumn("{task.fields[note]}", markup=False),
+    )
+    with Progress(*columns, console=console) as bars:
+        bar = bars.add_task("", total=None, state="", percent="", eta="ETA -", note="")
+        async for status in statuses:
+            bars.update(bar, **_bar_fields(status, view.note(status)))
+            if status["final"]:
+                break
+        else:
+            raise TaskcastError("the status stream ended before the final status")
+    _say(console, view.summary(status), style="green" if status["state"] == "SUCCESS" else "red")
+    return status
+
+
+async def _follow(
+    console: Console,
+    base_url: str,
+    watched_id: str,
+    give_up_after: float,
+    token: str | None,
+    api_key: str | None,
+    group: bool,
+) -> Exit:
+    """Show a task, or a group, until it ends; its exit code."""
+    follow, view = (watch_group, GROUP) if group else (watch, TASK)
+    statuses = follow(
+        base_url, watched_id, token=token, api_key=api_key, give_up_after=give_up_after
+    )
+    return outcome(await show(statuses, console, view))
+
+
+async def watch_task(
+    console: Console,
+    base_url: str,
+    watched_id: str,
+    give_up_after: float,
+    token: str | None = None,
+    api_key: str | None = None,
+    group: bool = False,
+) -> Exit:
+    """``taskcast watch`` (``--group``: the id is a group's): show a task, or a group,
+    until it ends; its exit code."""
+    # Asked once over REST first: a wrong URL or id fails at once, where the watch
+    # itself would keep retrying for ``give_up_after`` seconds.
+    read = get_group if group else get_status
+    await read(base_url, watched_id, token=token, api_key=api_key)
+    return await _follow(console, base_url, watched_id, give_up_after, token, api_key, group)
+
+
+def _print_links(console: Console, watched_id: str, links: dict[str, Any], *more: str) -> None:
+    lines = [watched_id, f"  status  {links['status_url']}", f"  live    {links['ws_url']}"]
+    _say(console, "\n".join([*lines, *more]))
+
+
+async def submit_task(
+    console: Console,
+    base_url: str,
+    name: str,
+    params: dict[str, Any],
+    follow: bool,
+    give_up_after: float,
+    api_key: str | None = None,
+) -> Exit:
+    """``taskcast submit``: queue a task, print where to find it, and maybe follow it
+    (with the watch token the service returned, if it signs them)."""
+    links = await submit(base_url, name, params, api_key=api_key)
+    _print_links(console, links["task_id"], links)
+    if not follow:
+        return Exit.SUCCESS
+    task_id, token = links["task_id"], links.get("token")
+    return await _follow(console, base_url, task_id, give_up_after, token, api_key, group=False)
+
+
+async def submit_task_group(
+    console: Console,
+    base_url: str,
+    name: str,
+    count: int,
+    params: dict[str, Any],
+    follow: bool,
+    give_up_after: float,
+    api_key: str | None = None,
+) -> Exit:
+    """``taskcast submit-group``: queue ``count`` copies of a task as one group, print
+    where to find it and its members' ids, and maybe follow it (with the group's watch
+    token, if the service signs them)."""
+    links = await submit_group(base_url, name, count=count, params=params, api_key=api_key)
+    group_id, token = links["group_id"], links.get("token")
+    _print_links(console, group_id, links, f"  tasks   {' '.join(links['task_ids'])}")
+    if not follow:
+        return Exit.SUCCESS
+    return await _follow(console, base_url, group_id, give_up_after, token, api_key, group=True)
+
+
+def run(command: Callable[[Console], Coroutine[Any, Any, Exit]]) -> int:
+    """Run a command on a console for stdout; a client error is one line on stderr."""
+    try:
+        return asyncio.run(command(Console()))
+    except TaskcastError as exc:
+        print(f"taskcast: {exc}", file=sys.stderr)
+        return error_exit(exc)
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED

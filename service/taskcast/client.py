@@ -1,0 +1,435 @@
+"""A Python client for taskcast, for scripts and services: submit, read, and watch tasks
+and groups of tasks.
+
+```python
+async for status in watch("http://127.0.0.1:8000", task_id):
+    print(status["state"], status["progress"])
+```
+
+``submit_group``, ``get_group`` and ``watch_group`` do the same for a group (a batch of
+tasks started together, followed as one status object).
+
+Where the service has auth on (docs/security.md), ``submit`` and ``submit_group`` take an
+``api_key`` and return the watch ``token``, which ``get_status`` and ``watch`` (or
+``get_group`` and ``watch_group``) take, or an API key, which reads anything; both travel
+in the ``Authorization`` header, never in a URL.
+
+Every failure is a :class:`TaskcastError`; its subclasses say which kind. The client
+imports nothing of the service's own (no Celery, no Redis): it speaks only the public
+REST and WebSocket protocol of docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+# Seconds httpx waits for each step of a request (connect, send, each read). Callers that
+# want a tighter bound on a whole call wrap it in ``asyncio.timeout``.
+_HTTP_TIMEOUT = 10.0
+
+# Close codes of /ws/tasks/{id} and /ws/groups/{id} (taskcast/live/protocol.py) that end a
+# watch instead of a retry.
+_CLOSE_UNAUTHORIZED = 4401
+_CLOSE_UNKNOWN_TASK = 4404
+_CLOSE_INVALID_TASK_ID = 4422
+
+
+class TaskcastError(Exception):
+    """Base of every error this client raises; the message says what went wrong."""
+
+
+class ServiceUnavailable(TaskcastError):
+    """The service could not be reached, did not answer in time, or answered 5xx."""
+
+
+class Unauthorized(TaskcastError):
+    """The call needs credentials it did not have, or had wrong or expired ones
+    (HTTP 401, WebSocket ``unauthorized`` / close 4401)."""
+
+
+class TaskNotFound(TaskcastError):
+    """No task has this id (HTTP 404, WebSocket ``unknown_task`` / close 4404)."""
+
+
+class InvalidTaskId(TaskcastError):
+    """The id is not a task id, that is not a UUID (HTTP 422, WebSocket close 4422)."""
+
+
+class GroupNotFound(TaskcastError):
+    """No group has this id (HTTP 404, WebSocket ``unknown_group`` / close 4404)."""
+
+
+class InvalidGroupId(TaskcastError):
+    """The id is not a group id, that is not a UUID (HTTP 422, WebSocket close 4422)."""
+
+
+class UnknownTaskName(TaskcastError):
+    """``submit`` or ``submit_group`` named a task the service does not offer (HTTP 404)."""
+
+
+class InvalidParams(TaskcastError):
+    """``submit`` or ``submit_group`` gave parameters the task refuses, or a group request
+    the service refuses (HTTP 400, 413 or 422)."""
+
+
+def _base(base_url: str) -> str:
+    if not base_url.startswith(("http://", "https://")):
+        raise TaskcastError(f"the service URL must start with http:// or https://: {base_url!r}")
+    return base_url.rstrip("/")
+
+
+def _segment(value: str) -> str:
+    # Quoted whole, so an id like "../healthz" stays one path segment and the service
+    # answers it as malformed instead of serving another route.
+    return quote(value, safe="")
+
+
+def _detail(response: httpx.Response) -> tuple[str, str]:
+    """The service's error code and detail, or what can be said of a foreign answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body.get("error", "")), body["detail"]
+    return "", f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause, in words: "Connection refused", not "All connection attempts
+    failed", which is all that httpx's own message says."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+# How each call's refusals become errors: by HTTP status and the service's error code
+# (None: any code). A 404 without taskcast's code is another server, or a wrong URL.
+_Refusals = dict[tuple[int, str | None], type[TaskcastError]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What is read or watched, a task or a group: the words the service uses for it
+    (in paths, message types and error codes), and the errors its refusals become."""
+
+    word: str  # "task": /tasks/{id}, /ws/tasks/{id}, unknown_task, invalid_task_id
+    message_type: str  # the "type" of the WebSocket messages that carry its status
+    not_found: type[TaskcastError]
+    invalid_id: type[TaskcastError]
+
+    def url(self, base_url: str, last: str) -> str:
+        """Its REST URL, ending in ``last``: an id to read, or a task name to start."""
+        return f"{_base(base_url)}/{self.word}s/{_segment(last)}"
+
+    def ws_url(self, base_url: str, watched_id: str) -> str:
+        scheme, rest = _base(base_url).split("://", 1)
+        ws = "wss" if scheme == "https" else "ws"
+        return f"{ws}://{rest}/ws/{self.word}s/{_segment(watched_id)}"
+
+    @property
+    def refusals(self) -> _Refusals:
+        """How a REST read of it is refused."""
+        return {(404, f"unknown_{self.word}"): self.not_found, (422, None): self.invalid_id}
+
+    @property
+    def errors(self) -> dict[str, type[TaskcastError]]:
+        """The WebSocket error codes that end a watch of it, and the errors they become."""
+        return {
+            f"unknown_{self.word}": self.not_found,
+            f"invalid_{self.word}_id": self.invalid_id,
+            "unauthorized": Unauthorized,
+        }
+
+
+_TASK = _Subject("task", "status", TaskNotFound, InvalidTaskId)
+_GROUP = _Subject("group", "group", GroupNotFound, InvalidGroupId)
+_SUBMIT_REFUSALS: _Refusals = {
+    (404, "unknown_task_name"): UnknownTaskName,
+    **dict.fromkeys([(400, None), (413, None), (422, None)], InvalidParams),
+}
+
+
+def _authorization(credential: str | None) -> dict[str, str]:
+    return {} if credential is None else {"Authorization": f"Bearer {credential}"}
+
+
+async def _call(
+    method: str,
+    url: str,
+    expected: int,
+    refusals: _Refusals,
+    body: object = None,
+    credential: str | None = None,
+) -> Any:
+    """The JSON body of the ``expected`` answer; anything else raised as a TaskcastError."""
+    try:
+        async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as http:
+            response = await http.request(
+                method, url, json=body, headers=_authorization(credential)
+            )
+    except httpx.TimeoutException:
+        raise ServiceUnavailable(f"{url} did not answer within {_HTTP_TIMEOUT:g} s") from None
+    except httpx.TransportError as exc:
+        raise ServiceUnavailable(f"cannot reach {url}: {_reason(exc)}") from None
+    if response.status_code == expected:
+        return response.json()
+    code, detail = _detail(response)
+    if response.status_code >= 500:
+        raise ServiceUnavailable(f"{url} answered: {detail}")
+    if response.status_code == 401:
+        raise Unauthorized(detail)
+    refusal = refusals.get((response.status_code, code)) or refusals.get(
+        (response.status_code, None)
+    )
+    if refusal is not None:
+        raise refusal(detail)
+    raise TaskcastError(f"unexpected answer from {method} {url}: {detail}")
+
+
+async def _read(subject: _Subject, base_url: str, watched_id: str, credential: str | None) -> Any:
+    return await _call(
+        "GET", subject.url(base_url, watched_id), 200, subject.refusals, credential=credential
+    )
+
+
+async def get_status(
+    base_url: str, task_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """The task's status object (``GET /tasks/{id}``), read with the task's watch
+    ``token`` or an ``api_key`` where the service wants one.
+
+    Raises TaskNotFound, InvalidTaskId, Unauthorized, ServiceUnavailable, or
+    TaskcastError for an answer that is not taskcast's.
+    """
+    status: dict[str, Any] = await _read(_TASK, base_url, task_id, api_key or token)
+    return status
+
+
+async def get_group(
+    base_url: str, group_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """The group's status object (``GET /groups/{id}``): its state, how many members are
+    done of its ``size``, how many are in each state, the summed progress, the members
+    that failed or were cancelled, and those whose worker went silent. Read with the
+    group's watch ``token`` or an ``api_key`` where the service wants one.
+
+    Raises GroupNotFound, InvalidGroupId, Unauthorized, ServiceUnavailable, or
+    TaskcastError for an answer that is not taskcast's.
+    """
+    group: dict[str, Any] = await _read(_GROUP, base_url, group_id, api_key or token)
+    return group
+
+
+async def submit(
+    base_url: str, name: str, params: dict[str, Any], *, api_key: str | None = None
+) -> dict[str, str]:
+    """Start task ``name`` with ``params`` (``POST /tasks/{name}``), with ``api_key``
+    where the service wants one.
+
+    Returns ``{"task_id", "status_url", "ws_url"}``, plus ``"token"`` (the task's watch
+    token) when the service signs them. Raises UnknownTaskName, InvalidParams (with the
+    service's explanation), Unauthorized, ServiceUnavailable (also when the service
+    cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
+    """
+    links: dict[str, str] = await _call(
+        "POST", _TASK.url(base_url, name), 202, _SUBMIT_REFUSALS, params, credential=api_key
+    )
+    return links
+
+
+async def submit_group(
+    base_url: str,
+    name: str,
+    *,
+    count: int | None = None,
+    params: dict[str, Any] | None = None,
+    tasks: list[dict[str, Any]] | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """Start a group of task ``name`` (``POST /groups/{name}``): ``count`` members that
+    all take ``params`` (the task's defaults without), or one member per parameter object
+    in ``tasks``; with ``api_key`` where the service wants one.
+
+    Returns ``{"group_id", "task_ids", "status_url", "ws_url"}``, plus ``"token"`` (the
+    group's watch token) when the service signs them. Raises UnknownTaskName,
+    InvalidParams (with the service's explanation: a member's parameters, too many
+    members, or ``count`` and ``tasks`` both or neither given), Unauthorized,
+    ServiceUnavailable, or TaskcastError for an answer that is not taskcast's.
+    """
+    # Only what was given: the service says what is missing or does not go together.
+    given = {"count": count, "params": params, "tasks": tasks}
+    body = {key: value for key, value in given.items() if value is not None}
+    reply: dict[str, Any] = await _call(
+        "POST", _GROUP.url(base_url, name), 202, _SUBMIT_REFUSALS, body, credential=api_key
+    )
+    return reply
+
+
+def _raise_for_error(subject: _Subject, message: dict[str, Any]) -> None:
+    detail = str(message.get("detail", "error"))
+    error = subject.errors.get(str(message.get("code")))
+    if error is not None:
+        raise error(detail)
+    raise TaskcastError(f"the service refused the watch: {detail}")
+
+
+def watch(
+    base_url: str,
+    task_id: str,
+    *,
+    token: str | None = None,
+    api_key: str | None = None,
+    give_up_after: float = 30.0,
+    retry_initial: float = 0.5,
+    retry_max: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the task's status objects: the current one at once, then every change,
+    ending after the final one (SUCCESS, FAILURE or REVOKED).
+
+    It follows ``/ws/tasks/{id}`` rather than the multiplexed ``/ws``: the socket *is*
+    the subscription, so a reconnect only has to open it again (nothing to resubscribe,
+    no other task's messages to filter), and the service reports an unknown or
+    malformed id with its own close code.
+
+    A connection that drops before the final status (a server restart's 1012, a
+    network failure, a slow-client 4408, even a 1000 that came without a final) is
+    opened again after a capped exponential backoff with jitter: a wait drawn between
+    half and all of ``retry_initial * 2**n``, at most ``retry_max``, so many clients
+    cut off together do not return in step. The new connection's first message is
+    the task's status at that moment, so a final reached meanwhile is not missed.
+
+    Statuses never go backwards, without comparing progress figures (a retried task
+    legitimately counts again from 1): the service sends them in the order the result
+    backend held them, and a new connection's snapshot is read (from the same Redis,
+    whichever replica answers) after the last message of the one before, so it is never
+    older than anything yielded. It can be the same status again: an exact repeat of
+    the last one yielded is skipped.
+
+    ``token`` (the task's watch token) or ``api_key`` go in the handshake's
+    ``Authorization`` header, where the service wants one.
+
+    Raises TaskNotFound, InvalidTaskId or Unauthorized as the service reports them, and
+    ServiceUnavailable after ``give_up_after`` seconds without a working connection
+    (one that delivered a status). Close the generator to stop early (``break`` out of
+    the loop, or wrap it in ``contextlib.aclosing`` to close the socket at once).
+    """
+    return _follow(
+        _TASK, base_url, task_id, api_key or token,
+        give_up_after, retry_initial, retry_max, open_timeout,
+    )  # fmt: skip
+
+
+def watch_group(
+    base_url: str,
+    group_id: str,
+    *,
+    token: str | None = None,
+    api_key: str | None = None,
+    give_up_after: float = 30.0,
+    retry_initial: float = 0.5,
+    retry_max: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the group's status objects: the current one at once, then every change,
+    ending after the final one (every member ended: SUCCESS, FAILURE or REVOKED).
+
+    It follows ``/ws/groups/{id}``, and behaves as ``watch`` does: it reconnects after
+    the same backoff, the new connection's first message is the group as it is then,
+    an exact repeat of the last group status yielded is skipped, ``token`` (the group's
+    watch token) or ``api_key`` go in the ``Authorization`` header, and closing the
+    generator stops it.
+
+    Raises GroupNotFound, InvalidGroupId or Unauthorized as the service reports them,
+    and ServiceUnavailable after ``give_up_after`` seconds without a working connection
+    (one that delivered a group status).
+    """
+    return _follow(
+        _GROUP, base_url, group_id, api_key or token,
+        give_up_after, retry_initial, retry_max, open_timeout,
+    )  # fmt: skip
+
+
+async def _follow(
+    subject: _Subject,
+    base_url: str,
+    watched_id: str,
+    credential: str | None,
+    give_up_after: float,
+    retry_initial: float,
+    retry_max: float,
+    open_timeout: float,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The reconnecting watch behind ``watch`` and ``watch_group`` (``watch`` says how it
+    behaves). An async generator that they return as it is, unwrapped, so that closing
+    what they return closes the socket at once."""
+    url = subject.ws_url(base_url, watched_id)
+    headers = _authorization(credential)
+    last: dict[str, Any] | None = None
+    failures = 0
+    offline_since = time.monotonic()
+    while True:
+        reason: str
+        delivered = False
+        try:
+            async with connect(
+                url, additional_headers=headers, open_timeout=open_timeout, compression=None
+            ) as ws:
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("type") == "error":
+                        _raise_for_error(subject, message)
+                    if message.get("type") != subject.message_type:
+                        continue
+                    message.pop("type")
+                    delivered = True
+                    if message == last:
+                        continue
+                    last = message
+                    yield message
+                    if message["final"]:
+                        return
+            reason = f"the connection closed ({ws.close_code}) before the final status"
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            if code == _CLOSE_UNKNOWN_TASK:
+                raise subject.not_found(f"no {subject.word} with id {watched_id}") from None
+            if code == _CLOSE_INVALID_TASK_ID:
+                raise subject.invalid_id(
+                    f"{subject.word} id must be a UUID, got {watched_id!r}"
+                ) from None
+            if code == _CLOSE_UNAUTHORIZED:
+                raise Unauthorized(f"not allowed to watch {subject.word} {watched_id}") from None
+            reason = f"the connection dropped ({code or 'no close frame'})"
+        except InvalidURI as exc:
+            raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
+        except InvalidStatus as exc:
+            status_code = exc.response.status_code
+            if status_code < 500:
+                raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
+            reason = f"{url} answered HTTP {status_code}"
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            reason = f"cannot reach {url}: {_reason(exc)}"
+        if delivered:
+            failures, offline_since = 0, time.monotonic()
+        remaining = offline_since + give_up_after - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(f"{reason}; gave up after {give_up_after:g} s")
+        ceiling = min(retry_max, retry_initial * 2**failures)
+        failures += 1
+        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))

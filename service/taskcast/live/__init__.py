@@ -1,0 +1,1 @@
+"""The live part: the hub, each connection's mailbox, the WebSocket protocol and endpoints."""

@@ -1,0 +1,574 @@
+"""The hub: one coroutine per process that watches tasks and fans out their changes.
+
+It knows which task ids have subscribers, reads their result-backend keys in batches
+(MGET, one round trip per 1,000 keys, however many clients watch each task), compares
+the raw bytes with the last ones seen, and only then decodes and encodes, once per
+change, handing the frame to every subscriber (see ``taskcast.live.subscriber``: written at
+once to a socket with room, else kept in that connection's mailbox; never awaited).
+Seeing every change of a task, it also measures its pace (``taskcast.live.eta``) and puts
+the rate and time left into that one frame.
+
+Liveness: on each poll the hub also reads the heartbeats of the running tasks it
+watches (in the same MGET as their records), measures their age on Redis's clock (read
+with TIME every few seconds, kept as an offset from the loop's own between), and flips
+a task's ``stalled`` flag when its worker has been silent for ``stall_after`` seconds
+(``taskcast.liveness``); a new record from the task is itself a sign of life and clears
+it.
+
+Groups: a watched group is a tally (``taskcast.groups``) fed by its members, which the
+hub watches like any task (their keys join the same MGET and the same channels), with
+the group as their listener. A group's frame goes out at most every 100 ms, however
+many members changed meanwhile (its final one at once).
+
+Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
+The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
+task changed: the hub re-reads the key rather than trusting the payload, because the
+pub/sub connection and the reading connection are not ordered with each other; all
+reads happen in one coroutine, so a subscriber can never see a state older than one
+it already has. The poll is the safety net for anything push misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from taskcast.groups import GroupTally
+from taskcast.live.eta import EtaEstimator
+from taskcast.live.protocol import group_message, status_message, unknown_task_message
+from taskcast.live.subscriber import Kind, Subscriber
+from taskcast.liveness import can_stall, is_stalled, silent
+from taskcast.metrics import Metrics
+from taskcast.status import Status, decode_status
+from taskcast.store import Reading, ResultStore
+
+logger = logging.getLogger(__name__)
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+# How long the hub waits for Redis to confirm a SUBSCRIBE before reading anyway (the
+# poll would catch up on anything missed).
+_SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
+# Seconds between reads of Redis's clock (TIME): in between, the hub counts it as an
+# offset from its own, rather than adding a command to every poll.
+_CLOCK_REFRESH = 10.0
+# A group's status goes out at most this often (its final one at once): a group of a
+# thousand members reporting every second would otherwise send each follower a thousand
+# frames a second, where ten say as much.
+_GROUP_FRAME_INTERVAL = 0.1
+
+
+@dataclass(slots=True, eq=False)
+class _Watch:
+    """One watched task: its subscribers, the last record seen, and its pace so far."""
+
+    # A dict as an ordered set: a change reaches subscribers in the order they came.
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    loaded: bool = False
+    raw: bytes | None = None
+    frame: str | None = None
+    kind: Kind = Kind.STATUS
+    eta: EtaEstimator = field(default_factory=EtaEstimator)
+    # Running by its record (so its heartbeat is read on each poll), and stalled by it.
+    running: bool = False
+    stalled: bool = False
+    # The watched groups this task is a member of (None for most tasks: no list kept).
+    groups: list[_GroupWatch] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _GroupWatch:
+    """One watched group: its subscribers, its tally, and the last frame made of it."""
+
+    tally: GroupTally
+    members: tuple[str, ...]
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    frame: str | None = None
+    kind: Kind = Kind.STATUS
+    eta: EtaEstimator = field(default_factory=EtaEstimator)
+    # Loop time of its last frame, for the group frame interval.
+    sent_at: float = -math.inf
+
+
+class Hub:
+    """Watches the tasks that have subscribers and hands their changes out."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        *,
+        metrics: Metrics,
+        poll_interval: float = 0.5,
+        push: bool = True,
+        slow_client_timeout: float = 30.0,
+        stall_after: float = 0.0,
+        stall_grace: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self.push = push
+        self.slow_client_timeout = slow_client_timeout
+        # Seconds of heartbeat silence that make a running task stalled (0: off), and how
+        # long after reconnecting to Redis the hub waits before calling any task stalled:
+        # beats missed during the outage are the outage's, not the workers'.
+        self.stall_after = stall_after
+        self.stall_grace = stall_grace
+        self._judge_stalls_from = 0.0
+        # Redis's clock (ms) minus the loop's, as last read, and when (loop time).
+        self._clock_offset_ms = 0.0
+        self._clock_read_at = -math.inf
+        self.healthy = True
+        # Every connection's mailbox, with its sender (cancelled if the client stalls).
+        self.connections: dict[Subscriber, asyncio.Task[object]] = {}
+        # The connections whose send is waiting on the client (kept by the subscribers).
+        self.stalled: set[Subscriber] = set()
+        self._watches: dict[str, _Watch] = {}
+        self._groups: dict[str, _GroupWatch] = {}
+        # Groups with a change not yet sent, held back by the group frame interval.
+        self._groups_due: dict[_GroupWatch, None] = {}
+        self._to_read: set[str] = set()
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._wake = asyncio.Event()
+        self._pubsub: PubSub | None = None
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        # Frames sent and coalesced by connections already closed (open ones keep their own).
+        self._frames_sent = 0
+        self._frames_coalesced = 0
+
+    # -- called by the WebSocket endpoints (synchronous: no await between check and act)
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """The task ids the hub is reading (for tests and metrics)."""
+        return frozenset(self._watches)
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._watches)
+
+    @property
+    def watched_groups(self) -> frozenset[str]:
+        """The group ids the hub is tallying (for tests and metrics)."""
+        return frozenset(self._groups)
+
+    def stalled_count(self) -> int:
+        """Watched tasks whose worker has gone silent (for metrics)."""
+        return sum(watch.stalled for watch in self._watches.values())
+
+    def members_of(self, group_id: str) -> tuple[str, ...] | None:
+        """A watched group's member ids (so a new subscriber need not read them again)."""
+        group = self._groups.get(group_id)
+        return None if group is None else group.members
+
+    def frame_counts(self) -> tuple[int, int]:
+        """Frames sent, and frames coalesced, by every connection so far (for metrics)."""
+        sent, coalesced = self._frames_sent, self._frames_coalesced
+        for subscriber in self.connections:
+            sent += subscriber.frames_sent
+            coalesced += subscriber.frames_coalesced
+        return sent, coalesced
+
+    def connect(self, subscriber: Subscriber, sender: asyncio.Task[object]) -> None:
+        """Register a connection; ``sender`` is cancelled if the client stops reading."""
+        self.connections[subscriber] = sender
+
+    def disconnect(self, subscriber: Subscriber) -> None:
+        """Forget a connection and every subscription it held."""
+        for task_id in list(subscriber.tasks):
+            self.unwatch(task_id, subscriber)
+        if self.connections.pop(subscriber, None) is not None:
+            # Its counts outlive it here, so the totals never go down.
+            self._frames_sent += subscriber.frames_sent
+            self._frames_coalesced += subscriber.frames_coalesced
+        self.stalled.discard(subscriber)
+
+    def watch(self, task_id: str, subscriber: Subscriber) -> None:
+        """Subscribe; the current status reaches the mailbox now (if known) or after one read."""
+        watch = self._task_watch(task_id)
+        watch.subscribers[subscriber] = None
+        subscriber.tasks.add(task_id)
+        if watch.frame is not None:
+            subscriber.offer(task_id, watch.frame, watch.kind)
+
+    def watch_group(self, group_id: str, members: tuple[str, ...], subscriber: Subscriber) -> None:
+        """Subscribe to a group whose member ids are ``members``; its current status
+        reaches the mailbox now (if every member is known) or after one read."""
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = _GroupWatch(GroupTally(group_id, members), members)
+            for task_id in members:
+                watch = self._task_watch(task_id)
+                if watch.groups is None:
+                    watch.groups = []
+                watch.groups.append(group)
+                if watch.loaded:
+                    # Already read for someone else: no need to wait for the next read.
+                    group.tally.update(task_id, self._status_of(task_id, watch), watch.raw)
+            if group.tally.complete:
+                self._refresh_group(group, asyncio.get_running_loop().time())
+        group.subscribers[subscriber] = None
+        subscriber.tasks.add(group_id)
+        if group.frame is not None:
+            subscriber.offer(group_id, group.frame, group.kind)
+
+    def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
+        """Unsubscribe from a task or a group."""
+        subscriber.tasks.discard(watched_id)
+        group = self._groups.get(watched_id)
+        if group is not None:
+            group.subscribers.pop(subscriber, None)
+            if not group.subscribers:
+                self._forget_group(watched_id)
+            return
+        watch = self._watches.get(watched_id)
+        if watch is None:
+            return
+        watch.subscribers.pop(subscriber, None)
+        if not watch.subscribers and not watch.groups:
+            self._forget(watched_id)
+
+    def _task_watch(self, task_id: str) -> _Watch:
+        watch = self._watches.get(task_id)
+        if watch is None:
+            watch = self._watches[task_id] = _Watch()
+            self._to_read.add(task_id)
+            if self.push:
+                self._to_unsubscribe.discard(task_id)
+                self._to_subscribe.add(task_id)
+            self._wake.set()
+        return watch
+
+    # -- the loop
+
+    async def run(self) -> None:
+        """Run until cancelled; a crash is logged and the loop starts again."""
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                await self._serve(recovering=not self.healthy)
+            except asyncio.CancelledError:
+                raise
+            except (aioredis.RedisError, OSError) as exc:
+                self.metrics.hub_redis_errors.inc()
+                if self.healthy:
+                    logger.warning("hub lost Redis (%r); retrying with backoff", exc)
+            except Exception:
+                logger.exception("hub loop crashed; restarting")
+            if self.healthy:
+                backoff = _BACKOFF_FIRST  # it had recovered: start the backoff over
+            self.healthy = False
+            await self._close_pubsub()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def close(self) -> None:
+        await self._close_pubsub()
+
+    async def _serve(self, recovering: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if recovering:
+            await self.store.redis.ping()
+            logger.info("hub reconnected to Redis")
+        # On start and after an outage, every watched task is subscribed and read again,
+        # so nobody misses a state (a final one above all) written in between.
+        if self.push:
+            self._to_subscribe |= set(self._watches)
+            self._to_unsubscribe.clear()
+        self._to_read |= set(self._watches)
+        if recovering:
+            self._judge_stalls_from = loop.time() + self.stall_grace
+        # Redis may be another server now (a failover), with a clock of its own.
+        self._clock_read_at = -math.inf
+        self.healthy = True
+        next_poll = loop.time() + self.poll_interval
+        next_reap = loop.time() + self._reap_interval
+        while True:
+            self._raise_if_listener_failed()
+            await self._sync_channels()
+            now = loop.time()
+            polling = False
+            if now >= next_poll:
+                if self._watches:
+                    self._to_read |= set(self._watches)
+                    polling = True
+                # Drift-corrected, but never a burst of catch-up polls after a stall.
+                next_poll = max(next_poll + self.poll_interval, now)
+            if now >= next_reap:
+                self._reap_slow_clients(now)
+                next_reap = now + self._reap_interval
+            if self._groups_due:
+                self._send_due_groups(now)
+            if self._to_read:
+                ids = [task_id for task_id in self._to_read if task_id in self._watches]
+                self._to_read.clear()
+                if ids:
+                    beat_ids = self._heartbeats_to_read(ids, polling)
+                    clock = bool(beat_ids) and now - self._clock_read_at > _CLOCK_REFRESH
+                    # perf_counter, not the loop's clock: uvloop's counts whole ms.
+                    started = time.perf_counter()
+                    reading = await self.store.read_many(ids, beat_ids, clock)
+                    self.metrics.read_seconds.observe(time.perf_counter() - started)
+                    if reading.now_ms is not None:
+                        self._clock_offset_ms = reading.now_ms - loop.time() * 1000
+                        self._clock_read_at = loop.time()
+                    # The read time stands for the write time: records carry no time of
+                    # their own, and with push the read follows the write within ms.
+                    self._apply_all(ids, beat_ids, reading, loop.time())
+                continue
+            self._wake.clear()
+            # Nothing watched and nobody connected: sleep until something happens.
+            deadlines = [next_poll] if self._watches else []
+            if self.connections:
+                deadlines.append(next_reap)
+            if self._groups_due:
+                deadlines.append(min(g.sent_at for g in self._groups_due) + _GROUP_FRAME_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadlines) if deadlines else None):
+                    await self._wake.wait()
+
+    @property
+    def _reap_interval(self) -> float:
+        return min(1.0, self.slow_client_timeout / 4)
+
+    def _heartbeats_to_read(self, ids: list[str], polling: bool) -> list[str]:
+        """Whose heartbeat to read with these records: a task read for the first time
+        (its first status must say whether it is stalled) and, on a poll, every task
+        running by its last record. A changed record needs none: it is a sign of life."""
+        if not self.stall_after:
+            return []
+        watches = self._watches
+        return [
+            task_id
+            for task_id in ids
+            if not (watch := watches[task_id]).loaded or (polling and watch.running)
+        ]
+
+    def _apply_all(self, ids: list[str], beat_ids: list[str], reading: Reading, now: float) -> None:
+        beats = dict(zip(beat_ids, reading.beats, strict=True)) if beat_ids else {}
+        judging = now >= self._judge_stalls_from
+        redis_now_ms = int(now * 1000 + self._clock_offset_ms)
+        changed_groups: dict[_GroupWatch, None] = {}
+        for task_id, raw in zip(ids, reading.records, strict=True):
+            watch = self._watches.get(task_id)
+            if watch is None:
+                continue  # unwatched meanwhile
+            if watch.loaded and raw == watch.raw:
+                # Unchanged: nothing decoded, nothing sent, unless its worker fell silent
+                # (or was heard again).
+                if task_id in beats and watch.running and raw is not None:
+                    # Running by its record: only the beat's age decides.
+                    stalled = silent(beats[task_id], redis_now_ms, self.stall_after)
+                    if stalled != watch.stalled and (judging or not stalled):
+                        watch.stalled = stalled
+                        status = decode_status(task_id, raw)
+                        self._publish(task_id, watch, status, now, changed_groups)
+                continue
+            if raw is None and watch.loaded:
+                # The record vanished under a task we had seen (a Redis restart without
+                # persistence, a failover): keep watching for the worker's next write.
+                continue
+            first_read = not watch.loaded
+            watch.loaded, watch.raw = True, raw
+            if raw is None:
+                watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
+                for group in watch.groups or ():
+                    group.tally.update(task_id, None)
+                    changed_groups[group] = None
+                self._hand_out(task_id, watch)
+                continue
+            status = decode_status(task_id, raw)
+            watch.running = can_stall(status["state"])
+            # A new record is the task's own sign of life; only a first read, with no
+            # earlier record to compare, is judged by the heartbeat.
+            beat = beats.get(task_id)
+            watch.stalled = (
+                first_read
+                and judging
+                and is_stalled(status["state"], beat, redis_now_ms, self.stall_after)
+            )
+            if status["progress"] is not None and not status["final"]:
+                # Once per change, however many subscribers: part of the one frame.
+                watch.eta.observe(now, status["progress"]["current"], status["progress"]["total"])
+            self._publish(task_id, watch, status, now, changed_groups)
+        for group in changed_groups:
+            if group.tally.complete and self._groups.get(group.tally.group_id) is group:
+                self._group_changed(group, now)
+
+    def _status_of(self, task_id: str, watch: _Watch) -> Status | None:
+        """A loaded watch's status, decoded again from its raw record (None: no record)."""
+        if watch.raw is None:
+            return None
+        status = decode_status(task_id, watch.raw)
+        status["stalled"] = watch.stalled
+        return status
+
+    def _publish(
+        self,
+        task_id: str,
+        watch: _Watch,
+        status: Status,
+        now: float,
+        changed_groups: dict[_GroupWatch, None],
+    ) -> None:
+        """Make a task's frame from its status and hand it to its subscribers and groups."""
+        status["stalled"] = watch.stalled
+        progress = status["progress"]
+        if progress is not None and not status["final"]:
+            progress["rate"], progress["eta_s"] = watch.eta.estimate(now)
+            if watch.stalled:
+                progress["eta_s"] = None  # nobody is working on it: no time left to tell
+        watch.frame = status_message(status)
+        watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
+        for group in watch.groups or ():
+            group.tally.update(task_id, status, watch.raw)
+            changed_groups[group] = None
+        self._hand_out(task_id, watch)
+
+    def _hand_out(self, task_id: str, watch: _Watch) -> None:
+        frame, kind = watch.frame, watch.kind
+        assert frame is not None
+        for subscriber in watch.subscribers:
+            subscriber.offer(task_id, frame, kind)
+        if kind.terminal:
+            # Handed out to everyone watching, groups included: the watch is over.
+            self._forget(task_id)
+
+    def _group_changed(self, group: _GroupWatch, now: float) -> None:
+        """Send a changed group's frame now, or once the group frame interval has passed."""
+        if group.tally.final or now >= group.sent_at + _GROUP_FRAME_INTERVAL:
+            self._groups_due.pop(group, None)
+            self._refresh_group(group, now)
+        else:
+            self._groups_due[group] = None
+
+    def _send_due_groups(self, now: float) -> None:
+        for group in list(self._groups_due):
+            if now >= group.sent_at + _GROUP_FRAME_INTERVAL:
+                del self._groups_due[group]
+                self._refresh_group(group, now)
+
+    def _refresh_group(self, group: _GroupWatch, now: float) -> None:
+        """Make a group's frame from its tally and hand it out (ending it when final)."""
+        group.sent_at = now
+        tally = group.tally
+        group.eta.observe(now, tally.fraction_done, tally.size)
+        eta_s = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
+        group.frame = group_message(tally.status(eta_s))
+        group.kind = Kind.FINAL if tally.final else Kind.STATUS
+        for subscriber in group.subscribers:
+            subscriber.offer(tally.group_id, group.frame, group.kind)
+        if tally.final:
+            self._forget_group(tally.group_id)
+
+    def _forget_group(self, group_id: str) -> None:
+        group = self._groups.pop(group_id)
+        self._groups_due.pop(group, None)
+        for task_id in group.members:
+            watch = self._watches.get(task_id)
+            if watch is None or watch.groups is None:
+                continue
+            with contextlib.suppress(ValueError):
+                watch.groups.remove(group)
+            if not watch.groups:
+                watch.groups = None
+                if not watch.subscribers:
+                    self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        del self._watches[task_id]
+        self._to_read.discard(task_id)
+        if self.push:
+            self._to_subscribe.discard(task_id)
+            self._to_unsubscribe.add(task_id)
+            self._wake.set()
+
+    # -- push
+
+    async def _sync_channels(self) -> None:
+        if not self.push or not (self._to_subscribe or self._to_unsubscribe):
+            return
+        pubsub = await self._ensure_pubsub()
+        if self._to_unsubscribe:
+            gone = [self.store.key(task_id) for task_id in self._to_unsubscribe]
+            self._to_unsubscribe.clear()
+            await pubsub.unsubscribe(*gone)
+        if self._to_subscribe:
+            channels = [self.store.key(task_id).encode() for task_id in self._to_subscribe]
+            self._to_subscribe.clear()
+            loop = asyncio.get_running_loop()
+            waiting = [self._confirmations.setdefault(ch, loop.create_future()) for ch in channels]
+            await pubsub.subscribe(*channels)
+            if self._listener is None:
+                # Started after the first SUBSCRIBE: before it there is no connection to read.
+                self._listener = asyncio.create_task(self._listen(pubsub), name="hub-pubsub")
+                self._listener.add_done_callback(lambda _: self._wake.set())
+            # Subscribe first, then read: a change between the two is not lost.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_SUBSCRIBE_CONFIRM_TIMEOUT):
+                    await asyncio.gather(*waiting)
+            for channel in channels:
+                self._confirmations.pop(channel, None)
+            self._raise_if_listener_failed()
+
+    async def _ensure_pubsub(self) -> PubSub:
+        if self._pubsub is None:
+            self._pubsub = self.store.redis.pubsub()
+        return self._pubsub
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        prefix = len(self.store.key(""))
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "message":
+                self.metrics.pubsub_messages.inc()
+                self._to_read.add(channel[prefix:].decode())
+                self._wake.set()
+            elif kind == "subscribe":
+                waiter = self._confirmations.get(channel)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    def _raise_if_listener_failed(self) -> None:
+        listener = self._listener
+        if listener is not None and listener.done() and not listener.cancelled():
+            exc = listener.exception()
+            if exc is not None:
+                raise exc
+
+    async def _close_pubsub(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        for waiter in self._confirmations.values():
+            waiter.cancel()
+        self._confirmations.clear()
+
+    # -- slow clients
+
+    def _reap_slow_clients(self, now: float) -> None:
+        limit = self.slow_client_timeout
+        for subscriber in list(self.stalled):
+            since, sender = subscriber.sending_since, self.connections.get(subscriber)
+            if since is not None and now - since > limit and sender and not sender.done():
+                logger.info("closing a client that stopped reading for %.0f s", now - since)
+                sender.cancel(msg="slow client")
+                self.metrics.slow_clients_closed.inc()

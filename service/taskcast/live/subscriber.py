@@ -1,0 +1,211 @@
+"""A WebSocket connection as the hub sees it: how each frame reaches that one client.
+
+A frame for an idle connection (nothing pending, no send in progress) is written at
+once, by whoever produced it: the hub, or the connection's own receiver for a reply.
+On uvicorn's sans-I/O WebSocket a send completes without ever suspending while the
+socket's buffer has room, so this costs what a plain loop of sends costs, with no
+task switch per client. Should a send find the buffer full, it is not awaited there:
+it is handed, half done, to the connection's own sender task, and the frames that
+follow wait in the mailbox, which keeps the newest frame per task. A slow client
+therefore only delays itself and skips intermediate progress rather than piling it
+up. A terminal frame (final status, or unknown task) is the last one the hub offers
+for its task, so nothing can replace it: it is delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import types
+from collections.abc import Callable, Coroutine, Generator, Hashable
+from typing import Any
+
+from taskcast.live.protocol import CLOSE_NORMAL, CLOSE_UNKNOWN_TASK
+
+Send = Callable[[str], Coroutine[Any, Any, None]]
+
+
+class Kind(enum.Enum):
+    """What a frame means for the subscription it belongs to."""
+
+    STATUS = ("status", False)  # a non-final status: more may follow
+    FINAL = ("final", True)  # the final status: the subscription ends
+    UNKNOWN = ("unknown", True)  # no such task: the subscription ends
+    REPLY = ("reply", False)  # an answer to the client (pong, error, unsubscribed)
+
+    def __init__(self, label: str, terminal: bool) -> None:
+        # A plain attribute, not a property: it is read once per client per change.
+        self.terminal = terminal
+
+
+class MailboxOverflow(Exception):
+    """The client sent more requests than it reads replies for."""
+
+
+@types.coroutine
+def _finish(send: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """Finish, in the awaiting task, a send that stopped on ``waiting_on`` elsewhere."""
+    try:
+        # Exactly what the send itself would have handed its task: wait for it here.
+        yield waiting_on
+    except BaseException:
+        send.close()
+        raise
+    yield from send
+
+
+class Subscriber:
+    """One connection: its pending frames, its live subscriptions, and its sender."""
+
+    __slots__ = (
+        "_busy",
+        "_failure",
+        "_loop",
+        "_pending",
+        "_replies",
+        "_send",
+        "_stalled",
+        "_stalled_set",
+        "_wakeup",
+        "close_code",
+        "frames_coalesced",
+        "frames_sent",
+        "max_replies",
+        "sending_since",
+        "single",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        stalled: set[Subscriber],
+        *,
+        single: bool = False,
+        max_replies: int = 256,
+    ) -> None:
+        self._send = send
+        # Shared by every connection: those whose send waits on the client right now,
+        # so the hub's slow-client reaper looks at them and not at everyone.
+        self._stalled_set = stalled
+        self._loop = asyncio.get_running_loop()
+        # Status frames are keyed by task id (the newest replaces the older); replies by
+        # a counter (never coalesced). Dicts keep insertion order.
+        self._pending: dict[Hashable, tuple[str, Kind]] = {}
+        self._replies = itertools.count()
+        self._wakeup: asyncio.Future[None] | None = None
+        # A send that found the socket's buffer full, for the sender to finish.
+        self._stalled: tuple[Coroutine[Any, Any, None], Any, Kind] | None = None
+        self._failure: Exception | None = None
+        # Whether the sender owns the connection (a send or frames are outstanding): then
+        # frames queue in the mailbox, behind what is already there, so order holds.
+        self._busy = False
+        # One task per socket (/ws/tasks/{id}): its terminal frame ends the connection.
+        self.single = single
+        self.max_replies = max_replies
+        # The close code the sender ends the connection with, once it is known.
+        self.close_code: int | None = None
+        # The task ids this connection watches, for its limit and its clean-up.
+        self.tasks: set[str] = set()
+        # Loop time since a send has been waiting on the client; None otherwise (read by
+        # the hub's slow-client reaper).
+        self.sending_since: float | None = None
+        # Counted here, as plain integers, and summed only when metrics are scraped.
+        self.frames_sent = 0
+        self.frames_coalesced = 0
+
+    def offer(self, task_id: str, frame: str, kind: Kind) -> None:
+        """Called by the hub with a task's newest frame."""
+        if kind.terminal:
+            self.tasks.discard(task_id)
+        if self._busy:
+            if task_id in self._pending:
+                self.frames_coalesced += 1
+            self._pending[task_id] = (frame, kind)
+            self._wake()
+        else:
+            self._send_now(frame, kind)
+
+    def reply(self, frame: str) -> None:
+        """Send an answer to the client, after whatever is already pending."""
+        if not self._busy:
+            self._send_now(frame, Kind.REPLY)
+            return
+        if len(self._pending) >= self.max_replies + len(self.tasks):
+            raise MailboxOverflow
+        self._pending[("reply", next(self._replies))] = (frame, Kind.REPLY)
+        self._wake()
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task's pending frame (the client unsubscribed)."""
+        self._pending.pop(task_id, None)
+
+    async def run(self) -> int | None:
+        """The connection's sender: finish stalled sends, drain the mailbox, until a close.
+
+        Returns the close code once a terminal frame has gone out on a single-task
+        socket; raises whatever a send raised (the client is gone).
+        """
+        while True:
+            await self._finish_stalled()
+            while self._pending and self.close_code is None:
+                frames = list(self._pending.values())
+                self._pending.clear()
+                for frame, kind in frames:
+                    self._send_now(frame, kind)
+                    await self._finish_stalled()
+                    if self.close_code is not None:
+                        break
+            if self.close_code is not None:
+                return self.close_code
+            self._busy = False
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    async def _finish_stalled(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._stalled is None:
+            return
+        send, waiting_on, kind = self._stalled
+        try:
+            await _finish(send, waiting_on)
+        finally:
+            self._stalled = None
+            self.sending_since = None
+            self._stalled_set.discard(self)
+        self._sent(kind)
+
+    def _send_now(self, frame: str, kind: Kind) -> None:
+        self.frames_sent += 1
+        send = self._send(frame)
+        try:
+            waiting_on = send.send(None)
+        except StopIteration:
+            if kind.terminal and self.single:
+                self._sent(kind)
+        except Exception as exc:  # the client is gone: its sender ends the connection
+            self._failure = exc
+            self._wake()
+        else:
+            # The socket's buffer is full. Waiting here would stall everyone the caller
+            # serves: the connection's own sender finishes this send instead.
+            self._stalled = (send, waiting_on, kind)
+            self.sending_since = self._loop.time()
+            self._stalled_set.add(self)
+            self._wake()
+
+    def _sent(self, kind: Kind) -> None:
+        if self.single and kind.terminal:
+            self.close_code = CLOSE_NORMAL if kind is Kind.FINAL else CLOSE_UNKNOWN_TASK
+            self._wake()
+
+    def _wake(self) -> None:
+        self._busy = True
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)

@@ -1,0 +1,41 @@
+"""What the lifespan opens and every handler shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from taskcast.auth import Auth
+from taskcast.dispatch import Dispatcher
+from taskcast.groups import member_ids
+from taskcast.live.hub import Hub
+from taskcast.live.limits import ClientConnections
+from taskcast.metrics import Metrics
+from taskcast.settings import Settings
+from taskcast.store import ResultStore
+
+
+@dataclass(slots=True)
+class AppState:
+    """Shared clients of one service process, available as ``app.state.taskcast``."""
+
+    settings: Settings
+    redis: Redis
+    store: ResultStore
+    dispatcher: Dispatcher
+    hub: Hub
+    metrics: Metrics
+    # Open WebSocket connections by client address, for their per-client cap.
+    clients: ClientConnections
+    auth: Auth
+
+    async def group_members(self, group_id: str) -> tuple[str, ...] | None:
+        """A group's member ids (None: no such group): from the hub while it tallies the
+        group, else from one read of the group's record."""
+        members = self.hub.members_of(group_id)
+        if members is None:
+            raw = await self.store.read_group(group_id)
+            found = None if raw is None else member_ids(raw)
+            members = None if found is None else tuple(found)
+        return members

@@ -1,0 +1,100 @@
+"""Celery's Redis result backend with the changes taskcast relies on."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+from kombu.utils.encoding import bytes_to_str
+from redis import Redis
+from redis.commands.core import Script
+
+from taskcast_celery.states import FINAL_STATES, PROGRESS
+
+# Where the last progress a task reported is kept on its request, so that the final
+# record can say the task had reported progress (and show it at 100 percent).
+_LAST_PROGRESS = "taskcast_last_progress"
+
+# A Lua function for scripts that must not act on a finished task: whether a stored
+# record is final (the states of FINAL_STATES, written out once here).
+IS_FINAL_LUA = (
+    """
+local function is_final(record)
+    if not record then
+        return false
+    end
+    local ok, meta = pcall(cjson.decode, record)
+    if not ok or type(meta) ~= 'table' then
+        return false
+    end
+    local status = meta['status']
+    return """
+    + " or ".join(f"status == '{state}'" for state in sorted(FINAL_STATES))
+    + """
+end
+"""
+)
+
+# Write a state unless the task already has a final one, and announce it on the key's
+# channel, in one atomic step: a GET followed by a SET (Celery's way) lets a PROGRESS
+# write land between a revoke's REVOKED and the task's end, un-finishing the task.
+_STORE_LUA = (
+    IS_FINAL_LUA
+    + """
+if is_final(redis.call('GET', KEYS[1])) then
+    return 0
+end
+if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+
+class TaskcastRedisBackend(RedisBackend):
+    """Redis result backend that does not leak subscriptions and never un-finishes a task.
+
+    * Stock ``apply_async`` SUBSCRIBEs the producer to every task's channel and keeps it
+      (celery#3808, #4707, #6963): a long-lived web process leaks one channel per task.
+      Nobody in taskcast waits on ``AsyncResult.get()`` after dispatching, so that
+      subscription is skipped; ``get()`` still subscribes on demand when a script calls it.
+    * Stock Celery only refuses to overwrite SUCCESS. Here the first final state wins:
+      a revoked task that still reports progress, or finishes, does not change its record.
+    * The final record carries the task's last reported progress under ``progress``.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+    @functools.cached_property
+    def _store_script(self) -> Script:
+        client: Redis = self.client
+        return client.register_script(_STORE_LUA)
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if state == PROGRESS and request is not None and isinstance(result, dict):
+            setattr(request, _LAST_PROGRESS, result)
+        meta = self._get_result_meta(  # type: ignore[attr-defined]
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        last_progress = getattr(request, _LAST_PROGRESS, None)
+        if state in FINAL_STATES and last_progress is not None:
+            meta["progress"] = last_progress
+        key = self.get_key_for_task(task_id)
+        ttl = int(self.expires or 0)  # type: ignore[attr-defined]
+        self.ensure(self._store_script, ([key], [self.encode(meta), ttl]))
+        return result

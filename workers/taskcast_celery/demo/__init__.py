@@ -1,0 +1,1 @@
+"""taskcast's demo app: a Celery app like any other, with three tasks (sleep, progress, email)."""

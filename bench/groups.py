@@ -203,7 +203,7 @@ def _start_group(server: Server, size: int) -> tuple[str, list[str]]:
 
 def _finish(server: Server, group_id: str, members: list[str]) -> None:
     """Every member succeeds: the group's own socket must get the final and close 1000."""
-    from taskcast_celery.demo.app import celery_app
+    from taskcast_celery.demo.celery import app as celery_app
 
     with Sockets([server.url(f"/ws/groups/{group_id}", "ws")], server_closes=True) as end:
         for task_id in members:

@@ -44,7 +44,7 @@ async def _watch(server: Server, task_id: str, within: float) -> tuple[list[floa
 
 
 def _measure(server: Server, count: int, gap: tuple[float, float]) -> tuple[list[float], int]:
-    from taskcast_celery.demo.app import celery_app
+    from taskcast_celery.demo.celery import app as celery_app
 
     kwargs = {"count": count, "gap_min": gap[0], "gap_max": gap[1], "lead": 1.0}
     task_id = celery_app.send_task("bench.stamp", kwargs=kwargs).id

@@ -67,7 +67,7 @@ class Stack:
     def worker(self, *extra: str) -> None:
         """Start a Celery worker of taskcast's app that also knows the benchmark tasks."""
         argv = [
-            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo.app", "--quiet", "worker",
+            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo", "--quiet", "worker",
             "--include", "bench.tasks", "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip", *extra,
         ]  # fmt: skip
@@ -104,7 +104,7 @@ def write_progress(task_id: str, current: int, total: int) -> None:
 
     Import-time settings: call it only inside a ``Stack``, which points them at its Redis.
     """
-    from taskcast_celery.demo.app import celery_app
+    from taskcast_celery.demo.celery import app as celery_app
 
     celery_app.backend.store_result(task_id, {"current": current, "total": total}, "PROGRESS")
 
@@ -139,7 +139,7 @@ def serve_baseline(app: Any, description: str) -> None:
     arguments = argparse.ArgumentParser(description=description)
     arguments.add_argument("--port", type=int, required=True)
     port = arguments.parse_args().port
-    options = Settings.from_env().uvicorn_options()
+    options = Settings().uvicorn_options()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **options)
 
 

@@ -6,7 +6,7 @@ import random
 import time
 from typing import Any
 
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 
 
 @celery_app.task(bind=True, name="bench.stamp")

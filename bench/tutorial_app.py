@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bench.stack import serve_baseline
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 
 
 def task_status(request: Request) -> Response:

@@ -12,7 +12,7 @@ from tests import env  # first: fixes the environment before taskcast is importe
 # isort: split
 from taskcast.live.hub import Hub
 from taskcast.state import AppState
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 from tests.mailtrap_server import FakeMailtrap
 from tests.support import WorkerProcess, running_server
 

@@ -1,10 +1,10 @@
 """Test environment, fixed before any taskcast module is imported.
 
-Settings are read once, when ``taskcast_celery.demo.app`` is imported, so the Redis URL and the key
-prefix of this test session must be in the environment first. Tests use the machine's
-Redis (127.0.0.1:6379, database 15) when it answers, or else an embedded redis-server
-of their own; every key they write starts with a prefix unique to this session, and
-only those keys are removed at the end.
+The demo app reads its settings when it is built (``taskcast_celery.demo``), so the
+Redis URL and the key prefix of this test session must be in the environment first.
+Tests use the machine's Redis (127.0.0.1:6379, database 15) when it answers, or else an
+embedded redis-server of their own; every key they write starts with a prefix unique to
+this session, and only those keys are removed at the end.
 
 E-mail goes to a fake Mailtrap of this session (real HTTPS on loopback, see
 ``tests.mailtrap_server``), which every worker trusts through ``REQUESTS_CA_BUNDLE``.

@@ -19,12 +19,16 @@ import redis
 import redis.asyncio
 import uvicorn
 import websockets.asyncio.client
+from celery import Celery
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from taskcast.cli.devstack import free_port
+from taskcast.settings import Settings
 from taskcast_celery import keys
+from taskcast_celery.demo.celery import create_demo_app
+from taskcast_celery.demo.settings import DemoSettings
 from taskcast_celery.states import FINAL_STATES
 from tests import env
 
@@ -137,7 +141,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo.app", "worker",
+            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo", "worker",
             "--pool", "prefork", "--concurrency", str(self.concurrency),
             "--hostname", self.hostname, "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip",
@@ -254,6 +258,17 @@ def running_record(client: redis.Redis, task_id: str) -> None:
     """Write the record of a task at 2 of 5, as its worker's ``update_state`` would."""
     meta = {"status": "PROGRESS", "result": {"current": 2, "total": 5}, "task_id": task_id}
     client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), json.dumps(meta))
+
+
+def settings_with(**changes: Any) -> Settings:
+    """This session's service settings (from the environment), with ``changes``."""
+    return Settings().model_copy(update=changes)
+
+
+def demo_app(**changes: Any) -> Celery:
+    """A demo app of a test's own: this session's demo settings with ``changes`` (another
+    queue, a dead Redis), made taskcast-ready like the session's."""
+    return create_demo_app(DemoSettings().model_copy(update=changes))
 
 
 def ws_url(base_url: str, path: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
@@ -23,14 +22,16 @@ from websockets.exceptions import InvalidStatus
 
 from taskcast import client as taskcast
 from taskcast.app import create_app
-from taskcast.auth import Auth, sign, verify
+from taskcast.auth import Auth
 from taskcast.settings import Settings
+from taskcast.tokens import sign, verify
 from tests.support import (
     WorkerProcess,
     eventually,
     read_until_closed,
     recv_json,
     running_server,
+    settings_with,
     ws_connect,
 )
 from tests.test_terminal import run_cli
@@ -43,7 +44,7 @@ UNAUTHORIZED_HEADER = 'Bearer realm="taskcast"'
 
 
 def settings(**changes: Any) -> Settings:
-    return dataclasses.replace(Settings.from_env(), **changes)
+    return settings_with(**changes)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_keys_and_macs_are_compared_in_constant_time(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
     keys = ("first-key-0123456789", "second-key-0123456789", "third-key-0123456789")
-    auth = Auth(settings(api_keys=keys, secret=SECRET))
+    auth = Auth(settings(api_keys=keys, secret=SECRET), 86_400)
     # Found first or not at all, every key is compared, and as equal-length digests.
     assert auth.is_api_key(keys[0])
     assert not auth.is_api_key("nope")
@@ -147,31 +148,38 @@ def test_keys_and_macs_are_compared_in_constant_time(monkeypatch: pytest.MonkeyP
     assert len(compared) == 1
 
 
-def test_settings_read_the_auth_variables_and_keep_them_out_of_repr() -> None:
-    read = Settings.from_env(
-        {
-            "TASKCAST_API_KEYS": f" {KEY} ,, {OTHER_KEY} ",
-            "TASKCAST_SECRET": SECRET,
-            "TASKCAST_TOKEN_TTL": "60",
-            "TASKCAST_ALLOWED_ORIGINS": "https://A.example.com/, http://localhost:3000",
-        }
-    )
+def test_settings_read_the_auth_variables_and_keep_them_out_of_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKCAST_API_KEYS", f" {KEY} ,, {OTHER_KEY} ")
+    monkeypatch.setenv("TASKCAST_SECRET", SECRET)
+    monkeypatch.setenv("TASKCAST_TOKEN_TTL", "60")
+    monkeypatch.setenv("TASKCAST_ALLOWED_ORIGINS", "https://A.example.com/, http://localhost:3000")
+    read = Settings()
     assert read.api_keys == (KEY, OTHER_KEY)
     assert (read.secret, read.token_ttl) == (SECRET, 60)
     assert read.allowed_origins == ("https://a.example.com", "http://localhost:3000")
-    for shown in (repr(read), repr(Auth(read))):
+    for shown in (repr(read), repr(Auth(read, 60))):
         assert KEY not in shown and SECRET not in shown
-    # Off by default; tokens live as long as task records unless told otherwise.
-    default = Settings.from_env({})
+    # Off by default; a token lives as long as the served app keeps records (create_app).
+    for name in ("API_KEYS", "SECRET", "TOKEN_TTL", "ALLOWED_ORIGINS"):
+        monkeypatch.delenv(f"TASKCAST_{name}")
+    default = Settings()
     assert (default.api_keys, default.secret, default.allowed_origins) == ((), "", ())
-    assert default.token_ttl == default.celery.result_expires
+    assert default.token_ttl is None
+    monkeypatch.setenv("TASKCAST_SECRET", "too-short-secret")
     with pytest.raises(ValueError, match="at least 32 characters") as short:
-        Settings.from_env({"TASKCAST_SECRET": "too-short-secret"})
+        Settings()
     assert "too-short-secret" not in str(short.value)
-    with pytest.raises(ValueError, match="at least 16 characters"):
-        Settings.from_env({"TASKCAST_API_KEYS": f"{KEY},short"})
+    monkeypatch.delenv("TASKCAST_SECRET")
+    monkeypatch.setenv("TASKCAST_API_KEYS", f"{KEY},short")
+    with pytest.raises(ValueError, match="at least 16 characters") as keys:
+        Settings()
+    assert KEY not in str(keys.value)
+    monkeypatch.delenv("TASKCAST_API_KEYS")
+    monkeypatch.setenv("TASKCAST_ALLOWED_ORIGINS", "app.example.com")
     with pytest.raises(ValueError, match="is not '\\*' or an origin"):
-        Settings.from_env({"TASKCAST_ALLOWED_ORIGINS": "app.example.com"})
+        Settings()
 
 
 # -- API keys --------------------------------------------------------------------------
@@ -353,7 +361,7 @@ async def test_a_group_is_opened_by_its_own_token_only(
     assert reply["status_url"].endswith(f"?token={token}")
     assert reply["ws_url"].endswith(f"?token={token}")
     # A member's token is not the group's (nor the other way round).
-    member_token = Auth(settings(secret=SECRET)).token(reply["task_ids"][0])
+    member_token = Auth(settings(secret=SECRET), 86_400).token(reply["task_ids"][0])
     for bad in (None, member_token):
         params = {} if bad is None else {"token": bad}
         refused = await http.get(f"/groups/{group_id}", params=params)

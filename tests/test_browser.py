@@ -8,7 +8,6 @@ The finished page is saved as ``artifacts/browser/demo.png``; one with a finishe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -32,8 +31,7 @@ from playwright.async_api import (
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.live.hub import Hub
-from taskcast.settings import Settings
-from tests.support import ROOT, WorkerProcess, running_server
+from tests.support import ROOT, WorkerProcess, running_server, settings_with
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -550,9 +548,7 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
     browser: Browser, worker: WorkerProcess
 ) -> None:
     key = secrets.token_urlsafe(24)
-    settings = dataclasses.replace(
-        Settings.from_env(), api_keys=(key,), secret=secrets.token_urlsafe(48)
-    )
+    settings = settings_with(api_keys=(key,), secret=secrets.token_urlsafe(48))
     context = await browser.new_context()
     page = await context.new_page()
     errors: list[Exception] = []

@@ -51,7 +51,7 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
         descendants = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in descendants)
         assert "redis-server" in names and "celery" in names and "-m taskcast serve" in names
-        assert "taskcast_celery.demo.app flower" in names
+        assert "taskcast_celery.demo flower" in names
 
         async with httpx.AsyncClient(timeout=10) as flower:
             # The banner waits for Flower's health check too.

@@ -16,7 +16,7 @@ from celery import signals
 
 from taskcast.cli.devstack import EmbeddedRedis, Supervisor
 from taskcast_celery import keys
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 from tests import env
 from tests.support import eventually, final, service_process, wait_for_state
 

@@ -25,7 +25,7 @@ def flower_url() -> Iterator[str]:
     # Its REST API answers without a login only when told to: here, on loopback, in a test.
     env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "taskcast_celery.demo.app", "flower",
+        [sys.executable, "-m", "celery", "-A", "taskcast_celery.demo", "flower",
          "--address=127.0.0.1", f"--port={port}", "--logging=warning"],
         env=env, cwd=ROOT, start_new_session=True,
     )  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
 from typing import Any
@@ -20,8 +19,15 @@ from taskcast.live.hub import Hub
 from taskcast.settings import Settings
 from taskcast.status import decode_status
 from taskcast_celery import keys
-from taskcast_celery.demo.app import settings as celery_settings
-from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
+from tests import env
+from tests.support import (
+    demo_app,
+    eventually,
+    read_until_closed,
+    recv_json,
+    running_server,
+    ws_connect,
+)
 
 
 async def start_group(client: httpx.AsyncClient, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -168,12 +174,12 @@ async def test_cancelling_a_group_revokes_every_unfinished_member(
 async def test_bad_group_requests_are_refused_and_queue_nothing(
     client: httpx.AsyncClient, redis_client: redis.Redis, body: dict[str, Any], detail: str
 ) -> None:
-    before = set(redis_client.scan_iter(match=keys.group_meta_key(celery_settings.key_prefix, "*")))
+    before = set(redis_client.scan_iter(match=keys.group_meta_key(env.KEY_PREFIX, "*")))
     response = await client.post("/groups/progress", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["error"] == "invalid_params"
     assert detail in response.json()["detail"]
-    after = set(redis_client.scan_iter(match=keys.group_meta_key(celery_settings.key_prefix, "*")))
+    after = set(redis_client.scan_iter(match=keys.group_meta_key(env.KEY_PREFIX, "*")))
     assert after == before
 
 
@@ -314,10 +320,8 @@ async def test_a_group_that_cannot_be_read_is_an_error_to_retry(
     redis_client: redis.Redis,
 ) -> None:
     # Nothing listens on this port: every Redis call fails at once.
-    dead = dataclasses.replace(
-        celery_settings, result_backend_url=f"redis://127.0.0.1:{free_port()}/0"
-    )
-    app = create_app(dataclasses.replace(Settings.from_env(), celery=dead))
+    dead = demo_app(result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(Settings(), celery_app=dead)
     group_id = str(uuid.uuid4())
     async with running_server(app) as url:
         async with ws_connect(url, "/ws") as ws:

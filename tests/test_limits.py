@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 
@@ -12,9 +11,15 @@ from websockets.asyncio.client import ClientConnection
 
 from taskcast.app import create_app
 from taskcast.live.limits import ClientConnections, TokenBucket
-from taskcast.settings import Settings
 from taskcast.state import AppState
-from tests.support import eventually, read_until_closed, recv_json, running_server, ws_connect
+from tests.support import (
+    eventually,
+    read_until_closed,
+    recv_json,
+    running_server,
+    settings_with,
+    ws_connect,
+)
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
@@ -53,7 +58,7 @@ async def _scrape(url: str) -> str:
 
 
 async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() -> None:
-    app = create_app(dataclasses.replace(Settings(), max_connections_per_client=3))
+    app = create_app(settings_with(max_connections_per_client=3))
     async with running_server(app) as url:
         state: AppState = app.state.taskcast
 
@@ -89,7 +94,7 @@ async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() 
 
 async def test_subscribes_over_the_rate_are_refused_and_the_socket_stays_usable() -> None:
     # A burst of 3 and a refill far too slow to matter within the test.
-    settings = dataclasses.replace(Settings(), subscribe_rate=0.001, subscribe_burst=3)
+    settings = settings_with(subscribe_rate=0.001, subscribe_burst=3)
     app = create_app(settings)
     ids = [str(uuid.uuid4()) for _ in range(5)]
     async with running_server(app) as url, ws_connect(url, "/ws") as ws:
@@ -114,7 +119,7 @@ async def test_subscribes_over_the_rate_are_refused_and_the_socket_stays_usable(
 
 
 async def test_the_rate_refills() -> None:
-    settings = dataclasses.replace(Settings(), subscribe_rate=1, subscribe_burst=1)
+    settings = settings_with(subscribe_rate=1, subscribe_burst=1)
     app = create_app(settings)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     async with running_server(app) as url, ws_connect(url, "/ws") as ws:

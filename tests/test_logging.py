@@ -75,8 +75,13 @@ def test_json_formatter_keeps_to_its_fields() -> None:
     assert "RuntimeError: boom" in entry["exception"]
 
 
-def test_an_unknown_log_format_stops_the_service_at_start() -> None:
-    assert Settings.from_env({"TASKCAST_LOG_FORMAT": "JSON"}).log_format == "json"
-    assert Settings.from_env({}).log_format == "text"
-    with pytest.raises(ValueError, match="TASKCAST_LOG_FORMAT must be text or json"):
-        Settings.from_env({"TASKCAST_LOG_FORMAT": "xml"})
+def test_an_unknown_log_format_stops_the_service_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TASKCAST_LOG_FORMAT", raising=False)
+    assert Settings().log_format == "text"
+    monkeypatch.setenv("TASKCAST_LOG_FORMAT", "JSON")
+    assert Settings().log_format == "json"
+    monkeypatch.setenv("TASKCAST_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match=r"log_format\n.*'text' or 'json'"):
+        Settings()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 from tests import env
 from tests.support import Published
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
 import httpx
@@ -10,7 +12,6 @@ import redis
 from starlette.routing import Route
 
 from taskcast.app import create_app
-from taskcast.catalog import TASKS
 from tests import env
 from tests.support import final, task_keys, wait_for_state
 
@@ -145,7 +146,7 @@ async def test_unknown_task_name_and_routes_are_json_errors(client: httpx.AsyncC
     assert unknown.status_code == 404
     assert unknown.json() == {
         "error": "unknown_task_name",
-        "detail": "no task named 'rm-rf'; known: email, progress, sleep",
+        "detail": "no task named 'rm-rf'; known: progress, sleep, email",
     }
     nowhere = await client.get("/nowhere")
     assert (nowhere.status_code, nowhere.json()["error"]) == (404, "not_found")
@@ -160,17 +161,13 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 async def test_readiness_reports_redis_down() -> None:
-    import dataclasses
-
     from taskcast.cli.devstack import free_port
     from taskcast.settings import Settings
-    from tests.support import running_server
+    from tests.support import demo_app, running_server
 
     settings = Settings()
-    dead = dataclasses.replace(
-        settings.celery, result_backend_url=f"redis://127.0.0.1:{free_port()}/0"
-    )
-    app = create_app(dataclasses.replace(settings, celery=dead))
+    dead = demo_app(result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(settings, celery_app=dead)
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 503
@@ -181,7 +178,7 @@ async def test_readiness_reports_redis_down() -> None:
 async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
-    for name in TASKS:
+    for name in ("sleep", "progress", "email"):
         assert f"/tasks/{name}" in spec["paths"]
         assert f"/groups/{name}" in spec["paths"]
     app = create_app()
@@ -192,3 +189,27 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
             assert route.path in documented
     progress = spec["components"]["schemas"]["ProgressParams"]["properties"]["total"]
     assert (progress["minimum"], progress["maximum"]) == (1, 100_000)
+    # Every reference resolves: the schemas are generated with the paths that use them.
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert refs and refs <= set(spec["components"]["schemas"])
+    status = spec["components"]["schemas"]["Status"]
+    assert set(status["required"]) == {
+        "task_id",
+        "state",
+        "final",
+        "stalled",
+        "progress",
+        "result",
+        "error",
+    }
+
+
+async def test_the_task_list_names_each_task_with_its_parameters(
+    client: httpx.AsyncClient,
+) -> None:
+    listing = (await client.get("/tasks")).json()["tasks"]
+    assert [task["name"] for task in listing] == ["progress", "sleep", "email"]
+    by_name = {task["name"]: task for task in listing}
+    assert by_name["sleep"]["summary"] == "Wait a number of seconds: the tutorial's long task."
+    assert by_name["progress"]["params"]["properties"]["total"]["maximum"] == 100_000
+    assert by_name["email"]["params"]["required"] == ["to", "data"]

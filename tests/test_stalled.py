@@ -22,16 +22,17 @@ import pytest
 import redis
 
 from taskcast.app import create_app
-from taskcast.settings import Settings
 from taskcast_celery import keys
-from taskcast_celery.demo.app import settings as celery_settings
+from tests import env
 from tests.support import (
     beat,
+    demo_app,
     eventually,
     read_until_closed,
     recv_json,
     running_record,
     running_server,
+    settings_with,
     worker_on,
     ws_connect,
 )
@@ -49,12 +50,8 @@ class Service:
 async def service() -> AsyncIterator[Service]:
     """The service with a 1 s stall threshold, dispatching to a queue of its own."""
     queue = f"test-stalled-{uuid.uuid4().hex[:8]}"
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        celery=dataclasses.replace(celery_settings, queue=queue),
-        stall_after=STALL_AFTER,
-    )
-    async with running_server(create_app(settings)) as url:
+    settings = settings_with(stall_after=STALL_AFTER)
+    async with running_server(create_app(settings, celery_app=demo_app(queue=queue))) as url:
         yield Service(url, queue)
 
 
@@ -124,7 +121,7 @@ async def test_a_slow_task_that_keeps_its_heartbeat_is_never_stalled(
     assert "STARTED" in {status["state"] for status in rest_statuses}
     assert not any(status["stalled"] for status in rest_statuses)
     # The task over, its heartbeat goes with it.
-    heartbeat = keys.heartbeat_key(celery_settings.key_prefix, task_id)
+    heartbeat = keys.heartbeat_key(env.KEY_PREFIX, task_id)
     await eventually(lambda: asyncio.to_thread(redis_client.exists, heartbeat), lambda n: n == 0)
 
 
@@ -179,7 +176,7 @@ async def test_queued_tasks_never_stall(service: Service, redis_client: redis.Re
     # Nobody runs a queued task: an old heartbeat (a previous run's) says nothing of it.
     task_id = str(uuid.uuid4())
     meta = f'{{"status": "SENT", "result": null, "task_id": "{task_id}"}}'
-    redis_client.set(keys.task_meta_key(celery_settings.key_prefix, task_id), meta)
+    redis_client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), meta)
     beat(redis_client, task_id, ago_s=10)
     assert (await rest_status(service, task_id))["stalled"] is False
 
@@ -190,11 +187,11 @@ async def test_a_group_shows_which_members_are_stalled(
     group_id, running, queued = (str(uuid.uuid4()) for _ in range(3))
     members = [[[task_id, None], None] for task_id in (running, queued)]
     record = json.dumps({"result": [[group_id, None], members]})
-    redis_client.set(keys.group_meta_key(celery_settings.key_prefix, group_id), record)
+    redis_client.set(keys.group_meta_key(env.KEY_PREFIX, group_id), record)
     running_record(redis_client, running)
     beat(redis_client, running, ago_s=10)
     queued_meta = f'{{"status": "SENT", "result": null, "task_id": "{queued}"}}'
-    redis_client.set(keys.task_meta_key(celery_settings.key_prefix, queued), queued_meta)
+    redis_client.set(keys.task_meta_key(env.KEY_PREFIX, queued), queued_meta)
     async with httpx.AsyncClient(base_url=service.url) as http:
         rest = (await http.get(f"/groups/{group_id}")).json()
     assert (rest["stalled"], rest["stalled_tasks"]) == (True, [running])
@@ -208,7 +205,7 @@ async def test_a_group_shows_which_members_are_stalled(
         assert (cleared["stalled"], cleared["stalled_tasks"]) == (False, [])
         for task_id in (running, queued):
             done = f'{{"status": "SUCCESS", "result": 1, "task_id": "{task_id}"}}'
-            redis_client.set(keys.task_meta_key(celery_settings.key_prefix, task_id), done)
+            redis_client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), done)
         rest_of_it, code = await read_until_closed(ws, within=10)
     assert code == 1000
     assert rest_of_it[-1]["state"] == "SUCCESS"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -25,15 +24,15 @@ from taskcast import client as taskcast
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.cli.terminal import Exit, format_eta, group_line, group_summary, show, status_line
-from taskcast.settings import Settings
 from taskcast_celery import keys
-from taskcast_celery.demo.app import settings as celery_settings
+from tests import env
 from tests.support import (
     ROOT,
     beat,
     eventually,
     running_record,
     running_server,
+    settings_with,
     submit,
     wait_for_state,
 )
@@ -197,7 +196,7 @@ async def test_errors_are_one_line_on_stderr_with_their_exit_codes(base_url: str
 async def test_an_unknown_task_name_is_a_usage_error(base_url: str) -> None:
     code, _, err = await run_cli("submit", "nope", "--url", base_url)
     assert code == 2
-    assert "invalid choice: 'nope'" in err
+    assert "the service has no task named 'nope' (it exposes: progress, sleep, email)" in err
 
 
 async def test_watch_wants_a_task_or_a_group(base_url: str) -> None:
@@ -262,7 +261,7 @@ async def test_submit_group_takes_optional_parameters_typed(base_url: str) -> No
 @pytest.fixture
 async def quick_to_stall() -> AsyncIterator[str]:
     """A service that calls a running task stalled after 1 s without a heartbeat."""
-    settings = dataclasses.replace(Settings.from_env(), stall_after=1.0)
+    settings = settings_with(stall_after=1.0)
     async with running_server(create_app(settings)) as url:
         yield url
 
@@ -283,7 +282,7 @@ async def test_watch_marks_a_stalled_task_until_its_worker_is_heard_again(
         assert heard == "PROGRESS   40.0%  2/5  ETA -"
         done = {"status": "SUCCESS", "result": {"status": "completed"}, "task_id": task_id,
                 "progress": {"current": 5, "total": 5}}  # fmt: skip
-        key = keys.task_meta_key(celery_settings.key_prefix, task_id)
+        key = keys.task_meta_key(env.KEY_PREFIX, task_id)
         redis_client.set(key, json.dumps(done))
         out, err = await process.communicate()
     assert (process.returncode, err) == (Exit.SUCCESS, b"")

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from taskcast_celery.demo.app import celery_app
+from taskcast_celery.demo.celery import app as celery_app
 from tests.support import WorkerProcess, read_until_closed, recv_json, worker_on, ws_connect
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import socket
 import uuid
@@ -16,7 +15,6 @@ from websockets.exceptions import ConnectionClosed
 
 from taskcast.app import create_app
 from taskcast.live.hub import Hub
-from taskcast.settings import Settings
 from taskcast_celery import keys
 from tests import env
 from tests.support import (
@@ -25,6 +23,7 @@ from tests.support import (
     read_until_closed,
     recv_json,
     running_server,
+    settings_with,
     submit,
     wait_for_state,
     ws_connect,
@@ -192,7 +191,7 @@ async def test_frames_over_the_limit_close_1009(base_url: str) -> None:
 
 
 async def test_too_many_subscriptions(client: httpx.AsyncClient) -> None:
-    app = create_app(dataclasses.replace(Settings(), max_subscriptions=2))
+    app = create_app(settings_with(max_subscriptions=2))
     ids = [await submit(client, "sleep", seconds=30) for _ in range(3)]
     try:
         async with running_server(app) as url, ws_connect(url, "/ws") as ws:
@@ -290,21 +289,21 @@ def small_window_socket(base_url: str) -> socket.socket:
 
 def write_progress(task_id: str, current: int, total: int, message: str = "") -> None:
     """A state change, written the way update_state writes it (SET + PUBLISH)."""
-    from taskcast_celery.demo.app import celery_app
+    from taskcast_celery.demo.celery import app as celery_app
 
     meta = {"current": current, "total": total, "message": message}
     celery_app.backend.store_result(task_id, meta, "PROGRESS")
 
 
 def write_success(task_id: str) -> None:
-    from taskcast_celery.demo.app import celery_app
+    from taskcast_celery.demo.celery import app as celery_app
 
     celery_app.backend.store_result(task_id, "done", "SUCCESS")
 
 
 async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
     """A stalled client holds its own socket; a fast one still gets every final."""
-    app = create_app(dataclasses.replace(Settings(), slow_client_timeout=60))
+    app = create_app(settings_with(slow_client_timeout=60))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -342,7 +341,7 @@ async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
 
 
 async def test_a_client_that_stops_reading_is_closed() -> None:
-    app = create_app(dataclasses.replace(Settings(), slow_client_timeout=0.3))
+    app = create_app(settings_with(slow_client_timeout=0.3))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -377,7 +376,7 @@ async def test_push_and_poll_only_modes(
     client: httpx.AsyncClient, redis_client: redis.Redis, push: bool
 ) -> None:
     # Push mode with a poll too slow to matter; poll-only with a fast poll.
-    settings = dataclasses.replace(Settings(), push=push, poll_interval=60 if push else 0.05)
+    settings = settings_with(push=push, poll_interval=60 if push else 0.05)
     app = create_app(settings)
     task_id = await submit(client, "progress", total=5, step_seconds=0.05)
     channel = keys.task_meta_key(env.KEY_PREFIX, task_id)

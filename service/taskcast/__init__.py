@@ -1,1 +1,62 @@
-"""The taskcast web service: REST, WebSocket and the progress hub."""
+"""taskcast: run long jobs on Celery and stream their progress live.
+
+Everything a project of yours uses is here, under one name::
+
+    import taskcast
+
+    taskcast.install(app)            # in your Celery module: the app becomes taskcast-ready
+
+    @taskcast.expose                 # above @app.task: clients may start this task
+    @app.task(bind=True)
+    def resize(self, image_id: int) -> str:
+        with taskcast.ProgressReporter(self, total=3) as progress:
+            ...
+
+    token = taskcast.sign_watch_token(task_id, secret=SECRET)  # in your web app
+    client = taskcast.Client("http://127.0.0.1:8000")          # in scripts and services
+
+Each name is imported when first used, so a script that only uses the client needs
+neither Celery nor the server's packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskcast.client import Client
+    from taskcast.tokens import sign_watch_token
+    from taskcast_celery.expose import expose
+    from taskcast_celery.install import install
+    from taskcast_celery.progress import ProgressReporter
+
+try:
+    __version__ = version("taskcast")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["Client", "ProgressReporter", "__version__", "expose", "install", "sign_watch_token"]
+
+# Where each public name is defined.
+_PUBLIC = {
+    "Client": "taskcast.client",
+    "ProgressReporter": "taskcast_celery.progress",
+    "expose": "taskcast_celery.expose",
+    "install": "taskcast_celery.install",
+    "sign_watch_token": "taskcast.tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskcast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

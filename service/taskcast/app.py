@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,21 +22,38 @@ from taskcast.live import ws
 from taskcast.live.hub import Hub
 from taskcast.live.limits import ClientConnections
 from taskcast.metrics import Metrics
+from taskcast.served import load_app, serve_app
 from taskcast.settings import Settings
 from taskcast.state import AppState
 from taskcast.store import ResultStore
-from taskcast_celery.demo.app import celery_app
 
 # Redis connections one service process may open (the hub's reads, its pub/sub, REST
 # reads and group lookups in flight), and how long a request waits for a free one before
 # it is answered 503.
 _REDIS_CONNECTIONS = 100
 _REDIS_CONNECTION_WAIT = 5.0
+_DAY = 86_400
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the service; ``settings`` default to the environment's."""
-    settings = settings or Settings.from_env()
+def check_stall_threshold(stall_after: float, heartbeat_interval: float) -> None:
+    """A few missed beats, not one late one: TASKCAST_STALL_AFTER must leave the workers'
+    beat room to be late (0 turns stall detection off)."""
+    if stall_after and stall_after < 2 * heartbeat_interval:
+        raise ValueError(
+            f"TASKCAST_STALL_AFTER must be 0 (off) or at least twice the workers' heartbeat "
+            f"interval (TASKCAST_HEARTBEAT_INTERVAL, {heartbeat_interval:g} s), got {stall_after:g}"
+        )
+
+
+def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> Starlette:
+    """Build the service for a taskcast-ready Celery app: ``celery_app``, or else the one
+    ``settings.celery_app`` names. ``settings`` default to the environment's."""
+    settings = settings or Settings()
+    if celery_app is None:
+        served = load_app(settings.celery_app)
+    else:
+        served = serve_app(celery_app, celery_app.main or "the given app")
+    check_stall_threshold(settings.stall_after, served.heartbeat_interval)
     # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
     redact_tokens_in_server_logs()
 
@@ -44,13 +62,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # A blocking pool: a burst of requests (a hundred clients subscribing to one group
         # at once, say) waits a moment for a connection instead of failing on the 101st.
         pool = BlockingConnectionPool.from_url(
-            settings.celery.result_backend_url,
+            served.redis_url,
             max_connections=_REDIS_CONNECTIONS,
             timeout=_REDIS_CONNECTION_WAIT,
         )
         redis = Redis.from_pool(pool)
-        store = ResultStore(redis, settings.celery.key_prefix)
-        app_metrics = Metrics()
+        store = ResultStore(redis, served.key_prefix)
+        app_metrics = Metrics(served.tasks)
         hub = Hub(
             store,
             metrics=app_metrics,
@@ -59,17 +77,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             slow_client_timeout=settings.slow_client_timeout,
             stall_after=settings.stall_after,
             # One beat, and the poll that reads it, after Redis is back.
-            stall_grace=settings.celery.heartbeat_interval + settings.poll_interval,
+            stall_grace=served.heartbeat_interval + settings.poll_interval,
         )
         app.state.taskcast = AppState(
             settings=settings,
+            served=served,
             redis=redis,
             store=store,
-            dispatcher=Dispatcher(celery_app, settings.celery),
+            dispatcher=Dispatcher(served),
             hub=hub,
             metrics=app_metrics,
             clients=ClientConnections(settings.max_connections_per_client),
-            auth=Auth(settings),
+            # A token lasts, by default, as long as the record of what it opens.
+            auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
@@ -89,7 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             *tasks.routes,
             *ws.routes,
-            *tutorial.routes,
+            *tutorial.routes(served.tasks),
             *openapi.routes,
             *metrics.routes,
             *demo.routes,

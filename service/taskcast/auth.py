@@ -7,7 +7,6 @@ nothing here logs a key, the secret or a token.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -21,39 +20,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from taskcast.settings import Settings
-
-# The token format's version, first in every token, so the format can change later
-# without an old token being read the new way.
-TOKEN_VERSION = "v1"
-# Far above any real token (``v1.<10 digits>.<43 characters>``): bounds the work spent on junk.
-_MAX_TOKEN_CHARS = 128
-
-
-def _mac(secret: bytes, signed: str) -> str:
-    digest = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def sign(secret: bytes, task_id: str, expires_at: int) -> str:
-    """A watch token for ``task_id`` until ``expires_at`` (Unix seconds):
-    ``v1.<expires_at>.<MAC>``. The id is bound by the MAC, not carried: a token says
-    nothing of the task it opens, and is useless for any other."""
-    payload = f"{TOKEN_VERSION}.{expires_at}"
-    return f"{payload}.{_mac(secret, f'{payload}.{task_id}')}"
-
-
-def verify(secret: bytes, token: str, task_id: str, now: float) -> bool:
-    """Whether ``token`` was signed with ``secret`` for ``task_id`` and is unexpired."""
-    if len(token) > _MAX_TOKEN_CHARS:
-        return False
-    version, _, rest = token.partition(".")
-    expires, _, mac = rest.partition(".")
-    if version != TOKEN_VERSION or not (expires.isascii() and expires.isdigit()):
-        return False
-    # The MAC covers the expiry exactly as written, so "0123" is not a second spelling
-    # of "123"; and the text is compared, not its decoding, for the same reason.
-    expected = _mac(secret, f"{version}.{expires}.{task_id}")
-    return hmac.compare_digest(mac.encode(), expected.encode()) and now < int(expires)
+from taskcast.tokens import sign, verify
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -71,10 +38,12 @@ def _digest(value: str) -> bytes:
 class Auth:
     """The service's credentials, built once from its settings."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, token_ttl: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._keys = tuple(_digest(key) for key in settings.api_keys)
         self._secret = settings.secret.encode()
-        self._ttl = settings.token_ttl
+        self._ttl = token_ttl
         self._clock = clock
 
     def __repr__(self) -> str:

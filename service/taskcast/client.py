@@ -84,6 +84,11 @@ class InvalidParams(TaskcastError):
     the service refuses (HTTP 400, 413 or 422)."""
 
 
+class AlreadyEnded(TaskcastError):
+    """``cancel`` or ``cancel_group`` named a task (every member of a group) that had
+    already ended (HTTP 409)."""
+
+
 def _base(base_url: str) -> str:
     if not base_url.startswith(("http://", "https://")):
         raise TaskcastError(f"the service URL must start with http:// or https://: {base_url!r}")
@@ -233,6 +238,21 @@ async def get_group(
     """
     group: dict[str, Any] = await _read(_GROUP, base_url, group_id, api_key or token)
     return group
+
+
+async def list_tasks(base_url: str) -> list[dict[str, Any]]:
+    """The tasks the service lets clients start (``GET /tasks``): a list of
+    ``{"name", "summary", "params"}``, ``params`` being the JSON Schema of the task's
+    parameters.
+
+    Raises ServiceUnavailable, or TaskcastError for an answer that is not taskcast's.
+    """
+    url = f"{_base(base_url)}/tasks"
+    reply = await _call("GET", url, 200, {})
+    tasks = reply.get("tasks") if isinstance(reply, dict) else None
+    if not isinstance(tasks, list):
+        raise TaskcastError(f"{url} does not answer as taskcast does")
+    return tasks
 
 
 async def submit(
@@ -433,3 +453,110 @@ async def _follow(
         ceiling = min(retry_max, retry_initial * 2**failures)
         failures += 1
         await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
+
+
+async def cancel(
+    base_url: str, task_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """Cancel a task (``DELETE /tasks/{id}``): a queued one never runs, a running one is
+    stopped; it ends REVOKED. With ``api_key`` (or, where the service signs tokens but
+    has no keys, the task's ``token``). Returns the task's links.
+
+    Raises TaskNotFound, InvalidTaskId, Unauthorized, AlreadyEnded, ServiceUnavailable.
+    """
+    refusals = {**_TASK.refusals, (409, None): AlreadyEnded}
+    reply: dict[str, Any] = await _call(
+        "DELETE", _TASK.url(base_url, task_id), 202, refusals, credential=api_key or token
+    )
+    return reply
+
+
+async def cancel_group(
+    base_url: str, group_id: str, *, token: str | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """Cancel every member of a group that has not ended (``DELETE /groups/{id}``).
+    Returns the group's links and ``revoked``, the members cancelled.
+
+    Raises GroupNotFound, InvalidGroupId, Unauthorized, AlreadyEnded, ServiceUnavailable.
+    """
+    refusals = {**_GROUP.refusals, (409, None): AlreadyEnded}
+    reply: dict[str, Any] = await _call(
+        "DELETE", _GROUP.url(base_url, group_id), 202, refusals, credential=api_key or token
+    )
+    return reply
+
+
+class Client:
+    """One service, and the API key to use with it: the functions of this module
+    without repeating them.
+
+    ::
+
+        client = taskcast.Client("https://tasks.example.com", api_key=KEY)
+        task = await client.submit("resize", {"image_id": 7})
+        async for status in client.watch(task["task_id"]):
+            print(status["state"], status["progress"])
+
+    A ``token`` given to one call (a task's or group's watch token) is used for that call.
+    """
+
+    def __init__(self, base_url: str, *, api_key: str | None = None) -> None:
+        self.base_url = _base(base_url)
+        self.api_key = api_key
+
+    def __repr__(self) -> str:
+        # Never the key itself: a repr ends up in logs.
+        return f"Client({self.base_url!r}, api_key={'set' if self.api_key else None})"
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """The tasks the service lets clients start: see ``list_tasks``."""
+        return await list_tasks(self.base_url)
+
+    async def submit(self, name: str, params: dict[str, Any] | None = None) -> dict[str, str]:
+        """Start task ``name``: see ``submit``."""
+        return await submit(self.base_url, name, params or {}, api_key=self.api_key)
+
+    async def submit_group(
+        self,
+        name: str,
+        *,
+        count: int | None = None,
+        params: dict[str, Any] | None = None,
+        tasks: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Start a group of task ``name``: see ``submit_group``."""
+        return await submit_group(
+            self.base_url, name, count=count, params=params, tasks=tasks, api_key=self.api_key
+        )
+
+    async def get_status(self, task_id: str, *, token: str | None = None) -> dict[str, Any]:
+        """A task's status object: see ``get_status``."""
+        return await get_status(self.base_url, task_id, token=token, api_key=self.api_key)
+
+    async def get_group(self, group_id: str, *, token: str | None = None) -> dict[str, Any]:
+        """A group's status object: see ``get_group``."""
+        return await get_group(self.base_url, group_id, token=token, api_key=self.api_key)
+
+    def watch(
+        self, task_id: str, *, token: str | None = None, give_up_after: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A task's statuses until its final one: see ``watch``."""
+        return watch(
+            self.base_url, task_id, token=token, api_key=self.api_key, give_up_after=give_up_after
+        )
+
+    def watch_group(
+        self, group_id: str, *, token: str | None = None, give_up_after: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A group's statuses until its final one: see ``watch_group``."""
+        return watch_group(
+            self.base_url, group_id, token=token, api_key=self.api_key, give_up_after=give_up_after
+        )
+
+    async def cancel(self, task_id: str, *, token: str | None = None) -> dict[str, Any]:
+        """Cancel a task: see ``cancel``."""
+        return await cancel(self.base_url, task_id, token=token, api_key=self.api_key)
+
+    async def cancel_group(self, group_id: str, *, token: str | None = None) -> dict[str, Any]:
+        """Cancel a group's unfinished members: see ``cancel_group``."""
+        return await cancel_group(self.base_url, group_id, token=token, api_key=self.api_key)

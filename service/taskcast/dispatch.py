@@ -7,12 +7,12 @@ import uuid
 from typing import Any, cast
 
 import anyio.to_thread
-from celery import Celery, group
+from celery import group
 from celery.result import GroupResult
 
+from taskcast.served import ServedApp
 from taskcast_celery import keys
-from taskcast_celery.demo.app import backend_client
-from taskcast_celery.demo.config import CelerySettings
+from taskcast_celery.expose import Exposure
 
 logger = logging.getLogger(__name__)
 
@@ -24,18 +24,18 @@ class DispatchError(Exception):
 class Dispatcher:
     """Sends tasks to the broker and revokes them, off the event loop."""
 
-    def __init__(self, celery_app: Celery, settings: CelerySettings) -> None:
-        self.celery_app = celery_app
-        self.settings = settings
+    def __init__(self, served: ServedApp) -> None:
+        self.served = served
+        self.celery_app = served.celery
 
-    async def submit(self, celery_name: str, kwargs: dict[str, Any]) -> str:
+    async def submit(self, exposure: Exposure, kwargs: dict[str, Any]) -> str:
         """Publish a task and return its id. Its SENT record exists before the message."""
         task_id = str(uuid.uuid4())
-        await anyio.to_thread.run_sync(self._publish, celery_name, kwargs, task_id)
+        await anyio.to_thread.run_sync(self._publish, exposure.task_name, kwargs, task_id)
         return task_id
 
     async def submit_group(
-        self, celery_name: str, members: list[dict[str, Any]]
+        self, exposure: Exposure, members: list[dict[str, Any]]
     ) -> tuple[str, list[str]]:
         """Publish a Celery group, one task per parameter set; return the group's id and
         its members' ids. Every member's SENT record, and the group's record of its
@@ -43,7 +43,7 @@ class Dispatcher:
         group_id = str(uuid.uuid4())
         task_ids = [str(uuid.uuid4()) for _ in members]
         await anyio.to_thread.run_sync(
-            self._publish_group, celery_name, members, group_id, task_ids
+            self._publish_group, exposure.task_name, members, group_id, task_ids
         )
         return group_id, task_ids
 
@@ -52,16 +52,17 @@ class Dispatcher:
         await anyio.to_thread.run_sync(self._revoke, task_ids)
 
     def _publish(self, celery_name: str, kwargs: dict[str, Any], task_id: str) -> None:
+        # The task's own apply_async: its routing, queue and options are the app's.
+        task = self.celery_app.tasks[celery_name]
         try:
-            self.celery_app.send_task(
-                celery_name, kwargs=kwargs, task_id=task_id, queue=self.settings.queue
-            )
+            task.apply_async(kwargs=kwargs, task_id=task_id)
         except Exception as exc:
             # The SENT record was written before the publish failed: without the message
             # it would read as queued forever.
             logger.warning("publishing %s failed: %r", task_id, exc, extra={"task_id": task_id})
             try:
-                backend_client().delete(keys.task_meta_key(self.settings.key_prefix, task_id))
+                backend = self.served.backend
+                backend.client.delete(backend.get_key_for_task(task_id))
             except Exception:
                 logger.exception(
                     "could not remove the SENT record of %s", task_id, extra={"task_id": task_id}
@@ -77,9 +78,10 @@ class Dispatcher:
         group_id: str,
         task_ids: list[str],
     ) -> None:
-        app, queue = self.celery_app, self.settings.queue
+        app = self.celery_app
+        task = app.tasks[celery_name]
         signatures = [
-            app.signature(celery_name, kwargs=kwargs, task_id=task_id, queue=queue)
+            task.signature(kwargs=kwargs, task_id=task_id)
             for kwargs, task_id in zip(members, task_ids, strict=True)
         ]
         try:
@@ -99,26 +101,28 @@ class Dispatcher:
         logger.info("queued %d %s as group %s", len(task_ids), celery_name, group_id)
 
     def _revoke(self, task_ids: tuple[str, ...]) -> None:
-        client = backend_client()
+        backend, prefix = self.served.backend, self.served.key_prefix
+        client = backend.client
         with client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 logger.info("revoking %s", task_id, extra={"task_id": task_id})
                 # The marker stops a worker that misses the broadcast (it starts later).
                 pipe.set(
-                    keys.revoked_key(self.settings.key_prefix, task_id),
+                    keys.revoked_key(prefix, task_id),
                     b"1",
-                    ex=self.settings.result_expires,
+                    ex=self.served.result_expires or None,
                 )
             pipe.execute()
         for task_id in task_ids:
             # Recorded now rather than when a worker gets round to it, so every watcher
             # sees REVOKED even if no worker holds the task. The first final state wins
-            # (see taskcast_celery.backend), so a late progress write cannot undo it; and written
-            # before the broadcast, so a worker's own "terminated" record never races it.
-            self.celery_app.backend.mark_as_revoked(task_id, "revoked")
+            # (taskcast_celery.backend), so a late progress write cannot undo it; and
+            # written before the broadcast, so a worker's own "terminated" record never
+            # races it.
+            backend.mark_as_revoked(task_id, "revoked")
         # A task stopped by SIGTERM never reaches task_postrun, which removes its heartbeat:
         # removed here instead, after REVOKED, so that no beat on its way writes it again
         # (a beat finds the task final and writes nothing: taskcast_celery.heartbeat).
-        client.delete(*(keys.heartbeat_key(self.settings.key_prefix, t) for t in task_ids))
+        client.delete(*(keys.heartbeat_key(prefix, t) for t in task_ids))
         # One broadcast for them all.
         self.celery_app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")

@@ -14,12 +14,16 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from celery import states
+from pydantic import Field
 
-from taskcast.status import Status, kept_progress
+# pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
+from typing_extensions import TypedDict
+
+from taskcast.status import Number, Status, TaskError, kept_progress
+from taskcast_celery import states
 
 # While a group runs, its status lists at most this many failures (and stalled members):
 # a frame goes out on every member's change, and a group of 1,000 whose members all fail
@@ -30,7 +34,56 @@ RUNNING_LIST_LIMIT = 25
 # A member with no record at all (it expired, or was never written): it is over, and
 # counts as failed, since nothing says it succeeded.
 UNKNOWN = "UNKNOWN"
-_UNKNOWN_ERROR = {"type": "UnknownTask", "message": "the task has no record (expired?)"}
+_UNKNOWN_ERROR: TaskError = {"type": "UnknownTask", "message": "the task has no record (expired?)"}
+
+
+class GroupProgress(TypedDict):
+    """The group's work done: the mean of its members' completion (a finished member
+    counts 100), and the sums of current and total of the members that report them."""
+
+    current: Number | None
+    total: Number | None
+    percent: Annotated[float, Field(ge=0, le=100)]
+    eta_s: Annotated[float | None, Field(ge=0)]
+
+
+class GroupFailure(TypedDict):
+    """A member that failed or was cancelled."""
+
+    task_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    state: str
+    error: TaskError
+
+
+class GroupStatus(TypedDict):
+    """A group's status: ``GET /groups/{id}``, and every WebSocket group message."""
+
+    group_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    state: Annotated[
+        str,
+        Field(
+            description="SENT (no member started), PROGRESS, then SUCCESS (every member "
+            "succeeded), FAILURE (one or more failed) or REVOKED (none failed, one or more "
+            "cancelled)"
+        ),
+    ]
+    final: Annotated[bool, Field(description="every member has ended")]
+    stalled: Annotated[bool, Field(description="an unfinished member is stalled")]
+    size: Annotated[int, Field(ge=1)]
+    done: Annotated[int, Field(ge=0, description="members ended")]
+    states: Annotated[dict[str, int], Field(description="how many members are in each state")]
+    progress: GroupProgress
+    failures: Annotated[
+        list[GroupFailure],
+        Field(
+            description=f"failed or cancelled members (the first {RUNNING_LIST_LIMIT} while "
+            "it runs)"
+        ),
+    ]
+    stalled_tasks: Annotated[
+        list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]],
+        Field(description=f"members whose worker went silent (the first {RUNNING_LIST_LIMIT})"),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +97,7 @@ class _Member:
     fraction: float
     current: float | None
     total: float | None
-    error: dict[str, Any] | None
+    error: TaskError | None
 
 
 class GroupTally:
@@ -76,7 +129,7 @@ class GroupTally:
         # Members counted in the sums of current and total.
         self._reporting = 0
         # Dicts as ordered sets: failures are listed in the order they were seen.
-        self._failures: dict[str, dict[str, Any]] = {}
+        self._failures: dict[str, GroupFailure] = {}
         self._stalled: dict[str, None] = {}
 
     @property
@@ -110,7 +163,11 @@ class GroupTally:
             self._total += sign * member.total
         if member.error is not None:
             if sign > 0:
-                entry = {"task_id": task_id, "state": member.state, "error": member.error}
+                entry: GroupFailure = {
+                    "task_id": task_id,
+                    "state": member.state,
+                    "error": member.error,
+                }
                 self._failures[task_id] = entry
             else:
                 self._failures.pop(task_id, None)
@@ -130,7 +187,7 @@ class GroupTally:
         """Members' work done, summed: between 0 and ``size``."""
         return self._fraction
 
-    def status(self, eta_s: float | None = None) -> dict[str, Any]:
+    def status(self, eta_s: float | None = None) -> GroupStatus:
         """The group status object (``eta_s`` comes from whoever measures the pace)."""
         final = self.final
         state: str

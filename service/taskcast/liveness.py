@@ -10,8 +10,7 @@ beat: with no signal there is nothing to judge by, so it is not called stalled.
 
 from __future__ import annotations
 
-from celery import states
-
+from taskcast_celery import states
 from taskcast_celery.states import FINAL_STATES, SENT
 
 # States in which no process is running the task, so no heartbeat is expected.

@@ -14,7 +14,7 @@ sources): never a task id, a client address or anything a client chooses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -24,13 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from taskcast.catalog import TASKS
-
 if TYPE_CHECKING:
     from taskcast.live.hub import Hub
 
-# Series are labelled with the API's task names, which clients know, not Celery's.
-_API_NAMES = {spec.celery_name: name for name, spec in TASKS.items()}
 # How a dispatch ended: queued; the broker refused it (503); its parameters were
 # refused (400, 413, 422 on POST /tasks/{name}).
 DISPATCH_OUTCOMES = ("ok", "publish_failed", "invalid")
@@ -42,7 +38,9 @@ _READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class Metrics:
     """The counters of one app; ``track`` adds what is read from its hub."""
 
-    def __init__(self) -> None:
+    def __init__(self, task_names: Iterable[str]) -> None:
+        """``task_names``: the exposed tasks (the API's names, which clients know, not
+        Celery's) that dispatches are counted by."""
         self.registry = CollectorRegistry()
         registry = self.registry
         self.read_seconds = Histogram(
@@ -80,7 +78,7 @@ class Metrics:
         )
         # Every series exists from the start, at 0, so that rates and alerts on them
         # work before the first failure.
-        for name in TASKS:
+        for name in task_names:
             for outcome in DISPATCH_OUTCOMES:
                 self.dispatches.labels(name, outcome)
         limited = Counter(
@@ -97,10 +95,9 @@ class Metrics:
         """Report ``hub``'s live state with every scrape."""
         self.registry.register(_HubCollector(hub))
 
-    def dispatched(self, celery_name: str, outcome: str, count: int = 1) -> None:
-        """Count dispatches of a catalog task (named as Celery knows it): ``count`` of
-        them for a group."""
-        self.dispatches.labels(_API_NAMES[celery_name], outcome).inc(count)
+    def dispatched(self, name: str, outcome: str, count: int = 1) -> None:
+        """Count dispatches of an exposed task: ``count`` of them for a group."""
+        self.dispatches.labels(name, outcome).inc(count)
 
 
 class _HubCollector:

@@ -1,64 +1,131 @@
-"""Service settings, read once from the environment."""
+"""Service settings: ``TASKCAST_*`` variables, read when the app is built.
+
+Where Redis is, the key prefix, the queue and how long records live are not here: they
+are the served Celery app's own configuration (``taskcast.served``).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from taskcast_celery.demo.app import settings as celery_settings
-from taskcast_celery.demo.config import CelerySettings, parse_bool
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from taskcast.tokens import MIN_SECRET_CHARS
+
+# The demo app, served when no other is named: a Celery app like any other.
+DEMO_APP = "taskcast_celery.demo"
+
+# Shorter keys are refused at start: a guessable key protects nothing.
+MIN_KEY_CHARS = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+def _items(value: Any) -> Any:
+    """A comma-separated list, as an environment variable holds one."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class Settings(BaseSettings):
     """What the service reads from its environment (see the README's table)."""
 
-    # Where Redis is and the key prefix: the Celery app's own settings, read once when
-    # ``taskcast_celery.demo.app`` is imported, so the service and the workers always agree.
-    celery: CelerySettings = field(default_factory=lambda: celery_settings)
+    # Errors never quote what was given: it may be a key or the secret, bound for a log.
+    model_config = SettingsConfigDict(
+        env_prefix="TASKCAST_", env_ignore_empty=True, frozen=True, hide_input_in_errors=True
+    )
+
+    # The Celery app to serve, as ``celery -A`` names it (``proj``, ``proj.celery:app``).
+    celery_app: str = DEMO_APP
     # Largest request body accepted, in bytes.
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: PositiveInt = 64 * 1024
     # Bound on how long /readyz waits for Redis before answering "not ready".
-    ready_timeout: float = 1.0
+    ready_timeout: PositiveFloat = 1.0
     # The hub's safety-net poll of watched tasks, in seconds.
-    poll_interval: float = 0.5
+    poll_interval: PositiveFloat = 0.5
     # Follow Celery's PUBLISH of each stored state (else poll only).
     push: bool = True
     # A client that stops reading for this long is closed (code 4408).
-    slow_client_timeout: float = 30.0
+    slow_client_timeout: PositiveFloat = 30.0
     # Subscriptions one /ws socket may hold at once.
-    max_subscriptions: int = 100
+    max_subscriptions: PositiveInt = 100
     # Largest client WebSocket frame; a larger one closes the socket with 1009.
-    ws_max_message_bytes: int = 4096
+    ws_max_message_bytes: PositiveInt = 4096
     # permessage-deflate: off, since for small JSON frames it costs far more CPU and
     # memory per socket than it saves.
     ws_deflate: bool = False
     # Open WebSocket connections one client address may hold in this process (0: no cap).
-    max_connections_per_client: int = 100
+    max_connections_per_client: NonNegativeInt = 100
     # Subscribes one /ws socket may send a second on average (0: no limit), in bursts of
     # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
-    subscribe_rate: float = 10.0
-    subscribe_burst: int = 100
+    subscribe_rate: NonNegativeFloat = 10.0
+    subscribe_burst: PositiveInt = 100
     # Most members one POST /groups/{name} may start.
-    max_group_size: int = 1000
-    # Seconds without a heartbeat after which a running task is called stalled (0: never).
-    stall_after: float = 30.0
+    max_group_size: PositiveInt = 1000
+    # Seconds without a heartbeat after which a running task is called stalled (0: never);
+    # at least twice the served app's heartbeat interval (checked when the app is built).
+    stall_after: NonNegativeFloat = 30.0
     # Logs of ``taskcast serve``: "text" (uvicorn's) or "json" (one object a line).
-    log_format: str = "text"
+    log_format: Literal["text", "json"] = "text"
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
     # Auth (docs/security.md), off while these are empty. Keys that may dispatch and
     # cancel; kept out of repr so that a logged Settings never shows a credential.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False)
     # Signs watch tokens; when set, reading or watching a task needs its token.
-    secret: str = field(default="", repr=False)
-    # Seconds a watch token stays valid (default: as long as the task's record).
-    token_ttl: int = 86_400
+    secret: str = Field("", repr=False)
+    # Seconds a watch token stays valid (default: as long as the served app keeps records).
+    token_ttl: PositiveInt | None = None
     # Origins whose pages may open WebSockets and call the API; empty: any may open a
     # WebSocket and no CORS is offered. ("*",) offers CORS to every origin.
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _items(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(key) < MIN_KEY_CHARS for key in keys):
+            # Never quote the key itself: this message reaches logs.
+            raise ValueError(f"every key needs at least {MIN_KEY_CHARS} characters")
+        return keys
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, secret: str) -> str:
+        if secret and len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(f"needs at least {MIN_SECRET_CHARS} characters")
+        return secret
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        # Browsers send an origin as scheme://host[:port] in lower case, without a path.
+        origins = tuple(origin.lower().rstrip("/") for origin in _items(value))
+        for origin in origins:
+            if origin != "*" and (
+                not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]
+            ):
+                raise ValueError(
+                    f"{origin!r} is not '*' or an origin such as https://app.example.com"
+                )
+        return origins
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The WebSocket options taskcast serves with (benchmarks reuse them for a baseline)."""
@@ -70,86 +137,13 @@ class Settings:
             "ws_per_message_deflate": self.ws_deflate,
         }
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        return cls(
-            max_body_bytes=int(env.get("TASKCAST_MAX_BODY_BYTES", "65536")),
-            ready_timeout=float(env.get("TASKCAST_READY_TIMEOUT", "1.0")),
-            poll_interval=float(env.get("TASKCAST_POLL_INTERVAL", "0.5")),
-            push=parse_bool(env.get("TASKCAST_PUSH", "true")),
-            slow_client_timeout=float(env.get("TASKCAST_SLOW_CLIENT_TIMEOUT", "30")),
-            max_subscriptions=int(env.get("TASKCAST_MAX_SUBSCRIPTIONS", "100")),
-            ws_max_message_bytes=int(env.get("TASKCAST_WS_MAX_MESSAGE_BYTES", "4096")),
-            ws_deflate=parse_bool(env.get("TASKCAST_WS_DEFLATE", "false")),
-            max_connections_per_client=int(env.get("TASKCAST_MAX_CONNECTIONS_PER_CLIENT", "100")),
-            subscribe_rate=float(env.get("TASKCAST_SUBSCRIBE_RATE", "10")),
-            subscribe_burst=int(env.get("TASKCAST_SUBSCRIBE_BURST", "100")),
-            max_group_size=int(env.get("TASKCAST_MAX_GROUP_SIZE", "1000")),
-            stall_after=_stall_after(env.get("TASKCAST_STALL_AFTER", "30")),
-            log_format=_log_format(env.get("TASKCAST_LOG_FORMAT", "text")),
-            dev=parse_bool(env.get("TASKCAST_DEV", "")),
-            api_keys=_api_keys(env.get("TASKCAST_API_KEYS", "")),
-            secret=_secret(env.get("TASKCAST_SECRET", "")),
-            token_ttl=int(env.get("TASKCAST_TOKEN_TTL") or celery_settings.result_expires),
-            allowed_origins=_origins(env.get("TASKCAST_ALLOWED_ORIGINS", "")),
-        )
 
-
-def _items(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-# Shorter credentials are refused at start: a guessable key or secret protects nothing.
-_MIN_KEY_CHARS = 16
-_MIN_SECRET_CHARS = 32
-
-
-def _api_keys(text: str) -> tuple[str, ...]:
-    keys = _items(text)
-    if any(len(key) < _MIN_KEY_CHARS for key in keys):
-        # Never quote the key itself: this message reaches logs.
-        raise ValueError(f"TASKCAST_API_KEYS: every key needs at least {_MIN_KEY_CHARS} characters")
-    return keys
-
-
-def _secret(text: str) -> str:
-    if text and len(text) < _MIN_SECRET_CHARS:
-        raise ValueError(f"TASKCAST_SECRET needs at least {_MIN_SECRET_CHARS} characters")
-    return text
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    # Browsers send an origin as scheme://host[:port] in lower case, without a path.
-    origins = tuple(origin.lower().rstrip("/") for origin in _items(text))
-    for origin in origins:
-        if origin != "*" and (
-            not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]
-        ):
-            raise ValueError(
-                f"TASKCAST_ALLOWED_ORIGINS: {origin!r} is not '*' or an origin such as "
-                "https://app.example.com"
-            )
-    return origins
-
-
-def _stall_after(text: str) -> float:
-    stall_after = float(text)
-    # A few missed beats, not one late one: the threshold must leave the workers' beat
-    # (TASKCAST_HEARTBEAT_INTERVAL, read by the same Celery settings) room to be late.
-    interval = celery_settings.heartbeat_interval
-    if stall_after and stall_after < 2 * interval:
-        raise ValueError(
-            f"TASKCAST_STALL_AFTER must be 0 (off) or at least twice "
-            f"TASKCAST_HEARTBEAT_INTERVAL ({interval:g} s), got {text!r}"
-        )
-    if stall_after < 0:
-        raise ValueError(f"TASKCAST_STALL_AFTER must not be negative, got {text!r}")
-    return stall_after
-
-
-def _log_format(text: str) -> str:
-    log_format = text.strip().lower()
-    if log_format not in ("text", "json"):
-        raise ValueError(f"TASKCAST_LOG_FORMAT must be text or json, got {text!r}")
-    return log_format
+def explain(exc: ValidationError) -> str:
+    """A settings error in the words of the environment: one line per variable at fault
+    (``TASKCAST_STALL_AFTER: Input should be ...``), never the value given."""
+    problems = []
+    for problem in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        name = f"TASKCAST_{field.upper()}" if field else "settings"
+        problems.append(f"{name}: {problem['msg']}")
+    return "; ".join(problems)

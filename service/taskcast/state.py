@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -12,6 +13,7 @@ from taskcast.groups import member_ids
 from taskcast.live.hub import Hub
 from taskcast.live.limits import ClientConnections
 from taskcast.metrics import Metrics
+from taskcast.served import ServedApp
 from taskcast.settings import Settings
 from taskcast.store import ResultStore
 
@@ -21,6 +23,8 @@ class AppState:
     """Shared clients of one service process, available as ``app.state.taskcast``."""
 
     settings: Settings
+    # The Celery app served, and what the service read from it.
+    served: ServedApp
     redis: Redis
     store: ResultStore
     dispatcher: Dispatcher
@@ -29,6 +33,8 @@ class AppState:
     # Open WebSocket connections by client address, for their per-client cap.
     clients: ClientConnections
     auth: Auth
+    # The OpenAPI document, made at its first request.
+    openapi: dict[str, Any] | None = None
 
     async def group_members(self, group_id: str) -> tuple[str, ...] | None:
         """A group's member ids (None: no such group): from the hub while it tallies the

@@ -1,57 +1,142 @@
 """The status object: what REST answers and what every WebSocket status message carries.
 
 It is built from the raw bytes of a task's result-backend record, so REST and the hub
-share one decoding of Celery's format.
+share one decoding of Celery's format. Its shape is typed once, here (``Status``); the
+OpenAPI description is generated from these types.
+
+Progress is read whichever way the task reported it: taskcast's ``ProgressReporter``
+and Celery's documented ``{"current", "total"}``, celery-progress's ``ProgressRecorder``
+(``{"pending", "current", "total", "percent", "description"}``), a lone ``percent``, and
+a ``message`` (or ``description``, or ``status``) text. Values that are not what they
+should be (text where a number belongs, a ``total`` of 0, NaN) are left out rather than
+trusted: a status never shows a percent that its numbers do not support.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+from typing import Annotated, Any
 
 import orjson
-from celery import states
+from pydantic import Field
 
+# pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
+from typing_extensions import TypedDict
+
+from taskcast_celery import states
 from taskcast_celery.states import FINAL_STATES
 
-Status = dict[str, Any]
+Number = float | int
 
 
-def _number(value: Any) -> float | int | None:
+class Progress(TypedDict):
+    """How far a running task is, as it reported it (and, for rate and ETA, as the
+    WebSocket hub measured it)."""
+
+    current: Number | None
+    total: Number | None
+    percent: Annotated[float | None, Field(ge=0, le=100)]
+    message: str | None
+    rate: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            description="units of current per second, as the WebSocket hub measures it; "
+            "null over REST, on a final status, and until the task has advanced",
+        ),
+    ]
+    eta_s: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            description="seconds left, from rate and total; 0 on SUCCESS; null over REST "
+            "while running, and while rate or total is unknown",
+        ),
+    ]
+
+
+class TaskError(TypedDict):
+    """Why a task failed, or that it was cancelled: the exception's type and message."""
+
+    type: str
+    message: str
+
+
+class Status(TypedDict):
+    """A task's status: ``GET /tasks/{id}``, and every WebSocket status message."""
+
+    task_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    state: Annotated[
+        str,
+        Field(
+            description="Celery's state as stored: SENT, PENDING, STARTED, PROGRESS, RETRY, "
+            "SUCCESS, FAILURE, REVOKED, or a custom one"
+        ),
+    ]
+    final: Annotated[bool, Field(description="true exactly for SUCCESS, FAILURE, REVOKED")]
+    stalled: Annotated[
+        bool,
+        Field(
+            description="true while a running task's worker has sent no heartbeat for "
+            "TASKCAST_STALL_AFTER seconds (it probably died); false otherwise"
+        ),
+    ]
+    progress: Progress | None
+    result: Annotated[Any, Field(description="the task's return value, on SUCCESS")]
+    error: TaskError | None
+
+
+def _number(value: Any) -> Number | None:
+    """A finite number (never a bool, never text), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
-def _progress(meta: dict[str, Any], *, complete: bool = False) -> dict[str, Any] | None:
+def _text(meta: dict[str, Any]) -> str | None:
+    """The task's message: ``message``, celery-progress's ``description``, or a
+    ``status`` text, whichever it wrote."""
+    for key in ("message", "description", "status"):
+        value = meta.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _progress(meta: dict[str, Any], *, complete: bool = False) -> Progress | None:
     current, total = _number(meta.get("current")), _number(meta.get("total"))
-    if current is None and total is None:
-        return None
-    if complete and total is not None:
-        current = total
     percent = _number(meta.get("percent"))
+    message = _text(meta)
+    if current is None and total is None and percent is None and message is None:
+        return None
     if complete:
-        percent = 100.0
+        if total is not None:
+            current = total
+        # Done: whatever it last said it was doing ("sending") is no longer so.
+        percent, message = 100.0, None
     elif percent is None and current is not None and total:
         # Computed here because tasks rarely write it: the tutorial this grew from read a
         # "percent" that its task never set, so every bar sat at 0.
         percent = current * 100.0 / total
     if percent is not None:
         percent = round(min(max(float(percent), 0.0), 100.0), 2)
-    message = meta.get("message")
     return {
         "current": current,
         "total": total,
         "percent": percent,
-        "message": message if isinstance(message, str) else None,
+        "message": message,
         # One record says nothing of pace: the hub, which sees every change, fills these
-        # in (taskcast.live.eta). A finished task has nothing left and no pace, so its final
-        # status reads the same whoever asks, and whenever.
+        # in (taskcast.live.eta). A finished task has nothing left and no pace, so its
+        # final status reads the same whoever asks, and whenever.
         "rate": None,
         "eta_s": 0.0 if complete else None,
     }
 
 
-def _error(result: Any) -> dict[str, str]:
+def _error(result: Any) -> TaskError:
     if isinstance(result, dict) and "exc_type" in result:
         raw = result.get("exc_message")
         if isinstance(raw, list | tuple):
@@ -77,7 +162,7 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
     elif state in FINAL_STATES:
         error = _error(result)
     elif isinstance(result, dict):
-        # PROGRESS, or a custom state whose meta carries current/total.
+        # PROGRESS, or a custom state whose meta carries progress.
         progress = _progress(result)
     return {
         "task_id": task_id,
@@ -92,12 +177,22 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
     }
 
 
+def _load(raw: bytes) -> Any:
+    """A record's JSON. Python's json writes NaN and Infinity, which orjson refuses to
+    read: such a record (a task that reported a NaN) is read the slow way."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 def decode_status(task_id: str, raw: bytes) -> Status:
     """Decode a raw result-backend record; an unreadable one becomes a FAILURE-like status."""
-    try:
-        meta = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        meta = None
+    meta = _load(raw)
     if not isinstance(meta, dict) or "status" not in meta:
         return {
             "task_id": task_id,
@@ -111,13 +206,10 @@ def decode_status(task_id: str, raw: bytes) -> Status:
     return build_status(task_id, meta)
 
 
-def kept_progress(raw: bytes) -> dict[str, Any] | None:
+def kept_progress(raw: bytes) -> Progress | None:
     """The last progress a finished task had reported, as its final record keeps it
     (``taskcast_celery.backend``); the status object shows it only on SUCCESS."""
-    try:
-        meta = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    meta = _load(raw)
     last = meta.get("progress") if isinstance(meta, dict) else None
     return _progress(last) if isinstance(last, dict) else None
 

@@ -27,7 +27,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 from taskcast_celery import keys
-from taskcast_celery.backend import IS_FINAL_LUA
+from taskcast_celery.backend import IS_FINAL_LUA, TaskcastRedisBackend
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,11 @@ class Heartbeat:
     """Beats for every task this process is running (one at a time in a prefork child,
     several in a thread pool)."""
 
-    def __init__(
-        self, client: Callable[[], Redis], prefix: str, interval: float, expires: int
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
+    def __init__(self, backend: Callable[[], TaskcastRedisBackend], interval: float) -> None:
+        # The app's backend, asked for when needed: its client, its key prefix and the
+        # records' lifetime are the app's configuration, read once the app runs tasks.
+        self._backend = backend
         self.interval = interval
-        # A dead task's key outlives its record by an hour: a record that still says
-        # PROGRESS never meets a missing heartbeat, which would read as "never beat".
-        self._expires = expires + 3600 if expires else 0
         self._running: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -89,7 +85,8 @@ class Heartbeat:
         with self._lock:
             self._running.discard(task_id)
         try:
-            self._client().delete(keys.heartbeat_key(self._prefix, task_id))
+            backend = self._backend()
+            backend.client.delete(keys.heartbeat_key(backend.key_prefix, task_id))
         except Exception as exc:  # the key expires anyway; never fail the task for it
             logger.warning("could not remove the heartbeat of %s: %r", task_id, exc)
 
@@ -114,14 +111,19 @@ class Heartbeat:
         if not task_ids:
             return True
         try:
-            client = self._client()
+            backend = self._backend()
+            client: Redis = backend.client
+            prefix = backend.key_prefix
+            # A dead task's key outlives its record by an hour: a record that still says
+            # PROGRESS never meets a missing heartbeat, which would read as "never beat".
+            expires = int(backend.expires) + 3600 if backend.expires else 0
             if self._script is None:
                 self._script = client.register_script(_BEAT_LUA)
             with client.pipeline(transaction=False) as pipe:
                 for task_id in task_ids:
-                    beat = keys.heartbeat_key(self._prefix, task_id)
-                    record = keys.task_meta_key(self._prefix, task_id)
-                    self._script(keys=[beat, record], args=[self._expires], client=pipe)
+                    beat = keys.heartbeat_key(prefix, task_id)
+                    record = keys.task_meta_key(prefix, task_id)
+                    self._script(keys=[beat, record], args=[expires], client=pipe)
                 pipe.execute()
         except Exception as exc:
             logger.warning("heartbeat failed (%r); retrying in %.1f s", exc, _RETRY_AFTER)

@@ -1,11 +1,22 @@
-"""Task states taskcast adds to Celery's own."""
+"""Task states: the ones taskcast adds to Celery's, and the ones that end a task.
+
+Plain strings, as Celery stores them, so that reading a record needs no Celery import.
+"""
 
 from __future__ import annotations
-
-from celery import states
 
 # Recorded by the producer before the message is published, so that an id with no
 # record at all is unknown rather than PENDING.
 SENT = "SENT"
+# What ``self.update_state(state="PROGRESS", meta=...)`` stores, by convention.
 PROGRESS = "PROGRESS"
-FINAL_STATES = frozenset(states.READY_STATES)
+# Celery's own, as they appear in records (``celery.states``).
+PENDING = "PENDING"
+RECEIVED = "RECEIVED"
+STARTED = "STARTED"
+RETRY = "RETRY"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+REVOKED = "REVOKED"
+# Celery's READY_STATES: a task in one of these has ended, for good.
+FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})

@@ -17,7 +17,7 @@ from taskcast_celery import keys
 async def dev_outbox(request: Request) -> Response:
     """The e-mails the workers kept in the dev outbox, newest first."""
     state = app_state(request)
-    key = keys.dev_outbox_key(state.settings.celery.key_prefix)
+    key = keys.dev_outbox_key(state.served.key_prefix)
     entries = cast("list[bytes]", await state.redis.lrange(key, 0, -1))
     return json_response({"messages": [orjson.loads(entry) for entry in entries]})
 

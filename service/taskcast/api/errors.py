@@ -10,6 +10,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+# pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
+from typing_extensions import TypedDict
+
 from taskcast.api.responses import json_response
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,13 @@ _HTTP_CODES = {
     422: "invalid_request",
     503: "unavailable",
 }
+
+
+class ErrorBody(TypedDict):
+    """Every error's body: a code to act on, and what was wrong, in words."""
+
+    error: str
+    detail: str
 
 
 class ApiError(Exception):
@@ -50,7 +60,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def error_response(status_code: int, error: str, detail: str) -> Response:
-    return json_response({"error": error, "detail": detail}, status_code=status_code)
+    body: ErrorBody = {"error": error, "detail": detail}
+    return json_response(body, status_code=status_code)
 
 
 async def api_error(request: Request, exc: Exception) -> Response:

@@ -1,19 +1,40 @@
-"""The OpenAPI description of the REST API, served at ``/openapi.json``."""
+"""The OpenAPI description of the REST API, served at ``/openapi.json``.
+
+Built once per app, from what it serves: the exposed tasks and their parameter models,
+and the payload types themselves (``Status``, ``GroupStatus``, the links, the error
+body): every schema is generated from the one typed definition of its payload.
+"""
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
+from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from taskcast.api import tutorial
+from taskcast.api.errors import ErrorBody
 from taskcast.api.responses import json_response
-from taskcast.api.tasks import app_state
-from taskcast.catalog import TASKS, EmailParams
+from taskcast.api.tasks import GroupCancelled, GroupLinks, TaskLinks, app_state
+from taskcast.catalog import TaskList
+from taskcast.groups import GroupStatus
+from taskcast.status import Status
+from taskcast_celery.expose import Exposure
 
+_REF = "#/components/schemas/{model}"
+# The payloads the API answers with, by the name their schema goes under.
+_PAYLOADS: dict[str, Any] = {
+    "Status": Status,
+    "GroupStatus": GroupStatus,
+    "TaskLinks": TaskLinks,
+    "GroupLinks": GroupLinks,
+    "GroupCancelled": GroupCancelled,
+    "TaskList": TaskList,
+    "ErrorBody": ErrorBody,
+}
 _ID = {
     "name": "task_id",
     "in": "path",
@@ -22,30 +43,8 @@ _ID = {
 }
 _GROUP_ID = {**_ID, "name": "group_id"}
 
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
-    return {"description": description, "content": {"application/json": {"schema": ref}}}
-
-
 # OpenAPI security requirements: any one of the alternatives, each a scheme by name.
 _Security = list[dict[str, list[str]]]
-
-
-def _guarded(operation: dict[str, Any], security: _Security) -> dict[str, Any]:
-    """``operation`` with its security requirement and 401, when this deployment has one."""
-    if not security:
-        return operation
-    responses = {**operation["responses"], "401": _error("Missing, wrong or expired credentials.")}
-    return {**operation, "security": security, "responses": responses}
-
 
 _SECURITY_SCHEMES = {
     "bearer": {
@@ -63,7 +62,23 @@ _SECURITY_SCHEMES = {
 }
 
 
-def _query(model: type[Any]) -> list[dict[str, Any]]:
+def _error(description: str) -> dict[str, Any]:
+    return _ok(description, {"$ref": _REF.format(model="ErrorBody")})
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _guarded(operation: dict[str, Any], security: _Security) -> dict[str, Any]:
+    """``operation`` with its security requirement and 401, when this deployment has one."""
+    if not security:
+        return operation
+    responses = {**operation["responses"], "401": _error("Missing, wrong or expired credentials.")}
+    return {**operation, "security": security, "responses": responses}
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()
     required = set(schema.get("required", []))
     return [
@@ -72,140 +87,28 @@ def _query(model: type[Any]) -> list[dict[str, Any]]:
     ]
 
 
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "detail"],
-        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-    },
-    "TaskLinks": {
-        "type": "object",
-        "required": ["task_id", "status_url", "ws_url"],
-        "properties": {
-            "task_id": {"type": "string", "format": "uuid"},
-            "status_url": {"type": "string"},
-            "ws_url": {"type": "string"},
-            "token": {
-                "type": "string",
-                "description": "the task's watch token, present when the service signs "
-                "them (TASKCAST_SECRET); status_url and ws_url carry it too",
-            },
-        },
-    },
-    "Progress": {
-        "type": ["object", "null"],
-        "properties": {
-            "current": {"type": ["number", "null"]},
-            "total": {"type": ["number", "null"]},
-            "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-            "message": {"type": ["string", "null"]},
-            "rate": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "units of current per second, as the WebSocket hub measures "
-                "it; null over REST, on a final status, and until the task has advanced",
-            },
-            "eta_s": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "seconds left, from rate and total; 0 on SUCCESS; null over "
-                "REST while running, and while rate or total is unknown",
-            },
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["task_id", "state", "final", "stalled", "progress", "result", "error"],
-        "properties": {
-            "task_id": {"type": "string", "format": "uuid"},
-            "state": {"type": "string", "examples": ["SENT", "STARTED", "PROGRESS", "SUCCESS"]},
-            "final": {"type": "boolean"},
-            "stalled": {
-                "type": "boolean",
-                "description": "true while a running task's worker has sent no heartbeat "
-                "for TASKCAST_STALL_AFTER seconds (it probably died); false otherwise",
-            },
-            "progress": {"$ref": "#/components/schemas/Progress"},
-            "result": {},
-            "error": {
-                "type": ["object", "null"],
-                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-    "GroupLinks": {
-        "type": "object",
-        "required": ["group_id", "task_ids", "status_url", "ws_url"],
-        "properties": {
-            "group_id": {"type": "string", "format": "uuid"},
-            "task_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
-            "status_url": {"type": "string"},
-            "ws_url": {"type": "string"},
-            "token": {
-                "type": "string",
-                "description": "the group's watch token, present when the service signs "
-                "them (TASKCAST_SECRET)",
-            },
-        },
-    },
-    "GroupStatus": {
-        "type": "object",
-        "required": [
-            "group_id",
-            "state",
-            "final",
-            "stalled",
-            "size",
-            "done",
-            "states",
-            "progress",
-            "failures",
-            "stalled_tasks",
-        ],
-        "properties": {
-            "group_id": {"type": "string", "format": "uuid"},
-            "state": {
-                "type": "string",
-                "description": "SENT (no member started), PROGRESS, then SUCCESS (every "
-                "member succeeded), FAILURE (one or more failed) or REVOKED (none failed, "
-                "one or more cancelled)",
-            },
-            "final": {"type": "boolean", "description": "every member has ended"},
-            "stalled": {"type": "boolean", "description": "an unfinished member is stalled"},
-            "size": {"type": "integer", "minimum": 1},
-            "done": {"type": "integer", "minimum": 0, "description": "members ended"},
-            "states": {
-                "type": "object",
-                "additionalProperties": {"type": "integer", "minimum": 1},
-                "description": "how many members are in each state",
-            },
-            "progress": {
-                "type": "object",
-                "properties": {
-                    "current": {"type": ["number", "null"]},
-                    "total": {"type": ["number", "null"]},
-                    "percent": {"type": "number", "minimum": 0, "maximum": 100},
-                    "eta_s": {"type": ["number", "null"], "minimum": 0},
-                },
-            },
-            "failures": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "task_id": {"type": "string", "format": "uuid"},
-                        "state": {"type": "string"},
-                        "error": {"type": "object"},
-                    },
-                },
-            },
-            "stalled_tasks": {"type": "array", "items": {"type": "string", "format": "uuid"}},
-        },
-    },
-}
+def _schemas(
+    tasks: Mapping[str, Exposure],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """References to each payload's schema and to each task's parameters, and every
+    schema they need, generated together so that they share one namespace."""
+    Mode = Literal["validation", "serialization"]
+    inputs: list[tuple[str, Mode, TypeAdapter[Any]]] = [
+        (name, "serialization", TypeAdapter(payload)) for name, payload in _PAYLOADS.items()
+    ]
+    inputs += [
+        (f"task:{name}", "validation", TypeAdapter(exposure.params))
+        for name, exposure in tasks.items()
+    ]
+    refs, definitions = TypeAdapter.json_schemas(inputs, ref_template=_REF)
+    components: dict[str, dict[str, Any]] = definitions.get("$defs", {})
+    by_name = {key: ref for (key, _mode), ref in refs.items()}
+    payloads = {name: by_name[name] for name in _PAYLOADS}
+    params = {name: by_name[f"task:{name}"] for name in tasks}
+    return {**payloads, **params}, components
 
 
-def _group_request(params_ref: dict[str, str], params_required: bool, most: int) -> dict[str, Any]:
+def _group_request(params_ref: dict[str, Any], params_required: bool, most: int) -> dict[str, Any]:
     """``{"count", "params"}`` or ``{"tasks": [params, ...]}``: exactly one of the two."""
     by_count = {
         "type": "object",
@@ -227,18 +130,46 @@ def _group_request(params_ref: dict[str, str], params_required: bool, most: int)
     return {"oneOf": [by_count, by_list]}
 
 
-@cache
-def spec(
-    dev: bool = False, keys: bool = False, tokens: bool = False, max_group_size: int = 1000
+def build(
+    tasks: Mapping[str, Exposure],
+    *,
+    dev: bool = False,
+    keys: bool = False,
+    tokens: bool = False,
+    max_group_size: int = 1000,
 ) -> dict[str, Any]:
-    """Build the document once per mode; it only depends on code, on dev mode, on which
-    credentials the service wants (API keys, watch tokens) and on the group size cap."""
-    schemas = dict(_SCHEMAS)
+    """The document for an app exposing ``tasks``, in its mode: dev, which credentials
+    it wants (API keys, watch tokens) and its group size cap."""
+    refs, components = _schemas(tasks)
     paths: dict[str, Any] = {}
-    for name, task in TASKS.items():
-        model_schema = task.params.model_json_schema()
-        schemas[task.params.__name__] = model_schema
-        params_ref = {"$ref": f"#/components/schemas/{task.params.__name__}"}
+    paths["/tasks"] = {
+        "get": {
+            "summary": "The tasks clients may start, with their parameters' JSON Schema.",
+            "operationId": "list_tasks",
+            "responses": {"200": _ok("The tasks.", refs["TaskList"])},
+        }
+    }
+    for name, exposure in tasks.items():
+        params_ref = refs[name]
+        required = bool(exposure.params.model_json_schema().get("required"))
+        paths[f"/tasks/{name}"] = {
+            "post": {
+                "summary": exposure.summary or f"Start {name}.",
+                "operationId": f"submit_{name}",
+                "requestBody": {
+                    # No body means no parameters: fine unless the task requires some.
+                    "required": required,
+                    "content": {"application/json": {"schema": params_ref}},
+                },
+                "responses": {
+                    "202": _ok("Queued.", refs["TaskLinks"]),
+                    "400": _error("Body is not JSON."),
+                    "413": _error("Body too large."),
+                    "422": _error("Invalid parameters."),
+                    "503": _error("Broker unavailable."),
+                },
+            }
+        }
         paths[f"/groups/{name}"] = {
             "post": {
                 "summary": f"Start a group of {name} tasks: count copies, or one per params.",
@@ -247,36 +178,12 @@ def spec(
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": _group_request(
-                                params_ref, bool(model_schema.get("required")), max_group_size
-                            )
+                            "schema": _group_request(params_ref, required, max_group_size)
                         }
                     },
                 },
                 "responses": {
-                    "202": _ok("Queued.", "GroupLinks"),
-                    "400": _error("Body is not JSON."),
-                    "413": _error("Body too large."),
-                    "422": _error("Invalid parameters."),
-                    "503": _error("Broker unavailable."),
-                },
-            }
-        }
-        paths[f"/tasks/{name}"] = {
-            "post": {
-                "summary": task.summary,
-                "operationId": f"submit_{name}",
-                "requestBody": {
-                    # No body means no parameters: fine unless the task requires some.
-                    "required": bool(model_schema.get("required")),
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{task.params.__name__}"}
-                        }
-                    },
-                },
-                "responses": {
-                    "202": _ok("Queued.", "TaskLinks"),
+                    "202": _ok("Queued.", refs["GroupLinks"]),
                     "400": _error("Body is not JSON."),
                     "413": _error("Body too large."),
                     "422": _error("Invalid parameters."),
@@ -290,7 +197,7 @@ def spec(
             "operationId": "get_status",
             "parameters": [_ID],
             "responses": {
-                "200": _ok("The status object.", "Status"),
+                "200": _ok("The status object.", refs["Status"]),
                 "404": _error("Unknown task."),
                 "422": _error("Malformed task id."),
             },
@@ -300,7 +207,7 @@ def spec(
             "operationId": "cancel_task",
             "parameters": [_ID],
             "responses": {
-                "202": _ok("Cancelled; the task ends REVOKED.", "TaskLinks"),
+                "202": _ok("Cancelled; the task ends REVOKED.", refs["TaskLinks"]),
                 "404": _error("Unknown task."),
                 "409": _error("The task already ended."),
                 "422": _error("Malformed task id."),
@@ -313,7 +220,7 @@ def spec(
             "operationId": "get_group_status",
             "parameters": [_GROUP_ID],
             "responses": {
-                "200": _ok("The group status object.", "GroupStatus"),
+                "200": _ok("The group status object.", refs["GroupStatus"]),
                 "404": _error("Unknown group."),
                 "422": _error("Malformed group id."),
             },
@@ -323,7 +230,7 @@ def spec(
             "operationId": "cancel_group",
             "parameters": [_GROUP_ID],
             "responses": {
-                "202": _ok("Cancelled.", "GroupLinks"),
+                "202": _ok("Cancelled.", refs["GroupCancelled"]),
                 "404": _error("Unknown group."),
                 "409": _error("Every member already ended."),
                 "422": _error("Malformed group id."),
@@ -354,70 +261,22 @@ def spec(
             "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}},
         }
     }
-    sleep_query = _query(tutorial.SleepQuery)
-    paths["/sync-process/"] = {
-        "get": {
-            "summary": "Tutorial: run the job inside the request.",
-            "parameters": sleep_query,
-            "responses": {"200": _ok("Done.", {"type": "object"}), "422": _error("Bad query.")},
-        }
-    }
-    paths["/async-process/"] = {
-        "get": {
-            "summary": "Tutorial: queue the job.",
-            "parameters": sleep_query,
-            "responses": {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")},
-        }
-    }
-    paths["/process-and-email/"] = {
-        "post": {
-            "summary": "Tutorial: queue the e-mail job; the JSON body is the data to process.",
-            "parameters": _query(tutorial.EmailQuery),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": EmailParams.model_json_schema()["properties"]["data"]
-                    }
-                },
-            },
-            "responses": {
-                "200": _ok("Queued.", {"type": "object"}),
-                "400": _error("Body is not JSON."),
-                "413": _error("Body too large."),
-                "422": _error("Bad query or data."),
-                "503": _error("Broker unavailable."),
-            },
-        }
-    }
-    paths["/process-data-with-status/"] = {
-        "post": {
-            "summary": "Tutorial: queue a job that reports progress.",
-            "parameters": _query(tutorial.ProgressQuery),
-            "responses": {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")},
-        }
-    }
-    paths["/task-status/{task_id}"] = {
-        "get": {
-            "summary": "Tutorial: status in the tutorial's shape.",
-            "parameters": [_ID],
-            "responses": {
-                "200": _ok("Status.", {"type": "object"}),
-                "404": _error("Unknown task."),
-                "422": _error("Malformed task id."),
-            },
-        }
-    }
+    tutorial_paths = _tutorial_paths(tasks)
+    paths.update(tutorial_paths)
     # What each operation needs in this deployment (docs/security.md). Cancelling needs
     # an API key when keys are set (which also reads any task); else what reading needs.
     keyed: _Security = [{"bearer": []}] if keys else []
     watched: _Security = [{"watchToken": []}, {"bearer": []}] if tokens else []
     guards = [
-        *(((f"/tasks/{name}", "post"), keyed) for name in TASKS),
-        *(((f"/groups/{name}", "post"), keyed) for name in TASKS),
+        *(((f"/tasks/{name}", "post"), keyed) for name in tasks),
+        *(((f"/groups/{name}", "post"), keyed) for name in tasks),
         (("/groups/{group_id}", "get"), watched),
         (("/groups/{group_id}", "delete"), keyed or watched),
-        *(((path, method), keyed) for path, method in _TUTORIAL_DISPATCH),
+        *(
+            ((path, method.lower()), keyed)
+            for path, method in tutorial.DISPATCH
+            if path in tutorial_paths
+        ),
         (("/tasks/{task_id}", "get"), watched),
         (("/task-status/{task_id}", "get"), watched),
         (("/tasks/{task_id}", "delete"), keyed or watched),
@@ -435,29 +294,86 @@ def spec(
         "openapi": "3.1.0",
         "info": {"title": "taskcast", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
+        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
-# The tutorial's paths that start work, keyed like POST /tasks/{name}.
-_TUTORIAL_DISPATCH = [
-    ("/sync-process/", "get"),
-    ("/async-process/", "get"),
-    ("/process-and-email/", "post"),
-    ("/process-data-with-status/", "post"),
-]
+def _tutorial_paths(tasks: Mapping[str, Exposure]) -> dict[str, Any]:
+    """The tutorial's paths this app serves (those of the tasks it exposes)."""
+    sleep_query = _query(tutorial.SleepQuery)
+    queued = {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")}
+    paths: dict[str, Any] = {}
+    if "sleep" in tasks:
+        paths["/sync-process/"] = {
+            "get": {
+                "summary": "Tutorial: run the job inside the request.",
+                "parameters": sleep_query,
+                "responses": {
+                    "200": _ok("Done.", {"type": "object"}),
+                    "422": _error("Bad query."),
+                },
+            }
+        }
+        paths["/async-process/"] = {
+            "get": {
+                "summary": "Tutorial: queue the job.",
+                "parameters": sleep_query,
+                "responses": queued,
+            }
+        }
+    if "email" in tasks:
+        data = tasks["email"].params.model_json_schema().get("properties", {}).get("data", {})
+        paths["/process-and-email/"] = {
+            "post": {
+                "summary": "Tutorial: queue the e-mail job; the JSON body is the data to process.",
+                "parameters": _query(tutorial.EmailQuery),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": data}},
+                },
+                "responses": {
+                    **queued,
+                    "400": _error("Body is not JSON."),
+                    "413": _error("Body too large."),
+                    "422": _error("Bad query or data."),
+                    "503": _error("Broker unavailable."),
+                },
+            }
+        }
+    if "progress" in tasks:
+        paths["/process-data-with-status/"] = {
+            "post": {
+                "summary": "Tutorial: queue a job that reports progress.",
+                "parameters": _query(tutorial.ProgressQuery),
+                "responses": queued,
+            }
+        }
+    paths["/task-status/{task_id}"] = {
+        "get": {
+            "summary": "Tutorial: status in the tutorial's shape.",
+            "parameters": [_ID],
+            "responses": {
+                "200": _ok("Status.", {"type": "object"}),
+                "404": _error("Unknown task."),
+                "422": _error("Malformed task id."),
+            },
+        }
+    }
+    return paths
 
 
 async def openapi_json(request: Request) -> Response:
     state = app_state(request)
-    return json_response(
-        spec(
-            state.settings.dev,
-            state.auth.keys_required,
-            state.auth.tokens_required,
-            state.settings.max_group_size,
+    if state.openapi is None:
+        # Made at the first request (it depends only on the app): a start-up need not wait.
+        state.openapi = build(
+            state.served.tasks,
+            dev=state.settings.dev,
+            keys=state.auth.keys_required,
+            tokens=state.auth.tokens_required,
+            max_group_size=state.settings.max_group_size,
         )
-    )
+    return json_response(state.openapi)
 
 
 routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

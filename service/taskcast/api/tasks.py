@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from typing import Annotated, NotRequired
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+# pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
+from typing_extensions import TypedDict
 
 from taskcast.api.errors import ApiError
 from taskcast.api.responses import json_response
 from taskcast.api.validation import parse_group, parse_params, parse_task_id, read_body
 from taskcast.auth import bearer
-from taskcast.catalog import TASKS, TaskSpec
+from taskcast.catalog import TaskList, describe
 from taskcast.dispatch import DispatchError
-from taskcast.groups import GroupTally
+from taskcast.groups import GroupStatus, GroupTally
 from taskcast.liveness import is_stalled
 from taskcast.state import AppState
 from taskcast.status import Status, decode_status
+from taskcast_celery.expose import Exposure
 
 
 def app_state(request: Request) -> AppState:
@@ -59,26 +64,71 @@ def watch_token(request: Request, watched_id: str) -> dict[str, str]:
     return {} if token is None else {"token": token}
 
 
-def task_links(request: Request, task_id: str) -> dict[str, str]:
+_UUID_FORMAT = Field(json_schema_extra={"format": "uuid"})
+_TOKEN = Field(
+    description="the watch token, present when the service signs them (TASKCAST_SECRET); "
+    "status_url and ws_url carry it too"
+)
+
+
+class TaskLinks(TypedDict):
+    """Where a started (or cancelled) task is read once (REST) and followed (WebSocket)."""
+
+    task_id: Annotated[str, _UUID_FORMAT]
+    status_url: str
+    ws_url: str
+    token: NotRequired[Annotated[str, _TOKEN]]
+
+
+class GroupLinks(TypedDict):
+    """Where a started group is read once (REST) and followed (WebSocket), and its members."""
+
+    group_id: Annotated[str, _UUID_FORMAT]
+    task_ids: list[Annotated[str, _UUID_FORMAT]]
+    status_url: str
+    ws_url: str
+    token: NotRequired[Annotated[str, _TOKEN]]
+
+
+class GroupCancelled(GroupLinks):
+    """A cancelled group: its links, and the members that were cancelled (those that had
+    not ended)."""
+
+    revoked: list[Annotated[str, _UUID_FORMAT]]
+
+
+def _links(request: Request, route: str, watched_id: str, **path: str) -> tuple[str, str, str]:
+    """A task's or group's REST and WebSocket URLs, with its watch token (in both URLs,
+    and returned third: "" when tokens are off)."""
+    token = app_state(request).auth.token(watched_id)
+    query = {} if token is None else {"token": token}
+    status_url = request.url_for(f"{route}_status", **path).include_query_params(**query)
+    ws_url = request.url_for(f"ws_{route}", **path).include_query_params(**query)
+    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
+    return str(status_url), str(ws_url), token or ""
+
+
+def task_links(request: Request, task_id: str) -> TaskLinks:
     """Where a client reads a task's status once (REST) and follows it live (WebSocket),
     with its watch token (in the reply, and in both URLs) when tokens are on."""
-    token = watch_token(request, task_id)
-    status_url = request.url_for("task_status", task_id=task_id).include_query_params(**token)
-    ws_url = request.url_for("ws_task", task_id=task_id).include_query_params(**token)
-    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
-    return {"task_id": task_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
+    status_url, ws_url, token = _links(request, "task", task_id, task_id=task_id)
+    links: TaskLinks = {"task_id": task_id, "status_url": status_url, "ws_url": ws_url}
+    if token:
+        links["token"] = token
+    return links
 
 
-async def dispatch_task(request: Request, celery_name: str, kwargs: Mapping[str, object]) -> str:
-    """Publish a task, answering 503 (and queueing nothing) when the broker is down."""
+async def dispatch_task(request: Request, exposure: Exposure, params: BaseModel) -> str:
+    """Publish a task with checked parameters, answering 503 (and queueing nothing) when
+    the broker is down."""
     state = app_state(request)
     try:
-        task_id = await state.dispatcher.submit(celery_name, dict(kwargs))
+        task_id = await state.dispatcher.submit(exposure, exposure.kwargs(params))
     except DispatchError as exc:
-        state.metrics.dispatched(celery_name, "publish_failed")
+        state.metrics.dispatched(exposure.name, "publish_failed")
         state.metrics.dispatch_redis_errors.inc()
         raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
-    state.metrics.dispatched(celery_name, "ok")
+    state.metrics.dispatched(exposure.name, "ok")
     return task_id
 
 
@@ -93,13 +143,18 @@ async def read_status(request: Request, task_id: str) -> Status:
     return status
 
 
-def group_links(request: Request, group_id: str) -> dict[str, str]:
+def group_links(request: Request, group_id: str, task_ids: list[str]) -> GroupLinks:
     """A group's REST and WebSocket URLs, with its watch token when tokens are on."""
-    token = watch_token(request, group_id)
-    status_url = request.url_for("group_status", group_id=group_id).include_query_params(**token)
-    ws_url = request.url_for("ws_group", group_id=group_id).include_query_params(**token)
-    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
-    return {"group_id": group_id, "status_url": str(status_url), "ws_url": str(ws_url), **token}
+    status_url, ws_url, token = _links(request, "group", group_id, group_id=group_id)
+    links: GroupLinks = {
+        "group_id": group_id,
+        "task_ids": task_ids,
+        "status_url": status_url,
+        "ws_url": ws_url,
+    }
+    if token:
+        links["token"] = token
+    return links
 
 
 async def read_members(request: Request, group_id: str) -> tuple[str, ...]:
@@ -110,7 +165,7 @@ async def read_members(request: Request, group_id: str) -> tuple[str, ...]:
     return members
 
 
-async def read_group_status(request: Request, group_id: str) -> dict[str, object]:
+async def read_group_status(request: Request, group_id: str) -> GroupStatus:
     """A known group's status, from one read of every member's record and heartbeat."""
     state = app_state(request)
     members = await read_members(request, group_id)
@@ -126,28 +181,36 @@ async def read_group_status(request: Request, group_id: str) -> dict[str, object
     return tally.status()
 
 
-def task_spec(request: Request) -> TaskSpec:
-    """The catalog entry the path's ``{name}`` names, or 404 ``unknown_task_name``."""
+def exposed(request: Request) -> Exposure:
+    """The exposed task the path's ``{name}`` names, or 404 ``unknown_task_name``."""
     name = request.path_params["name"]
-    spec = TASKS.get(name)
-    if spec is None:
-        known = ", ".join(sorted(TASKS))
+    tasks = app_state(request).served.tasks
+    exposure = tasks.get(name)
+    if exposure is None:
+        known = ", ".join(tasks) or "none (the app exposes no task)"
         raise ApiError(404, "unknown_task_name", f"no task named {name!r}; known: {known}")
-    return spec
+    return exposure
 
 
 async def submit(request: Request) -> Response:
     require_api_key(request)
-    spec = task_spec(request)
+    exposure = exposed(request)
     try:
         body = await read_body(request, app_state(request).settings.max_body_bytes)
-        params = parse_params(spec.params, body)
+        params = parse_params(exposure.params, body)
     except ApiError:
-        app_state(request).metrics.dispatched(spec.celery_name, "invalid")
+        app_state(request).metrics.dispatched(exposure.name, "invalid")
         raise
-    task_id = await dispatch_task(request, spec.celery_name, params.model_dump())
+    task_id = await dispatch_task(request, exposure, params)
     links = task_links(request, task_id)
     return json_response(links, status_code=202, headers={"Location": links["status_url"]})
+
+
+async def list_tasks(request: Request) -> Response:
+    """The tasks clients may start, with their parameters' JSON Schema."""
+    tasks = app_state(request).served.tasks
+    reply: TaskList = {"tasks": [describe(exposure) for exposure in tasks.values()]}
+    return json_response(reply)
 
 
 async def task_status(request: Request) -> Response:
@@ -172,25 +235,24 @@ async def cancel_task(request: Request) -> Response:
 async def submit_group(request: Request) -> Response:
     require_api_key(request)
     state = app_state(request)
-    spec = task_spec(request)
+    exposure = exposed(request)
     try:
         body = await read_body(request, state.settings.max_body_bytes)
-        members = parse_group(spec.params, body, state.settings.max_group_size)
+        members = parse_group(exposure.params, body, state.settings.max_group_size)
     except ApiError:
-        state.metrics.dispatched(spec.celery_name, "invalid")
+        state.metrics.dispatched(exposure.name, "invalid")
         raise
     try:
         group_id, task_ids = await state.dispatcher.submit_group(
-            spec.celery_name, [params.model_dump() for params in members]
+            exposure, [exposure.kwargs(params) for params in members]
         )
     except DispatchError as exc:
-        state.metrics.dispatched(spec.celery_name, "publish_failed", len(members))
+        state.metrics.dispatched(exposure.name, "publish_failed", len(members))
         state.metrics.dispatch_redis_errors.inc()
         raise ApiError(503, "broker_unavailable", f"could not queue the group: {exc}") from None
-    state.metrics.dispatched(spec.celery_name, "ok", len(task_ids))
-    links = group_links(request, group_id)
-    reply = {**links, "task_ids": task_ids}
-    return json_response(reply, status_code=202, headers={"Location": links["status_url"]})
+    state.metrics.dispatched(exposure.name, "ok", len(task_ids))
+    links = group_links(request, group_id, task_ids)
+    return json_response(links, status_code=202, headers={"Location": links["status_url"]})
 
 
 async def group_status(request: Request) -> Response:
@@ -214,7 +276,8 @@ async def cancel_group(request: Request) -> Response:
     if not unfinished:
         raise ApiError(409, "already_final", f"every member of group {group_id} has ended")
     await state.dispatcher.revoke(*unfinished)
-    reply = {**group_links(request, group_id), "task_ids": list(members), "revoked": unfinished}
+    links = group_links(request, group_id, list(members))
+    reply: GroupCancelled = {**links, "revoked": unfinished}
     return json_response(reply, status_code=202)
 
 
@@ -238,6 +301,7 @@ async def readyz(request: Request) -> Response:
 
 
 routes = [
+    Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/{name}", submit, methods=["POST"]),
     Route("/tasks/{task_id}", task_status, methods=["GET"], name="task_status"),
     Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),

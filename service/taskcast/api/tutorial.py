@@ -7,11 +7,11 @@ computed instead of always 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import anyio.to_thread
-from celery import states
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,10 +27,9 @@ from taskcast.api.tasks import (
     watch_token,
 )
 from taskcast.api.validation import check_params, parse_json, parse_query, parse_task_id, read_body
-from taskcast.catalog import MAX_TASK_SECONDS, TASKS, EmailParams
 from taskcast.status import Status
-from taskcast_celery.demo import tasks
-from taskcast_celery.states import SENT
+from taskcast_celery import states
+from taskcast_celery.expose import Exposure
 
 
 class _Query(BaseModel):
@@ -41,12 +40,26 @@ class SleepQuery(_Query):
     seconds: float = Field(10.0, ge=0, le=60, description="How long the job takes.")
 
 
+# The tutorial's job runs a second per step: at most an hour, as for every demo task.
+MAX_TIME = 3600
+
+
 class ProgressQuery(_Query):
-    time: int = Field(ge=1, le=MAX_TASK_SECONDS, description="Seconds the job runs, one step each.")
+    time: int = Field(ge=1, le=MAX_TIME, description="Seconds the job runs, one step each.")
 
 
 class EmailQuery(_Query):
     email: EmailStr = Field(description="Where the e-mail goes.")
+
+
+def _task(request: Request, name: str) -> Exposure:
+    # Present: the route exists only where the app exposes the task (``routes``).
+    return app_state(request).served.tasks[name]
+
+
+async def _dispatch(request: Request, name: str, values: dict[str, Any]) -> str:
+    exposure = _task(request, name)
+    return await dispatch_task(request, exposure, check_params(exposure.params, values))
 
 
 async def sync_process(request: Request) -> Response:
@@ -54,14 +67,16 @@ async def sync_process(request: Request) -> Response:
     # Keyed like a dispatch: it holds a thread for up to a minute.
     require_api_key(request)
     query = parse_query(SleepQuery, request)
-    message = await anyio.to_thread.run_sync(partial(tasks.sleep, seconds=query.seconds))
+    exposure = _task(request, "sleep")
+    task = app_state(request).served.celery.tasks[exposure.task_name]
+    message = await anyio.to_thread.run_sync(partial(task, seconds=query.seconds))
     return json_response({"message": message})
 
 
 async def async_process(request: Request) -> Response:
     require_api_key(request)
     query = parse_query(SleepQuery, request)
-    task_id = await dispatch_task(request, TASKS["sleep"].celery_name, {"seconds": query.seconds})
+    task_id = await _dispatch(request, "sleep", {"seconds": query.seconds})
     reply = {"message": "Task started", "task_id": task_id}
     return json_response({**reply, **watch_token(request, task_id)})
 
@@ -69,8 +84,7 @@ async def async_process(request: Request) -> Response:
 async def process_data_with_status(request: Request) -> Response:
     require_api_key(request)
     query = parse_query(ProgressQuery, request)
-    kwargs = {"total": query.time, "step_seconds": 1.0}
-    task_id = await dispatch_task(request, TASKS["progress"].celery_name, kwargs)
+    task_id = await _dispatch(request, "progress", {"total": query.time, "step_seconds": 1.0})
     return json_response({"task_id": task_id, **watch_token(request, task_id)})
 
 
@@ -82,8 +96,7 @@ async def process_and_email(request: Request) -> Response:
     values: dict[str, Any] = {"to": query.email}
     if body.strip():
         values["data"] = parse_json(body)
-    params = check_params(EmailParams, values)
-    task_id = await dispatch_task(request, TASKS["email"].celery_name, params.model_dump())
+    task_id = await _dispatch(request, "email", values)
     reply = {"message": "Email task started", "task_id": task_id}
     return json_response({**reply, **watch_token(request, task_id)})
 
@@ -91,18 +104,18 @@ async def process_and_email(request: Request) -> Response:
 def tutorial_shape(status: Status) -> dict[str, Any]:
     """The tutorial's status reply: ``state`` plus ``status`` text or progress counters."""
     state = status["state"]
-    if state in (SENT, states.PENDING):
+    if state in (states.SENT, states.PENDING):
         # The tutorial knew queued tasks only as PENDING.
         return {"state": states.PENDING, "status": "Pending..."}
     if state in (states.FAILURE, states.REVOKED):
-        error = status["error"] or {}
-        return {"state": state, "status": error.get("message", "")}
-    progress = status["progress"] or {}
+        error = status["error"]
+        return {"state": state, "status": "" if error is None else error["message"]}
+    progress = status["progress"]
     shaped: dict[str, Any] = {
         "state": state,
-        "current": progress.get("current") or 0,
-        "total": progress.get("total") or 1,
-        "percent": progress.get("percent") or 0,
+        "current": (progress and progress["current"]) or 0,
+        "total": (progress and progress["total"]) or 1,
+        "percent": (progress and progress["percent"]) or 0,
     }
     if state == states.SUCCESS:
         shaped["current"] = shaped["total"]
@@ -117,10 +130,21 @@ async def task_status(request: Request) -> Response:
     return json_response(tutorial_shape(await read_status(request, task_id)))
 
 
-routes = [
-    Route("/sync-process/", sync_process, methods=["GET"]),
-    Route("/async-process/", async_process, methods=["GET"]),
-    Route("/process-and-email/", process_and_email, methods=["POST"]),
-    Route("/process-data-with-status/", process_data_with_status, methods=["POST"]),
-    Route("/task-status/{task_id}", task_status, methods=["GET"]),
-]
+# Each path that starts work, with the exposed task it starts.
+DISPATCH = {
+    ("/sync-process/", "GET"): ("sleep", sync_process),
+    ("/async-process/", "GET"): ("sleep", async_process),
+    ("/process-and-email/", "POST"): ("email", process_and_email),
+    ("/process-data-with-status/", "POST"): ("progress", process_data_with_status),
+}
+
+
+def routes(tasks: Mapping[str, Exposure]) -> list[Route]:
+    """The tutorial's paths: each one that starts a task where the app exposes a task of
+    that name (the demo app exposes all three), and its status path always."""
+    present = [
+        Route(path, endpoint, methods=[method])
+        for (path, method), (name, endpoint) in DISPATCH.items()
+        if name in tasks
+    ]
+    return [*present, Route("/task-status/{task_id}", task_status, methods=["GET"])]

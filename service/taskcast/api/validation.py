@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import orjson
@@ -10,18 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 
 from taskcast.api.errors import ApiError, describe_validation_error
-from taskcast.catalog import Params, WholeNumber
+from taskcast.ids import is_task_id
+from taskcast_celery.expose import WholeNumber
 
-P = TypeVar("P", bound=Params)
+P = TypeVar("P", bound=BaseModel)
 Q = TypeVar("Q", bound=BaseModel)
-
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_UUID = re.compile(UUID_PATTERN)
-
-
-def is_task_id(raw: str) -> bool:
-    """Whether ``raw`` is a well-formed UUID, the only shape a task id may take."""
-    return _UUID.fullmatch(raw) is not None
 
 
 def parse_task_id(raw: str, what: str = "task") -> str:

@@ -7,6 +7,7 @@ Redis, and kills any process group that does not leave in time.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import os
@@ -16,12 +17,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from urllib.parse import urlsplit
 
 import redis
+
+from taskcast.served import AppError, load_app
+from taskcast.settings import DEMO_APP
 
 _PR_SET_PDEATHSIG = 1
 
@@ -180,3 +188,123 @@ def describe_redis(url: str) -> str:
     """``host:port/db`` of a Redis URL, without any password."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _fail(text: str) -> int:
+    print(f"taskcast dev: {text}", file=sys.stderr, flush=True)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """``taskcast dev``: Redis (for the demo app: found, or embedded), a Celery worker of
+    the app and the web service (and Flower with ``--flower``), until stopped."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    supervisor = Supervisor(os.environ)
+    embedded: EmbeddedRedis | None = None
+    app = args.app or os.environ.get("TASKCAST_CELERY_APP") or DEMO_APP
+    try:
+        if app == DEMO_APP:
+            redis_url = os.environ.get("TASKCAST_REDIS_URL")
+            if redis_url:
+                where = "from TASKCAST_REDIS_URL"
+            elif redis_answers(args.local_redis):
+                redis_url, where = args.local_redis, "already running"
+            else:
+                embedded = EmbeddedRedis(supervisor)
+                embedded.start()
+                redis_url, where = embedded.url, "embedded, nothing kept on disk"
+            supervisor.env["TASKCAST_REDIS_URL"] = redis_url
+        else:
+            # An app of yours brings its own Redis: its result backend's URL.
+            try:
+                redis_url = load_app(app).redis_url
+            except AppError as exc:
+                return _fail(str(exc))
+            where = f"the result backend of {app}"
+        if not redis_answers(redis_url):
+            return _fail(f"Redis at {describe_redis(redis_url)} ({where}) does not answer")
+        supervisor.env["TASKCAST_CELERY_APP"] = app
+        # Dev mode: without a Mailtrap token, e-mail goes to the dev outbox.
+        supervisor.env["TASKCAST_DEV"] = "1"
+
+        python = sys.executable
+        supervisor.spawn(
+            "worker",
+            [python, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
+             "--concurrency", str(args.concurrency),
+             "--hostname", f"taskcast-dev-{os.getpid()}@%h"],
+            # Warm shutdown first; a cold one if a long task keeps it waiting.
+            stop_signals=(signal.SIGTERM, signal.SIGQUIT),
+        )  # fmt: skip
+        supervisor.spawn(
+            "web",
+            [python, "-m", "taskcast", "serve",
+             "--host", args.host, "--port", str(args.port), "--log-level", "warning"],
+        )  # fmt: skip
+        base = f"http://{args.host}:{args.port}"
+        # What must answer before the banner, by the name of the child that serves it.
+        health = {"web": f"{base}/healthz"}
+        flower = ""  # its line in the banner
+        if args.flower:
+            # The Celery app's own settings (broker, key prefix) reach Flower through -A.
+            supervisor.spawn(
+                "flower",
+                [python, "-m", "celery", "-A", app, "flower",
+                 f"--address={args.host}", f"--port={args.flower_port}", "--logging=warning"],
+            )  # fmt: skip
+            flower_url = f"http://{args.host}:{args.flower_port}"
+            health["flower"] = f"{flower_url}/healthcheck"
+            flower = f"  Flower     {flower_url}\n"
+
+        started = wait_until(
+            lambda: stop.is_set() or supervisor.first_exited() is not None
+            or all(_healthy(url) for url in health.values()),
+            timeout=30,
+        )  # fmt: skip
+        if not stop.is_set() and (not started or supervisor.first_exited() is not None):
+            exited = supervisor.first_exited()
+            silent = [name for name, url in health.items() if not _healthy(url)]
+            who = exited.name if exited is not None else " and ".join(silent) or "web"
+            return _fail(f"{who} did not start")
+        if not stop.is_set():
+            if supervisor.env.get("MAILTRAP_API_TOKEN"):
+                mail = "through Mailtrap (MAILTRAP_API_TOKEN is set)"
+            else:
+                mail = f"{base}/dev/outbox  (no MAILTRAP_API_TOKEN: nothing is sent)"
+            shown = "taskcast's demo app" if app == DEMO_APP else app
+            print(
+                f"taskcast dev is ready\n"
+                f"  App        {shown}\n"
+                f"  Demo page  {base}/\n"
+                f"  API        {base}/tasks/{{name}}  (OpenAPI: {base}/openapi.json)\n"
+                f"  WebSocket  ws://{args.host}:{args.port}/ws\n"
+                f"  E-mail     {mail}\n"
+                f"  Redis      {describe_redis(redis_url)} ({where})\n"
+                f"{flower}"
+                f"Press Ctrl-C to stop.",
+                flush=True,
+            )
+        while not stop.wait(0.2):
+            exited = supervisor.first_exited()
+            if exited is not None:
+                return _fail(f"{exited.name} exited; stopping")
+        return 0
+    finally:
+        supervisor.stop_all()
+        if embedded is not None:
+            embedded.cleanup()

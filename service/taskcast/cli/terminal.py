@@ -39,6 +39,9 @@ from taskcast.client import (
     watch,
     watch_group,
 )
+from taskcast.client import (
+    list_tasks as exposed_tasks,
+)
 
 
 class Exit(IntEnum):
@@ -262,6 +265,17 @@ async def watch_task(
     read = get_group if group else get_status
     await read(base_url, watched_id, token=token, api_key=api_key)
     return await _follow(console, base_url, watched_id, give_up_after, token, api_key, group)
+
+
+async def list_tasks(console: Console, base_url: str) -> Exit:
+    """``taskcast tasks``: one line per task the service exposes, with what it does."""
+    tasks = await exposed_tasks(base_url)
+    if not tasks:
+        _say(console, "the service exposes no task")
+    width = max((len(str(task["name"])) for task in tasks), default=0)
+    for task in tasks:
+        _say(console, f"{task['name']:<{width}}  {task.get('summary') or ''}".rstrip())
+    return Exit.SUCCESS
 
 
 def _print_links(console: Console, watched_id: str, links: dict[str, Any], *more: str) -> None:

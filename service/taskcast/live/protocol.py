@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from taskcast.api.validation import UUID_PATTERN
+from taskcast.groups import GroupStatus
+from taskcast.ids import UUID_PATTERN
 from taskcast.status import Status, encode
 
 # Close codes (4000-4999 are the application's own).
@@ -152,7 +153,7 @@ def status_message(status: Status) -> str:
     return encode({"type": "status", **status}).decode()
 
 
-def group_message(group: dict[str, Any]) -> str:
+def group_message(group: GroupStatus) -> str:
     """The group message: the group status object with ``"type": "group"``."""
     return encode({"type": "group", **group}).decode()
 

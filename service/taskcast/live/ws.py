@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from taskcast.api.validation import is_task_id
 from taskcast.auth import bearer
+from taskcast.ids import is_task_id
 from taskcast.live import protocol
 from taskcast.live.limits import TokenBucket
 from taskcast.live.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command

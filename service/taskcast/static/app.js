@@ -36,6 +36,7 @@
 
   const $ = (selector, root = document) => root.querySelector(selector);
   const list = $("#task-list");
+  const groupForm = $("#group-form");
 
   // Relative to the page, so the service may live under a path prefix.
   const httpUrl = (path) => new URL(path, document.baseURI);
@@ -498,11 +499,15 @@
   // and its "detail" is shown as is.
   function readParams(form) {
     const params = {};
-    for (const field of form.querySelectorAll("input[name], textarea[name]")) {
+    for (const field of form.querySelectorAll("input[name], textarea[name], select[name]")) {
       const raw = field.value.trim();
       // Named as its label says, where that is not its name.
       const label = field.dataset.label || field.name;
       if (field.validity.badInput) throw new Error(`${label}: not a number`);
+      if (field.dataset.kind === "boolean") {
+        if (raw !== "") params[field.name] = raw === "true";
+        continue;
+      }
       if (raw === "") continue;
       if (field.dataset.kind === "number") {
         params[field.name] = Number(raw);
@@ -517,6 +522,153 @@
       }
     }
     return params;
+  }
+
+  // -- forms made from the service's tasks (GET /tasks) ------------------------------
+
+  // name -> {name, summary, params: JSON Schema}, as the service listed them.
+  const catalog = new Map();
+
+  // A value that can be given is one of a nullable one's alternatives.
+  function givenSchema(schema) {
+    const options = Array.isArray(schema.anyOf) ? schema.anyOf : null;
+    const given = options ? options.filter((option) => option.type !== "null") : [];
+    return given.length === 1 ? { ...schema, ...given[0] } : schema;
+  }
+
+  // What the field starts with: the schema's example, else its default, else nothing.
+  function startValue(schema) {
+    if (Array.isArray(schema.examples) && schema.examples.length) return schema.examples[0];
+    return schema.default === undefined || schema.default === null ? "" : schema.default;
+  }
+
+  // One labelled input for one parameter: numbers, text (an e-mail address, a choice,
+  // yes or no) and, for anything else, JSON in a text area.
+  function paramField(name, rawSchema, required) {
+    const schema = givenSchema(rawSchema);
+    const label = document.createElement("label");
+    label.append(name);
+    let field;
+    const value = startValue(rawSchema);
+    if (Array.isArray(schema.enum) || schema.type === "boolean") {
+      field = document.createElement("select");
+      const choices = schema.type === "boolean" ? [true, false] : schema.enum;
+      field.append(new Option(required ? "choose" : "default", ""));
+      for (const choice of choices) field.append(new Option(String(choice), String(choice)));
+      field.value = value === "" ? "" : String(value);
+      if (schema.type === "boolean") field.dataset.kind = "boolean";
+    } else if (schema.type === "integer" || schema.type === "number") {
+      field = document.createElement("input");
+      field.type = "number";
+      field.inputMode = schema.type === "integer" ? "numeric" : "decimal";
+      if (schema.type === "number") field.step = "any";
+      field.dataset.kind = "number";
+      field.value = String(value);
+    } else if (schema.type === "string") {
+      field = document.createElement("input");
+      field.type = schema.format === "email" ? "email" : "text";
+      if (schema.format === "email") field.autocomplete = "email";
+      field.value = String(value);
+      label.className = "wide";
+    } else {
+      field = document.createElement("textarea");
+      field.rows = 3;
+      field.spellcheck = false;
+      field.dataset.kind = "json";
+      field.value = value === "" ? "" : JSON.stringify(value);
+      label.className = "wide";
+    }
+    field.name = name;
+    if (rawSchema.description) field.title = rawSchema.description;
+    label.append(field);
+    return label;
+  }
+
+  function paramFields(container, task) {
+    const schema = task.params || {};
+    const required = new Set(schema.required || []);
+    const properties = schema.properties || {};
+    container.replaceChildren(
+      ...Object.entries(properties).map(([name, prop]) =>
+        paramField(name, prop, required.has(name)),
+      ),
+    );
+  }
+
+  function taskForm(task) {
+    const form = document.createElement("form");
+    form.className = "card";
+    form.noValidate = true;
+    form.dataset.task = task.name;
+    const heading = document.createElement("h3");
+    const hint = document.createElement("span");
+    hint.className = "hint";
+    hint.textContent = task.summary || "";
+    heading.append(task.name, " ", hint);
+    const fields = document.createElement("div");
+    fields.className = "fields";
+    paramFields(fields, task);
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = `Start ${task.name}`;
+    const error = document.createElement("p");
+    error.className = "form-error";
+    error.setAttribute("role", "alert");
+    error.hidden = true;
+    form.append(heading, fields, button, error);
+    form.addEventListener("submit", onSubmit);
+    return form;
+  }
+
+  // The group form shows the chosen task's parameters; for a task that can be told to
+  // fail at a step (the demo's progress), also how many members should, to show what a
+  // group's failures look like.
+  function showGroupFields(form) {
+    const task = catalog.get($("select[name=task]", form).value);
+    const container = $(".group-params", form);
+    if (!task) {
+      container.replaceChildren();
+      return;
+    }
+    paramFields(container, task);
+    const properties = (task.params && task.params.properties) || {};
+    if ("fail_at" in properties && "total" in properties) {
+      $("[name=fail_at]", container).closest("label").remove();
+      const label = document.createElement("label");
+      label.className = "wide";
+      label.append("members that fail");
+      const field = document.createElement("input");
+      Object.assign(field, { name: "failing", type: "number", inputMode: "numeric", value: "0" });
+      field.dataset.kind = "number";
+      field.dataset.label = "members that fail";
+      field.title = "They stop half-way with an error, to show a group's failures.";
+      label.append(field);
+      container.append(label);
+    }
+  }
+
+  // Ask the service which tasks it exposes, and make their forms; try again while it
+  // does not answer.
+  async function loadTasks() {
+    const response = await request("GET", "tasks");
+    const loading = $("#tasks-loading");
+    if (!response.ok || !response.body || !Array.isArray(response.body.tasks)) {
+      loading.textContent = `Could not list the service's tasks (${response.detail}); retrying…`;
+      setTimeout(loadTasks, BACKOFF_MAX_MS / 2);
+      return;
+    }
+    const listed = response.body.tasks;
+    for (const task of listed) catalog.set(task.name, task);
+    if (!listed.length) {
+      loading.textContent = "This service exposes no task to start (taskcast.expose).";
+      return;
+    }
+    loading.remove();
+    $("#task-forms").replaceChildren(...listed.map(taskForm));
+    const select = $("select[name=task]", groupForm);
+    select.replaceChildren(...listed.map((task) => new Option(task.name, task.name)));
+    groupForm.hidden = false;
+    showGroupFields(groupForm);
   }
 
   // One body for POST /groups/{name}: N copies of the same params, or, when some members
@@ -547,14 +699,6 @@
     return { body: { tasks: members }, about: `${about}; ${failing} fail at step ${failAt}` };
   }
 
-  // Only the chosen task's fields show (and are read).
-  function showGroupFields(form) {
-    const name = $("select[name=task]", form).value;
-    for (const fields of form.querySelectorAll("[data-for]")) {
-      fields.hidden = fields.dataset.for !== name;
-    }
-  }
-
   async function onGroupSubmit(event) {
     event.preventDefault();
     const form = event.currentTarget;
@@ -563,7 +707,7 @@
     let about;
     try {
       const { count } = readParams($(".group-common", form));
-      const { failing, ...params } = readParams($(`[data-for="${name}"]`, form));
+      const { failing, ...params } = readParams($(".group-params", form));
       ({ body, about } = groupBody(count, failing, params));
     } catch (err) {
       showFormError(form, err.message);
@@ -703,14 +847,9 @@
     save();
   }
 
-  for (const form of document.querySelectorAll("form[data-task]")) {
-    form.addEventListener("submit", onSubmit);
-  }
-  const groupForm = $("#group-form");
   groupForm.addEventListener("submit", onGroupSubmit);
   $("select[name=task]", groupForm).addEventListener("change", () => showGroupFields(groupForm));
-  // A reload may keep the select's last choice (form restoration): match it.
-  showGroupFields(groupForm);
+  loadTasks();
   $("#clear-finished").addEventListener("click", clearFinished);
   if (apiKey) showApiKey(false);
   restore();

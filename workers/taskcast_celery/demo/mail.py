@@ -7,68 +7,60 @@ its message, because the message becomes the task's status, its result and a log
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import mailtrap as mt
 import requests
-
-from taskcast_celery.demo.config import parse_bool
+from pydantic import AliasChoices, Field, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SENDER = "taskcast@example.com"
 DEFAULT_SENDER_NAME = "taskcast"
 REDACTED = "[redacted]"
 
 
-@dataclass(frozen=True, slots=True)
-class MailSettings:
+class MailSettings(BaseSettings):
     """How workers send e-mail (see the README's E-mail section)."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, frozen=True, populate_by_name=True)
 
     # The Mailtrap API token. Left out of repr so that printing or logging the settings
     # never shows it. None: the dev outbox in dev mode, else every e-mail task fails.
-    token: str | None = field(default=None, repr=False)
-    sender: str = DEFAULT_SENDER
-    sender_name: str = DEFAULT_SENDER_NAME
+    token: str | None = Field(None, validation_alias=AliasChoices("MAILTRAP_API_TOKEN"), repr=False)
+    sender: str = Field(DEFAULT_SENDER, validation_alias=AliasChoices("TASKCAST_MAIL_FROM"))
+    sender_name: str = Field(
+        DEFAULT_SENDER_NAME, validation_alias=AliasChoices("TASKCAST_MAIL_FROM_NAME")
+    )
     # host[:port] to send to instead of Mailtrap's; the client always speaks HTTPS.
-    api_host: str | None = None
+    api_host: str | None = Field(None, validation_alias=AliasChoices("MAILTRAP_API_HOST"))
     # Mailtrap's sandbox: e-mail lands in the test inbox ``inbox_id``, not with people.
-    sandbox: bool = False
-    inbox_id: str | None = None
+    sandbox: bool = Field(False, validation_alias=AliasChoices("MAILTRAP_SANDBOX"))
+    inbox_id: str | None = Field(None, validation_alias=AliasChoices("MAILTRAP_INBOX_ID"))
     # Retries after a transient failure, and the base and cap of their backoff (seconds).
-    max_retries: int = 5
-    retry_backoff: float = 2.0
-    retry_backoff_max: float = 300.0
+    max_retries: NonNegativeInt = Field(
+        5, validation_alias=AliasChoices("TASKCAST_MAIL_MAX_RETRIES")
+    )
+    retry_backoff: NonNegativeFloat = Field(
+        2.0, validation_alias=AliasChoices("TASKCAST_MAIL_RETRY_BACKOFF")
+    )
+    retry_backoff_max: NonNegativeFloat = Field(
+        300.0, validation_alias=AliasChoices("TASKCAST_MAIL_RETRY_BACKOFF_MAX")
+    )
     # Without a token, keep e-mail in the dev outbox instead of failing the task.
-    dev: bool = False
+    dev: bool = Field(False, validation_alias=AliasChoices("TASKCAST_DEV"))
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> MailSettings:
         # The same rules the client enforces, checked when the worker starts rather
         # than on the first e-mail.
         if self.sandbox and not self.inbox_id:
             raise ValueError("MAILTRAP_SANDBOX needs MAILTRAP_INBOX_ID")
         if self.inbox_id and not self.sandbox:
             raise ValueError("MAILTRAP_INBOX_ID is only used with MAILTRAP_SANDBOX=true")
-        if self.max_retries < 0:
-            raise ValueError("TASKCAST_MAIL_MAX_RETRIES must be 0 or more")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> MailSettings:
-        env = os.environ if environ is None else environ
-        return cls(
-            token=env.get("MAILTRAP_API_TOKEN") or None,
-            sender=env.get("TASKCAST_MAIL_FROM") or DEFAULT_SENDER,
-            sender_name=env.get("TASKCAST_MAIL_FROM_NAME") or DEFAULT_SENDER_NAME,
-            api_host=env.get("MAILTRAP_API_HOST") or None,
-            sandbox=parse_bool(env.get("MAILTRAP_SANDBOX", "")),
-            inbox_id=env.get("MAILTRAP_INBOX_ID") or None,
-            max_retries=int(env.get("TASKCAST_MAIL_MAX_RETRIES", "5")),
-            retry_backoff=float(env.get("TASKCAST_MAIL_RETRY_BACKOFF", "2")),
-            retry_backoff_max=float(env.get("TASKCAST_MAIL_RETRY_BACKOFF_MAX", "300")),
-            dev=parse_bool(env.get("TASKCAST_DEV", "")),
-        )
+        return self
 
 
 @dataclass(frozen=True, slots=True)

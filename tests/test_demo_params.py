@@ -1,11 +1,11 @@
-"""Task parameters: what JSON may say, and what each task refuses (pure, no server)."""
+"""The demo tasks' parameters: what JSON may say, and what each task refuses (pure)."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from taskcast.catalog import EmailParams, ProgressParams
+from taskcast_celery.demo.params import EmailParams, ProgressParams
 
 
 def test_total_may_be_written_as_an_integral_float() -> None:

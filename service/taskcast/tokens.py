@@ -1,0 +1,77 @@
+"""Watch tokens: what opens one task (or group) for reading when the service has a secret.
+
+A token is ``v1.<expires_at>.<MAC>``: an HMAC-SHA256, keyed with ``TASKCAST_SECRET``, of
+the version, the expiry and the id it opens. It names neither the id nor anything else,
+and opens nothing but that id until it expires. Standard library only: the web app of
+your own that starts tasks can mint tokens with ``taskcast.sign_watch_token`` without
+running, or installing the server side of, taskcast.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+
+# A shorter secret is refused: a guessable one protects nothing.
+MIN_SECRET_CHARS = 32
+
+# The token format's version, first in every token, so the format can change later
+# without an old token being read the new way.
+TOKEN_VERSION = "v1"
+# Far above any real token (``v1.<10 digits>.<43 characters>``): bounds the work spent on junk.
+_MAX_TOKEN_CHARS = 128
+
+
+def _mac(secret: bytes, signed: str) -> str:
+    digest = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign(secret: bytes, task_id: str, expires_at: int) -> str:
+    """A watch token for ``task_id`` until ``expires_at`` (Unix seconds):
+    ``v1.<expires_at>.<MAC>``. The id is bound by the MAC, not carried: a token says
+    nothing of the task it opens, and is useless for any other."""
+    payload = f"{TOKEN_VERSION}.{expires_at}"
+    return f"{payload}.{_mac(secret, f'{payload}.{task_id}')}"
+
+
+def verify(secret: bytes, token: str, task_id: str, now: float) -> bool:
+    """Whether ``token`` was signed with ``secret`` for ``task_id`` and is unexpired."""
+    if len(token) > _MAX_TOKEN_CHARS:
+        return False
+    version, _, rest = token.partition(".")
+    expires, _, mac = rest.partition(".")
+    if version != TOKEN_VERSION or not (expires.isascii() and expires.isdigit()):
+        return False
+    # The MAC covers the expiry exactly as written, so "0123" is not a second spelling
+    # of "123"; and the text is compared, not its decoding, for the same reason.
+    expected = _mac(secret, f"{version}.{expires}.{task_id}")
+    return hmac.compare_digest(mac.encode(), expected.encode()) and now < int(expires)
+
+
+# Ids are UUIDs in lower case, as the service keeps them: a token is bound to that form.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# As long as the service's records live, by default: TASKCAST_TOKEN_TTL's default.
+DEFAULT_TTL = 86_400
+
+
+def sign_watch_token(task_id: str, *, secret: str, ttl: int | None = None) -> str:
+    """A watch token for ``task_id`` (or a group id), as the service would mint it.
+
+    ``secret`` is the service's ``TASKCAST_SECRET``; the token is valid for ``ttl``
+    seconds (default: a day, the service's default ``TASKCAST_TOKEN_TTL``). Give it to
+    whoever should follow the task: the service's REST and WebSocket routes take it
+    (``?token=`` or ``Authorization: Bearer``), as they take the ones it returns itself.
+    """
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"secret: the service needs at least {MIN_SECRET_CHARS} characters")
+    canonical = task_id.lower()
+    if not _UUID.fullmatch(canonical):
+        raise ValueError(f"task_id must be a UUID, got {task_id!r}")
+    lifetime = DEFAULT_TTL if ttl is None else ttl
+    if lifetime <= 0:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return sign(secret.encode(), canonical, int(time.time()) + lifetime)

@@ -1,0 +1,227 @@
+"""``taskcast.install(app)``: what makes any Celery app taskcast-ready.
+
+Called once, in the module that creates and configures the app (the one ``celery -A``
+names), so that every process importing the app gets it: the producers that call
+``.delay()``, the workers, and the taskcast service. It changes that one app and no
+other: it never makes the app Celery's current or default one, and what it connects
+to Celery's signals acts only on that app's tasks.
+
+What it does to the app:
+
+* **SENT before publish.** Every task the app publishes (``.delay()``, ``apply_async``,
+  groups, chords, retries, beat) is recorded as SENT in the result backend before its
+  message leaves, so an id with no record is unknown, never "pending".
+* **Its result backend becomes** ``TaskcastRedisBackend`` on the same URL: the first
+  final state wins, the last progress is kept in the final record, and no producer
+  SUBSCRIBEs per ``.delay()``.
+* **Heartbeats**: while a task of the app runs, its worker process beats for it, so
+  the service can tell a dead worker's task (stalled) from a slow one.
+* **Cancelled stays cancelled**: a worker that receives a task the service cancelled
+  before that worker started (so it never heard the revoke) skips it.
+* ``task_track_started`` (the STARTED state) and the events Flower shows
+  (``worker_send_task_events``, ``task_send_sent_event``) are turned on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
+
+from celery import Celery, signals
+from celery.app.amqp import AMQP
+from kombu.utils.imports import symbol_by_name
+from kombu.utils.url import maybe_sanitize_url
+from pydantic import PositiveFloat
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskcast_celery import keys
+from taskcast_celery.backend import TaskcastRedisBackend
+from taskcast_celery.heartbeat import Heartbeat
+
+logger = logging.getLogger(__name__)
+
+# URL schemes of Celery's plain Redis result backend (``socket`` is a Unix socket).
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "socket"})
+_BACKEND = f"{TaskcastRedisBackend.__module__}:{TaskcastRedisBackend.__name__}"
+
+
+class InstallError(Exception):
+    """The app cannot be made taskcast-ready as it is configured; the message names the
+    setting to change."""
+
+
+class InstallSettings(BaseSettings):
+    """What ``install`` reads from the environment when not given as arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKCAST_", env_ignore_empty=True)
+
+    # Seconds between a running task's heartbeats; the service calls a task stalled
+    # after TASKCAST_STALL_AFTER seconds without one.
+    heartbeat_interval: PositiveFloat = 5.0
+
+
+class Installation:
+    """What ``install`` set up for one app; the service reads it back from the app."""
+
+    def __init__(self, app: Celery, heartbeat_interval: float) -> None:
+        # Weak: this object lives as long as the app (see _INSTALLED), and must not be
+        # what keeps it alive.
+        self._app = weakref.ref(app)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat = Heartbeat(self._backend, heartbeat_interval)
+        # Bound methods, held weakly by Celery's signals: connected while this lives.
+        signals.task_prerun.connect(self._task_starts)
+        signals.task_postrun.connect(self._task_ended)
+        signals.task_received.connect(self._task_received)
+
+    def _backend(self) -> TaskcastRedisBackend:
+        app = self._app()
+        assert app is not None, "the app was collected"
+        return cast("TaskcastRedisBackend", app.backend)
+
+    def _ours(self, app: Any) -> bool:
+        return app is not None and app is self._app()
+
+    def _task_starts(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        # Beats before the task's STARTED record is stored (task_prerun comes first).
+        if task_id and self._ours(getattr(sender, "app", None)):
+            self.heartbeat.start(task_id)
+
+    def _task_ended(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        # After the task's final (or RETRY) state is stored.
+        if task_id and self._ours(getattr(sender, "app", None)):
+            self.heartbeat.stop(task_id)
+
+    def _task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        """A worker of the app got a task: skip it if it was cancelled meanwhile.
+
+        Celery's revoke broadcast reaches only the workers alive when it is sent; the
+        service also leaves a marker key, which a worker started later finds here. The
+        id joins the worker's own revoked set, so Celery itself skips the task (and
+        acknowledges it) before running it, as for any revoked task.
+        """
+        if request is None or not self._ours(getattr(sender, "app", None)):
+            return
+        backend = self._backend()
+        try:
+            cancelled = backend.client.exists(keys.revoked_key(backend.key_prefix, request.id))
+        except Exception as exc:  # Redis unreachable: run it, as Celery alone would
+            logger.warning("could not check whether %s was cancelled: %r", request.id, exc)
+            return
+        if cancelled:
+            sender.controller.state.revoked.add(request.id)
+
+
+# Every installed app, and what was installed for it.
+_INSTALLED: weakref.WeakKeyDictionary[Celery, Installation] = weakref.WeakKeyDictionary()
+
+
+def install(app: Celery, *, heartbeat_interval: float | None = None) -> Celery:
+    """Make ``app`` taskcast-ready, and return it.
+
+    Call it once, where the app is created and configured, before the app sends any
+    task: ``taskcast.install(app)``. Its result backend must be Redis and store JSON
+    (``InstallError`` says otherwise, naming the setting). ``heartbeat_interval``
+    (seconds, default ``TASKCAST_HEARTBEAT_INTERVAL`` or 5) is how often a running
+    task's worker beats. Calling it again on the same app changes nothing.
+    """
+    if app in _INSTALLED:
+        return app
+    interval = heartbeat_interval or InstallSettings().heartbeat_interval
+    if isinstance(app.backend_cls, str) and "://" in app.backend_cls:
+        # Celery(backend="redis://...") style: keep the URL where the backend reads it.
+        app.conf.update(result_backend=app.backend_cls)
+    check_app(app)
+    app.conf.update(
+        task_track_started=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    app.backend_cls = _BACKEND
+    # A backend built before now would be Celery's own: the next use builds ours.
+    app._backend_cache = None  # type: ignore[attr-defined]
+    vars(app._local).pop("backend", None)  # type: ignore[attr-defined]
+    if "amqp" in vars(app):
+        _record_sent_first(app.amqp)
+    else:
+        # Any callable will do where Celery expects the class: it is called with app=.
+        app.amqp_cls = functools.partial(_amqp_recording_sent, app.amqp_cls)  # type: ignore[assignment]
+    _INSTALLED[app] = Installation(app, interval)
+    return app
+
+
+def installation(app: Celery) -> Installation | None:
+    """What ``install`` set up for ``app``; None when it was never installed."""
+    return _INSTALLED.get(app)
+
+
+def check_app(app: Celery) -> None:
+    """Raise ``InstallError`` unless ``app`` keeps JSON records in a Redis result backend."""
+    configured = app.conf.result_backend
+    if isinstance(configured, str):
+        scheme, _, _ = configured.partition("://")
+        backend_class = scheme.split("+", 1)[0] if "+" in scheme else None
+        redis = (backend_class is None and scheme in _REDIS_SCHEMES) or backend_class == _BACKEND
+    else:
+        redis = False
+    if not redis:
+        shown = maybe_sanitize_url(configured) if isinstance(configured, str) else configured
+        raise InstallError(
+            f"taskcast needs a Redis result backend, and the app's result_backend is "
+            f"{shown!r}: set result_backend to a redis://, rediss:// or socket:// URL "
+            "(the broker may stay as it is)"
+        )
+    serializer = app.conf.result_serializer
+    if serializer != "json":
+        raise InstallError(
+            f"taskcast reads task records as JSON, and the app's result_serializer is "
+            f"{serializer!r}: set result_serializer = 'json' (task_serializer and "
+            "accept_content may stay as they are)"
+        )
+    if app.conf.result_compression:
+        raise InstallError(
+            "taskcast reads task records as plain JSON, and the app compresses them: "
+            "unset result_compression"
+        )
+
+
+# -- SENT before publish ------------------------------------------------------------
+
+
+def _amqp_recording_sent(base: str | type[AMQP] | None, app: Celery) -> AMQP:
+    """The app's own AMQP class, made as Celery would, sending through ``_SentFirst``."""
+    amqp_class: type[AMQP] = base if isinstance(base, type) else symbol_by_name(str(base))
+    amqp = amqp_class(app=app)
+    _record_sent_first(amqp)
+    return amqp
+
+
+def _record_sent_first(amqp: AMQP) -> None:
+    # Where the class's cached property keeps its value: every publish of this app, and
+    # only of this app, goes through it.
+    vars(amqp)["send_task_message"] = _SentFirst(amqp, vars(amqp).get("send_task_message"))
+
+
+class _SentFirst:
+    """An app's ``send_task_message`` that writes the task's SENT record first.
+
+    Writing before the publish (never after) means a fast worker's STARTED or PROGRESS
+    is never overwritten; and a SENT record that cannot be written stops the publish
+    (the error reaches the caller), so no task runs that nobody could follow.
+    """
+
+    def __init__(self, amqp: AMQP, send: Callable[..., Any] | None) -> None:
+        self._amqp = amqp
+        self._send = send
+
+    def __call__(self, producer: Any, name: str, message: Any, **options: Any) -> Any:
+        if self._send is None:
+            # Made at the first publish, as Celery makes it: from the app's settings then.
+            self._send = type(self._amqp).send_task_message.func(self._amqp)  # type: ignore[attr-defined]
+        task_id = message.properties["correlation_id"]
+        backend = cast("TaskcastRedisBackend", self._amqp.app.backend)
+        backend.record_sent(task_id, name)
+        return self._send(producer, name, message, **options)

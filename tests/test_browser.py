@@ -454,7 +454,7 @@ async def test_reconnects_after_the_server_drops_the_socket(page: Page, hub: Hub
     )
     # The page's one connection, ended from the server side: its sender is cancelled,
     # as the hub's reaper does with a client that stopped reading (close code 4408).
-    [dropped] = [sub for sub in hub.connections if {counting_id, sleeping_id} & sub.tasks]
+    [dropped] = [sub for sub in hub.connections if {counting_id, sleeping_id} & sub.watching]
     async with page.expect_websocket(timeout=WAIT_MS) as reconnected:
         hub.connections[dropped].cancel()
     socket = await reconnected.value

@@ -39,7 +39,8 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 __all__ = ["Client", "ProgressReporter", "__version__", "expose", "install", "sign_watch_token"]
 
-# Where each public name is defined.
+# Where each public name is defined, and the extra it needs beyond the client's packages.
+_EXTRA = {"ProgressReporter": "celery", "expose": "celery", "install": "celery"}
 _PUBLIC = {
     "Client": "taskcast.client",
     "ProgressReporter": "taskcast_celery.progress",
@@ -53,7 +54,15 @@ def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'taskcast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA.get(name, "server")
+        raise ModuleNotFoundError(
+            f"taskcast.{name} needs {exc.name!r}, which comes with the {extra} extra: "
+            f"pip install 'taskcast[{extra}]'",
+            name=exc.name,
+        ) from exc
     globals()[name] = value
     return value
 

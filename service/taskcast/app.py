@@ -14,11 +14,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from taskcast import metrics
-from taskcast.api import demo, dev, openapi, tasks, tutorial
+from taskcast.api import demo, dev, openapi, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
 from taskcast.auth import Auth, OriginCheck, redact_tokens_in_server_logs
 from taskcast.dispatch import Dispatcher
-from taskcast.live import ws
 from taskcast.live.hub import Hub
 from taskcast.live.limits import ClientConnections
 from taskcast.metrics import Metrics
@@ -93,7 +92,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
-        app_metrics.track(hub)
+        app_metrics.track(hub.stats)
         try:
             yield
         finally:

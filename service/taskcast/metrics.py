@@ -14,8 +14,8 @@ sources): never a task id, a client address or anything a client chooses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,9 +23,6 @@ from prometheus_client.exposition import generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-if TYPE_CHECKING:
-    from taskcast.live.hub import Hub
 
 # How a dispatch ended: queued; the broker refused it (503); its parameters were
 # refused (400, 413, 422 on POST /tasks/{name}).
@@ -91,59 +88,73 @@ class Metrics:
         self.connections_refused = limited.labels("connections_per_client")
         self.subscribes_refused = limited.labels("subscribe_rate")
 
-    def track(self, hub: Hub) -> None:
-        """Report ``hub``'s live state with every scrape."""
-        self.registry.register(_HubCollector(hub))
+    def track(self, read: Callable[[], HubStats]) -> None:
+        """Report the hub's live state, as ``read`` returns it, with every scrape."""
+        self.registry.register(_HubCollector(read))
 
     def dispatched(self, name: str, outcome: str, count: int = 1) -> None:
         """Count dispatches of an exposed task: ``count`` of them for a group."""
         self.dispatches.labels(name, outcome).inc(count)
 
 
+@dataclass(frozen=True, slots=True)
+class HubStats:
+    """What the hub and its connections know, read when metrics are scraped."""
+
+    connections: int
+    # Tasks and groups followed by open connections, counted once per connection.
+    subscriptions: int
+    watched_tasks: int
+    watched_groups: int
+    stalled_tasks: int
+    healthy: bool
+    frames_sent: int
+    frames_coalesced: int
+
+
 class _HubCollector:
     """Gauges and frame counters computed from the hub's own state when scraped."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, read: Callable[[], HubStats]) -> None:
+        self.read = read
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.hub
+        stats = self.read()
         yield GaugeMetricFamily(
-            "taskcast_ws_connections", "Open WebSocket connections.", value=len(hub.connections)
+            "taskcast_ws_connections", "Open WebSocket connections.", value=stats.connections
         )
         yield GaugeMetricFamily(
             "taskcast_ws_subscriptions",
             "Tasks followed by open connections, counted once per connection.",
-            value=sum(len(subscriber.tasks) for subscriber in hub.connections),
+            value=stats.subscriptions,
         )
         yield GaugeMetricFamily(
             "taskcast_watched_tasks",
             "Distinct tasks the hub reads (each once per change, however many watch it).",
-            value=hub.watched_count,
+            value=stats.watched_tasks,
         )
         yield GaugeMetricFamily(
             "taskcast_watched_groups",
             "Distinct groups the hub tallies (their members count in watched tasks).",
-            value=len(hub.watched_groups),
+            value=stats.watched_groups,
         )
         yield GaugeMetricFamily(
             "taskcast_stalled_tasks",
             "Watched running tasks whose worker's heartbeat is older than TASKCAST_STALL_AFTER.",
-            value=hub.stalled_count(),
+            value=stats.stalled_tasks,
         )
         yield GaugeMetricFamily(
             "taskcast_hub_healthy",
             "1 while the hub reads Redis; 0 during an outage, until it has caught up.",
-            value=int(hub.healthy),
+            value=int(stats.healthy),
         )
-        sent, coalesced = hub.frame_counts()
         yield CounterMetricFamily(
-            "taskcast_frames_sent", "Frames written to WebSocket clients.", value=sent
+            "taskcast_frames_sent", "Frames written to WebSocket clients.", value=stats.frames_sent
         )
         yield CounterMetricFamily(
             "taskcast_frames_coalesced",
             "Statuses a slow client skipped: replaced in its mailbox by a newer one.",
-            value=coalesced,
+            value=stats.frames_coalesced,
         )
 
 

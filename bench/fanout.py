@@ -53,7 +53,7 @@ def main() -> None:
 
         from taskcast.live.protocol import status_message
         from taskcast.status import decode_status
-        from taskcast_celery.demo.app import backend_client, celery_app
+        from taskcast_celery.demo.celery import app as celery_app
 
         task_id = str(uuid.uuid4())
         key = celery_app.backend.get_key_for_task(task_id)
@@ -61,7 +61,7 @@ def main() -> None:
         def write(r: int) -> bytes:
             """Write change ``r``; the record as stored, to build the ceiling's frame."""
             write_progress(task_id, r, TOTAL)
-            raw: bytes = backend_client().get(key)
+            raw: bytes = celery_app.backend.client.get(key)
             return raw
 
         def to_taskcast(r: int) -> Callable[[], object]:

@@ -108,13 +108,13 @@ class _Driver:
     def beat(self, members: list[str]) -> None:
         """Every member's heartbeat, written now as a worker writes it."""
         from taskcast_celery import keys
-        from taskcast_celery.demo.app import settings
+        from taskcast_celery.demo.celery import app as celery_app
 
         seconds, micros = self.redis.time()
         with self.redis.pipeline(transaction=False) as pipe:
             for task_id in members:
                 pipe.set(
-                    keys.heartbeat_key(settings.key_prefix, task_id),
+                    keys.heartbeat_key(celery_app.backend.key_prefix, task_id),
                     seconds * 1000 + micros // 1000,
                 )
             pipe.execute()
@@ -241,9 +241,9 @@ def main() -> None:
         }
         taskcast = servers[30]
 
-        from taskcast_celery.demo.app import backend_client
+        from taskcast_celery.demo.celery import app as celery_app
 
-        driver = _Driver(backend_client(), seconds, settle)
+        driver = _Driver(celery_app.backend.client, seconds, settle)
         for n in sizes:
             group_id, members = _start_group(taskcast, n)
             for task_id in members:

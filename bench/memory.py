@@ -36,14 +36,12 @@ def main() -> None:
     n = 500 if args.small else args.subscribers
 
     with Stack() as stack:
-        from taskcast_celery.demo.app import backend_client, celery_app, sent_record
+        from taskcast_celery.demo.celery import app as celery_app
 
         # Tasks that exist (recorded as SENT) and stay idle for the whole run.
         task_ids = [str(uuid.uuid4()) for _ in range(n)]
-        with backend_client().pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.set(celery_app.backend.get_key_for_task(task_id), sent_record(task_id, None))
-            pipe.execute()
+        for task_id in task_ids:
+            celery_app.backend.record_sent(task_id, None)
 
         scenarios = [
             ("ceiling (bare Starlette)", "bench.ceiling", lambda i: "/ws"),

@@ -70,10 +70,10 @@ def main() -> None:
         taskcast = stack.serve("taskcast", "taskcast")
         tutorial = stack.serve("tutorial", "bench.tutorial_app")
 
-        from taskcast_celery.demo.app import backend_client
+        from taskcast_celery.demo.celery import app as celery_app
 
         task_id = str(uuid.uuid4())
-        redis = backend_client()
+        redis = celery_app.backend.client
 
         def write(current: int) -> None:
             write_progress(task_id, current, TOTAL)

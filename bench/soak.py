@@ -61,9 +61,9 @@ def main() -> None:
         stack.worker("--pool", "threads", "--concurrency", str(tasks))
         servers = [stack.serve(f"taskcast-{i + 1}", "taskcast") for i in range(args.processes)]
 
-        from taskcast_celery.demo.app import backend_client, celery_app
+        from taskcast_celery.demo.celery import app as celery_app
 
-        redis = backend_client()
+        redis = celery_app.backend.client
         kwargs = {"total": steps, "step_seconds": step_seconds}
         task_ids = [
             celery_app.send_task("taskcast.progress", kwargs=kwargs).id for _ in range(tasks)

@@ -123,7 +123,8 @@ class Published:
 
 
 class WorkerProcess:
-    """A real Celery worker (prefork pool) in a subprocess, with this session's settings."""
+    """A real Celery worker (prefork pool) in a subprocess, with this session's settings:
+    started with Celery's own command, ``celery -A <app> worker``, as a user would."""
 
     def __init__(
         self,
@@ -131,7 +132,11 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         queues: str | None = None,
         logfile: str | None = None,
+        app: str = "taskcast_celery.demo",
+        cwd: str = ROOT,
     ) -> None:
+        self.app = app
+        self.cwd = cwd
         self.concurrency = concurrency
         self.queues = queues
         self.logfile = logfile
@@ -141,7 +146,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "celery", "-A", "taskcast_celery.demo", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "--pool", "prefork", "--concurrency", str(self.concurrency),
             "--hostname", self.hostname, "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip",
@@ -150,7 +155,7 @@ class WorkerProcess:
             argv += ["--queues", self.queues]
         if self.logfile:
             argv += ["--logfile", self.logfile, "--loglevel", "INFO"]
-        self.process = subprocess.Popen(argv, env=self.env, cwd=ROOT, start_new_session=True)
+        self.process = subprocess.Popen(argv, env=self.env, cwd=self.cwd, start_new_session=True)
 
     def stop(self) -> None:
         if self.process is None:
@@ -215,16 +220,22 @@ async def running_server(
 
 @contextlib.asynccontextmanager
 async def service_process(
-    env: dict[str, str], log_level: str = "warning", output: int | None = None
+    env: dict[str, str],
+    log_level: str = "warning",
+    output: int | None = None,
+    app: str | None = None,
+    cwd: str = ROOT,
 ) -> AsyncIterator[str]:
     """`taskcast serve` in its own process, as in production; yield its base URL.
 
-    ``output``, a file descriptor, receives the process's stdout and stderr.
+    ``output``, a file descriptor, receives the process's stdout and stderr; ``app`` is
+    its ``--app``, from ``cwd``.
     """
     port = free_port()
+    serving = ["--app", app] if app else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskcast", "serve", "--port", str(port),
-        "--log-level", log_level, env=env, cwd=ROOT, stdout=output, stderr=output,
+        sys.executable, "-m", "taskcast", "serve", "--port", str(port), *serving,
+        "--log-level", log_level, env=env, cwd=cwd, stdout=output, stderr=output,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

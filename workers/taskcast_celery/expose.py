@@ -123,7 +123,7 @@ def _expose(task: Any, name: str | None, params: type[BaseModel] | None) -> None
             "'_', '.' and '-', at most 100, starting with a letter or digit)"
         )
     run = task.run
-    model = params if params is not None else model_from_signature(task_name, run)
+    model = params if params is not None else model_from_signature(task_name, run, api_name)
     if params is not None:
         _check_model(task_name, run, params)
     try:
@@ -135,9 +135,12 @@ def _expose(task: Any, name: str | None, params: type[BaseModel] | None) -> None
     setattr(task, _ATTRIBUTE, Exposure(api_name, task_name, model, summary))
 
 
-def model_from_signature(task_name: str, function: Callable[..., Any]) -> type[BaseModel]:
+def model_from_signature(
+    task_name: str, function: Callable[..., Any], api_name: str | None = None
+) -> type[BaseModel]:
     """A parameter model with one field per parameter of ``function`` (bound methods:
-    without ``self``), typed by its hints (none: any JSON value), with its defaults."""
+    without ``self``), typed by its hints (none: any JSON value), with its defaults;
+    named after ``api_name`` (``import_rows``: ``ImportRowsParams``), as clients see it."""
     try:
         signature = inspect.signature(function)
         hints = typing.get_type_hints(function, include_extras=True)
@@ -146,9 +149,10 @@ def model_from_signature(task_name: str, function: Callable[..., Any]) -> type[B
     fields: dict[str, Any] = {}
     for parameter in signature.parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            stars = "*" if parameter.kind is parameter.VAR_POSITIONAL else "**"
             raise ExposeError(
-                f"task {task_name}: a signature with {parameter} cannot be described as "
-                "parameters; give expose(params=Model)"
+                f"task {task_name}: a signature with {stars}{parameter.name} cannot be "
+                "described as parameters; give expose(params=Model)"
             )
         if parameter.kind is parameter.POSITIONAL_ONLY:
             raise ExposeError(
@@ -158,7 +162,8 @@ def model_from_signature(task_name: str, function: Callable[..., Any]) -> type[B
         hint = _whole_numbers(hints.get(parameter.name, Any))
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[parameter.name] = (hint, default)
-    model_name = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", task_name))
+    words = re.split(r"[^A-Za-z0-9]+", api_name or task_name)
+    model_name = "".join(word[:1].upper() + word[1:] for word in words)
     try:
         return create_model(f"{model_name}Params", __base__=Params, **fields)
     except (PydanticUserError, TypeError) as exc:

@@ -168,7 +168,12 @@ def check_app(app: Celery) -> None:
     else:
         redis = False
     if not redis:
-        shown = maybe_sanitize_url(configured) if isinstance(configured, str) else configured
+        # As written, unless it holds a password.
+        shown = (
+            maybe_sanitize_url(configured)
+            if isinstance(configured, str) and "@" in configured
+            else configured
+        )
         raise InstallError(
             f"taskcast needs a Redis result backend, and the app's result_backend is "
             f"{shown!r}: set result_backend to a redis://, rediss:// or socket:// URL "

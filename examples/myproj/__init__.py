@@ -1,0 +1,1 @@
+"""An example Celery project that uses taskcast only through ``import taskcast``."""

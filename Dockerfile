@@ -7,11 +7,11 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 WORKDIR /app
 # Dependencies first: this layer is reused until pyproject.toml or uv.lock change.
 COPY pyproject.toml uv.lock ./
-RUN uv sync --locked --no-dev --extra flower --no-install-project
+RUN uv sync --locked --no-dev --extra server --extra flower --no-install-project
 COPY README.md ./
 COPY service ./service
 COPY workers ./workers
-RUN uv sync --locked --no-dev --extra flower --no-editable
+RUN uv sync --locked --no-dev --extra server --extra flower --no-editable
 
 # --- run: the environment only, as a user without privileges -------------------------
 FROM python:3.11-slim

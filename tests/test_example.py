@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from taskcast.cli.devstack import free_port
 from taskcast_celery import keys
 from tests import env
 from tests.support import (
@@ -172,3 +174,64 @@ async def test_exposed_tasks_start_over_rest_and_the_rest_do_not(
 
         cleaned = await eventually(internal_status, lambda s: s["final"], within=30)
         assert (cleaned["state"], cleaned["result"]) == ("SUCCESS", 7)
+
+
+async def test_dev_runs_the_project_app_on_its_own_redis(project_env: dict[str, str]) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskcast", "dev", "--app", "myproj", "--port", str(port),
+        "--concurrency", "1",
+        env=project_env, cwd=EXAMPLES,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output: list[str] = []
+
+    async def pump() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            output.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(pump())
+    try:
+        text = await eventually(
+            lambda: asyncio.sleep(0, "".join(output)),
+            lambda text: "taskcast dev is ready" in text or process.returncode is not None,
+            within=60,
+        )
+        assert "taskcast dev is ready" in text, text
+        assert "  App        myproj\n" in text
+        assert "(the result backend of myproj)" in text
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            started = await http.post("/tasks/import_rows", json={"rows": 2, "delay": 0.05})
+            assert started.status_code == 202, started.text
+
+            async def status() -> dict[str, Any]:
+                reply: dict[str, Any] = (await http.get(started.json()["status_url"])).json()
+                return reply
+
+            done = await eventually(status, lambda s: s["final"], within=30)
+            assert (done["state"], done["result"]) == ("SUCCESS", {"imported": 2})
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        await reader
+
+
+async def test_an_app_that_cannot_be_served_is_one_clear_line(
+    project_env: dict[str, str],
+) -> None:
+    for app, said in (
+        ("myproj.nothing", "cannot load the Celery app 'myproj.nothing'"),
+        ("myproj.tasks:import_rows", "'myproj.tasks:import_rows' is a"),
+    ):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "taskcast", "serve", "--app", app, "--port", str(free_port()),
+            env=project_env, cwd=EXAMPLES,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 2
+        [line] = err.decode().splitlines()
+        assert line.startswith(f"taskcast serve: {said}"), line

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from taskcast.app import create_app
-from taskcast.live.limits import ClientConnections, TokenBucket
+from taskcast.limits import ClientConnections, TokenBucket
 from taskcast.state import AppState
 from tests.support import (
     eventually,

@@ -18,8 +18,8 @@ from taskcast.api import demo, dev, openapi, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
 from taskcast.auth import Auth, OriginCheck, redact_tokens_in_server_logs
 from taskcast.dispatch import Dispatcher
+from taskcast.limits import ClientConnections, InRequestJobs
 from taskcast.live.hub import Hub
-from taskcast.live.limits import ClientConnections
 from taskcast.metrics import Metrics
 from taskcast.served import load_app, serve_app
 from taskcast.settings import Settings
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             clients=ClientConnections(settings.max_connections_per_client),
             # A token lasts, by default, as long as the record of what it opens.
             auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
+            sync_jobs=InRequestJobs(),
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")

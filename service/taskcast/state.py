@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from taskcast.auth import Auth
 from taskcast.dispatch import Dispatcher
 from taskcast.groups import member_ids
+from taskcast.limits import ClientConnections, InRequestJobs
 from taskcast.live.hub import Hub
-from taskcast.live.limits import ClientConnections
 from taskcast.metrics import Metrics
 from taskcast.served import ServedApp
 from taskcast.settings import Settings
@@ -33,6 +33,8 @@ class AppState:
     # Open WebSocket connections by client address, for their per-client cap.
     clients: ClientConnections
     auth: Auth
+    # GET /sync-process/'s jobs, on threads of their own (never dispatch's).
+    sync_jobs: InRequestJobs
     # The OpenAPI document, made at its first request.
     openapi: dict[str, Any] | None = None
 

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from taskcast.api.errors import ApiError
 from taskcast.api.responses import json_response
 from taskcast.api.tasks import (
     app_state,
@@ -27,6 +27,7 @@ from taskcast.api.tasks import (
     watch_token,
 )
 from taskcast.api.validation import check_params, parse_json, parse_query, parse_task_id, read_body
+from taskcast.limits import LimitReached
 from taskcast.status import Status
 from taskcast_celery import states
 from taskcast_celery.expose import Exposure
@@ -45,7 +46,7 @@ MAX_TIME = 3600
 
 
 class ProgressQuery(_Query):
-    time: int = Field(ge=1, le=MAX_TIME, description="Seconds the job runs, one step each.")
+    time: int = Field(100, ge=1, le=MAX_TIME, description="Seconds the job runs, one step each.")
 
 
 class EmailQuery(_Query):
@@ -63,13 +64,24 @@ async def _dispatch(request: Request, name: str, values: dict[str, Any]) -> str:
 
 
 async def sync_process(request: Request) -> Response:
-    """Run the job inside the request, as the tutorial's counter-example did (in a thread)."""
+    """Run the job inside the request, as the tutorial's counter-example did (in a thread).
+
+    At most ``SYNC_JOBS`` at a time, on a limiter of their own: on the shared one, forty
+    of them held every thread that dispatch needs, and a POST waited seconds for one.
+    Over the limit the answer is 503 at once, rather than a request queued for minutes.
+    """
     # Keyed like a dispatch: it holds a thread for up to a minute.
     require_api_key(request)
     query = parse_query(SleepQuery, request)
-    exposure = _task(request, "sleep")
-    task = app_state(request).served.celery.tasks[exposure.task_name]
-    message = await anyio.to_thread.run_sync(partial(task, seconds=query.seconds))
+    state = app_state(request)
+    task = state.served.celery.tasks[_task(request, "sleep").task_name]
+    try:
+        message = await state.sync_jobs.run(partial(task, seconds=query.seconds))
+    except LimitReached as exc:
+        raise ApiError(
+            503, "busy", f"{exc}; retry, or queue the job with GET /async-process/",
+            {"Retry-After": "1"},
+        ) from None  # fmt: skip
     return json_response({"message": message})
 
 
@@ -77,7 +89,7 @@ async def async_process(request: Request) -> Response:
     require_api_key(request)
     query = parse_query(SleepQuery, request)
     task_id = await _dispatch(request, "sleep", {"seconds": query.seconds})
-    reply = {"message": "Task started", "task_id": task_id}
+    reply = {"task_id": task_id, "status": "Task started"}
     return json_response({**reply, **watch_token(request, task_id)})
 
 
@@ -85,7 +97,8 @@ async def process_data_with_status(request: Request) -> Response:
     require_api_key(request)
     query = parse_query(ProgressQuery, request)
     task_id = await _dispatch(request, "progress", {"total": query.time, "step_seconds": 1.0})
-    return json_response({"task_id": task_id, **watch_token(request, task_id)})
+    reply = {"message": "Processing started", "task_id": task_id}
+    return json_response({**reply, **watch_token(request, task_id)})
 
 
 async def process_and_email(request: Request) -> Response:
@@ -97,31 +110,32 @@ async def process_and_email(request: Request) -> Response:
     if body.strip():
         values["data"] = parse_json(body)
     task_id = await _dispatch(request, "email", values)
-    reply = {"message": "Email task started", "task_id": task_id}
+    reply = {"message": "Processing started", "task_id": task_id}
     return json_response({**reply, **watch_token(request, task_id)})
 
 
 def tutorial_shape(status: Status) -> dict[str, Any]:
-    """The tutorial's status reply: ``state`` plus ``status`` text or progress counters."""
+    """The tutorial's status reply: ``{"state", "progress"}`` while pending (0) or
+    running (the percent, computed where the tutorial read one its task never wrote),
+    ``{"state", "result"}`` on success, ``{"state", "info": <text>}`` in any other state."""
     state = status["state"]
-    if state in (states.SENT, states.PENDING):
-        # The tutorial knew queued tasks only as PENDING.
-        return {"state": states.PENDING, "status": "Pending..."}
-    if state in (states.FAILURE, states.REVOKED):
-        error = status["error"]
-        return {"state": state, "status": "" if error is None else error["message"]}
     progress = status["progress"]
-    shaped: dict[str, Any] = {
-        "state": state,
-        "current": (progress and progress["current"]) or 0,
-        "total": (progress and progress["total"]) or 1,
-        "percent": (progress and progress["percent"]) or 0,
-    }
+    if state in (states.SENT, states.PENDING):
+        # The tutorial knew a queued task only as PENDING.
+        return {"state": states.PENDING, "progress": 0}
+    if state == states.PROGRESS:
+        percent = progress["percent"] if progress is not None else None
+        return {"state": state, "progress": percent or 0}
     if state == states.SUCCESS:
-        shaped["current"] = shaped["total"]
-        shaped["percent"] = 100.0
-        shaped["result"] = status["result"]
-    return shaped
+        return {"state": state, "result": status["result"]}
+    error = status["error"]
+    if error is not None:
+        info = error["message"] or error["type"]
+    elif progress is not None and progress["message"] is not None:
+        info = progress["message"]
+    else:
+        info = ""
+    return {"state": state, "info": info}
 
 
 async def task_status(request: Request) -> Response:

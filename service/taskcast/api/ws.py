@@ -18,8 +18,8 @@ from starlette.websockets import WebSocket
 
 from taskcast.auth import bearer
 from taskcast.ids import is_task_id
+from taskcast.limits import TokenBucket
 from taskcast.live import protocol
-from taskcast.live.limits import TokenBucket
 from taskcast.live.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
 from taskcast.live.subscriber import MailboxOverflow, Subscriber
 from taskcast.metrics import Metrics

@@ -1,10 +1,44 @@
-"""Per-client limits on WebSocket use: connections per address, subscribes per second.
+"""Limits that keep one client from hurting the others: WebSocket connections per
+address, subscribes per second, and in-request jobs (``GET /sync-process/``).
 
-Both are kept in the process, like everything a connection owns: N service processes
+All are kept in the process, like everything a connection owns: N service processes
 allow N times as much in all (docs/operations.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+# In-request jobs one service process runs at once (GET /sync-process/).
+SYNC_JOBS = 2
+
+
+class LimitReached(Exception):
+    """Refused at once, because a limit is reached; the message says which."""
+
+
+class InRequestJobs:
+    """Runs at most ``limit`` in-request jobs at once, on threads of their own (never
+    the ones dispatch needs); one more is refused at once rather than queued."""
+
+    def __init__(self, limit: int = SYNC_JOBS) -> None:
+        self.limit = limit
+        self.running = 0
+        # Never waited on: ``running`` keeps to the limit before a thread is asked for.
+        self._threads = anyio.CapacityLimiter(limit)
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        # No await between the check and the count: two requests cannot both pass.
+        if self.running >= self.limit:
+            raise LimitReached(f"at most {self.limit} in-request jobs run at a time")
+        self.running += 1
+        try:
+            return await anyio.to_thread.run_sync(job, limiter=self._threads)
+        finally:
+            self.running -= 1
 
 
 class ClientConnections:

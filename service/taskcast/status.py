@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -177,33 +178,49 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
     }
 
 
+# Twenty digits in a row: maybe an integer past 64 bits, which orjson reads as a float.
+_LONG_INTEGER = re.compile(rb"\d{20}")
+
+
 def _load(raw: bytes) -> Any:
     """A record's JSON. Python's json writes NaN and Infinity, which orjson refuses to
-    read: such a record (a task that reported a NaN) is read the slow way."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    read, and integers of any size, which orjson reads as floats: such records (a task
+    that reported a NaN, or returned a very large number) are read the slow way."""
+    if _LONG_INTEGER.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return None
 
 
+# Celery writes a record's state first (``{"status": "SUCCESS", "result": ...``): where the
+# record cannot be read whole (nested past what a JSON reader takes), its state still can.
+_STATE_FIRST = re.compile(rb'^\{\s*"status"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+
+
 def decode_status(task_id: str, raw: bytes) -> Status:
-    """Decode a raw result-backend record; an unreadable one becomes a FAILURE-like status."""
+    """Decode a raw result-backend record. One that cannot be read whole keeps the state
+    it starts with, when it has one (so a final one still ends its watch), and says why
+    in its ``error``; with no state to read it is ``UNREADABLE``."""
     meta = _load(raw)
-    if not isinstance(meta, dict) or "status" not in meta:
-        return {
-            "task_id": task_id,
-            "state": "UNREADABLE",
-            "final": False,
-            "stalled": False,
-            "progress": None,
-            "result": None,
-            "error": {"type": "UnreadableRecord", "message": "the stored record is not JSON"},
-        }
-    return build_status(task_id, meta)
+    if isinstance(meta, dict) and "status" in meta:
+        return build_status(task_id, meta)
+    found = _STATE_FIRST.match(raw)
+    state = found.group(1).decode() if found else "UNREADABLE"
+    reason = "nested too deeply to read" if found else "not JSON"
+    return {
+        "task_id": task_id,
+        "state": state,
+        "final": state in FINAL_STATES,
+        "stalled": False,
+        "progress": None,
+        "result": None,
+        "error": {"type": "UnreadableRecord", "message": f"the stored record is {reason}"},
+    }
 
 
 def kept_progress(raw: bytes) -> Progress | None:
@@ -217,3 +234,27 @@ def kept_progress(raw: bytes) -> Progress | None:
 def encode(message: dict[str, Any]) -> bytes:
     """Encode a JSON message once, for every client that receives it."""
     return orjson.dumps(message)
+
+
+def encode_status(status: Status, **first: str) -> bytes:
+    """The status as JSON (after ``first``, such as ``type="status"``), encoded once.
+
+    orjson writes neither integers past 64 bits nor nesting past 254 levels, which a
+    task's result may hold (Celery stores both): such a status is written by Python's
+    json instead. One that cannot be written at all keeps its state (a final one still
+    ends its watch), with its result left out and the reason in its ``error``.
+    """
+    message = {**first, **status}
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        reason = type(exc).__name__ if isinstance(exc, RecursionError) else str(exc)
+        unsent: TaskError = {
+            "type": "UnsendableResult",
+            "message": f"the task's result cannot be sent as JSON ({reason})",
+        }
+        return orjson.dumps({**message, "result": None, "error": unsent})

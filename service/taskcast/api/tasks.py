@@ -22,7 +22,7 @@ from taskcast.dispatch import DispatchError
 from taskcast.groups import GroupStatus, GroupTally
 from taskcast.liveness import is_stalled
 from taskcast.state import AppState
-from taskcast.status import Status, decode_status
+from taskcast.status import Status, decode_status, encode_status
 from taskcast_celery.expose import Exposure
 
 
@@ -216,7 +216,8 @@ async def list_tasks(request: Request) -> Response:
 async def task_status(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
     require_watch(request, task_id)
-    return json_response(await read_status(request, task_id))
+    status = await read_status(request, task_id)
+    return Response(encode_status(status), media_type="application/json")
 
 
 async def cancel_task(request: Request) -> Response:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from taskcast.groups import GroupStatus
 from taskcast.ids import UUID_PATTERN
-from taskcast.status import Status, encode
+from taskcast.status import Status, encode, encode_status
 
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
@@ -150,7 +150,7 @@ def _explain(exc: ValidationError) -> ProtocolError:
 
 def status_message(status: Status) -> str:
     """The status message: the status object with ``"type": "status"``, encoded once."""
-    return encode({"type": "status", **status}).decode()
+    return encode_status(status, type="status").decode()
 
 
 def group_message(group: GroupStatus) -> str:

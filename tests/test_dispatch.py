@@ -13,12 +13,22 @@ import httpx
 import pytest
 import redis
 from celery import signals
+from kombu.exceptions import OperationalError
 
-from taskcast.cli.devstack import EmbeddedRedis, Supervisor
+from taskcast.app import create_app
+from taskcast.cli.devstack import EmbeddedRedis, Supervisor, free_port
+from taskcast.settings import Settings
 from taskcast_celery import keys
 from taskcast_celery.demo.celery import app as celery_app
 from tests import env
-from tests.support import eventually, final, service_process, wait_for_state
+from tests.support import (
+    demo_app,
+    eventually,
+    final,
+    running_server,
+    service_process,
+    wait_for_state,
+)
 
 
 def meta_key(task_id: str) -> str:
@@ -132,3 +142,25 @@ async def test_dispatching_a_thousand_tasks_leaks_no_subscription(
             assert "cmdstat_subscribe" not in stats, stats.get("cmdstat_subscribe")
         finally:
             private.close()
+
+
+async def test_a_task_whose_record_cannot_be_written_is_not_published(
+    redis_client: redis.Redis,
+) -> None:
+    """Broker up, result backend down: nothing may be queued that nobody could follow
+    (it would read 404 for ever). The client gets 503, the producer an exception."""
+    queue = f"taskcast-test-nobackend-{uuid.uuid4().hex[:8]}"
+    split = demo_app(queue=queue, result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
+    queued = f"{env.KEY_PREFIX}{queue}"
+    try:
+        async with running_server(create_app(Settings(), celery_app=split)) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                refused = await http.post("/tasks/sleep", json={"seconds": 0})
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"] == "broker_unavailable"
+        # Raised as Celery raises a publish that failed: kombu's OperationalError.
+        with pytest.raises(OperationalError, match="Connection refused"):
+            split.send_task("taskcast.sleep", kwargs={"seconds": 0})
+        assert redis_client.llen(queued) == 0
+    finally:
+        redis_client.delete(queued)

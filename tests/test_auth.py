@@ -50,7 +50,15 @@ def settings(**changes: Any) -> Settings:
 @pytest.fixture(scope="module")
 async def secured(worker: WorkerProcess) -> AsyncIterator[str]:
     """A server with API keys, a secret and one allowed origin; its base URL."""
-    app = create_app(settings(api_keys=(KEY, OTHER_KEY), secret=SECRET, allowed_origins=(ORIGIN,)))
+    app = create_app(
+        settings(
+            api_keys=(KEY, OTHER_KEY),
+            secret=SECRET,
+            allowed_origins=(ORIGIN,),
+            # Checked host names: only so may the service's own pages count as allowed.
+            allowed_hosts=("127.0.0.1", "localhost"),
+        )
+    )
     async with running_server(app) as url:
         yield url
 
@@ -213,7 +221,7 @@ async def test_dispatch_needs_an_api_key(http: httpx.AsyncClient) -> None:
     tutorial = await http.get("/async-process/?seconds=0", headers=keyed())
     assert tutorial.status_code == 200
     body = tutorial.json()
-    assert set(body) == {"message", "task_id", "token"}
+    assert set(body) == {"task_id", "status", "token"}
     shaped = await http.get(f"/task-status/{body['task_id']}", params={"token": body["token"]})
     assert shaped.status_code == 200
     assert_unauthorized(await http.get(f"/task-status/{body['task_id']}"))

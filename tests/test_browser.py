@@ -19,10 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from playwright.async_api import (
     Browser,
     Locator,
     Page,
+    Route,
     WebSocketRoute,
     async_playwright,
     expect,
@@ -31,7 +33,15 @@ from playwright.async_api import (
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.live.hub import Hub
-from tests.support import ROOT, WorkerProcess, running_server, settings_with
+from tests import env
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    eventually,
+    running_server,
+    settings_with,
+    task_keys,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -42,6 +52,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # Else Chromium itself keeps a page of a public site (here, one the test serves as
+    # evil.test) from reaching 127.0.0.1: the service must be what refuses it.
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 ARTIFACTS = Path(ROOT) / "artifacts" / "browser"
 # How long a DOM condition may take: tasks here last a few seconds at most.
@@ -584,3 +597,49 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
     finally:
         await context.close()
     assert not errors, errors
+
+
+async def forbidden_origin_count(base_url: str) -> float:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        scraped = (await http.get("/metrics")).text
+    found = re.search(r"^taskcast_forbidden_origin_total (\S+)$", scraped, re.M)
+    assert found is not None, scraped
+    return float(found.group(1))
+
+
+async def test_a_page_of_another_site_cannot_start_work_from_a_browser(
+    browser: Browser, base_url: str, redis_client: redis.Redis
+) -> None:
+    """A page of another site (auth off, as in taskcast dev) tries what needs no CORS
+    preflight: a form POST, a no-cors fetch with a text/plain body, an <img>. The browser
+    sends them all; the service refuses them all, and nothing is queued."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    attack = f"""<!doctype html><html><body>
+      <form id="f" method="post" action="{base_url}/tasks/sleep" target="sink">
+        <input name="seconds" value="0"></form>
+      <iframe name="sink"></iframe>
+      <img src="{base_url}/async-process/?seconds=0">
+      <script>
+        fetch("{base_url}/tasks/email", {{method: "POST", mode: "no-cors",
+          headers: {{"Content-Type": "text/plain"}},
+          body: JSON.stringify({{to: "victim@example.com", data: {{}}}})}});
+        document.getElementById("f").submit();
+      </script></body></html>"""
+
+    async def serve_attack(route: Route) -> None:
+        await route.fulfill(status=200, content_type="text/html", body=attack)
+
+    before_keys = task_keys(redis_client, env.KEY_PREFIX)
+    before = await forbidden_origin_count(base_url)
+    await context.route("http://evil.test/**", serve_attack)
+    try:
+        await page.goto("http://evil.test/")
+        # All three reached the service (and were refused there).
+        refused = await eventually(
+            lambda: forbidden_origin_count(base_url), lambda count: count >= before + 3
+        )
+        assert refused == before + 3
+    finally:
+        await context.close()
+    assert task_keys(redis_client, env.KEY_PREFIX) == before_keys

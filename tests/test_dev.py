@@ -59,6 +59,9 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
             assert (response.status_code, response.text) == (200, "OK")
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            # Served on loopback: no other host name (a DNS-rebinding page's) is answered.
+            rebound = await http.get("/healthz", headers={"Host": "evil.example"})
+            assert (rebound.status_code, rebound.json()["error"]) == (400, "invalid_host")
             response = await http.post("/tasks/progress", json={"total": 3, "step_seconds": 0.05})
             assert response.status_code == 202
             done = await wait_for_state(http, response.json()["task_id"], final, within=30)

@@ -323,7 +323,7 @@ async def test_the_tutorial_path_queues_the_email_job(
     assert response.status_code == 200
     body = response.json()
     assert list(body) == ["message", "task_id"]
-    assert body["message"] == "Email task started"
+    assert body["message"] == "Processing started"
     done = await wait_for_state(client, body["task_id"], final)
     assert done["state"] == "SUCCESS"
     [request] = mailtrap.received

@@ -70,6 +70,7 @@ async def test_deep_and_big_results_reach_rest_and_websocket(
     # Subscribed and unsubscribed again and again beside a task of its own: the hub
     # answers each time, and never falls over.
     other = await submit(client, "sleep", seconds=0)
+    assert await wait_for_state(client, other, final)
     async with ws_connect(base_url, "/ws", max_size=None) as ws:
         for _ in range(20):
             await ws.send(json.dumps({"op": "subscribe", "task_id": deep}))
@@ -78,7 +79,6 @@ async def test_deep_and_big_results_reach_rest_and_websocket(
             assert (await recv_json(ws))["task_id"] == other
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
-    assert await wait_for_state(client, other, final)
     assert hub.healthy
     assert hub.metrics.hub_redis_errors._value.get() == errors_before
 

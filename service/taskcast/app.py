@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from taskcast import metrics
 from taskcast.api import demo, dev, openapi, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
-from taskcast.auth import Auth, OriginCheck, redact_tokens_in_server_logs
+from taskcast.auth import Auth, SiteCheck, Sites, redact_tokens_in_server_logs
 from taskcast.dispatch import Dispatcher
 from taskcast.limits import ClientConnections, InRequestJobs
 from taskcast.live.hub import Hub
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     else:
         served = serve_app(celery_app, celery_app.main or "the given app")
     check_stall_threshold(settings.stall_after, served.heartbeat_interval)
+    sites = Sites(settings.allowed_origins, settings.allowed_hosts)
     # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
     redact_tokens_in_server_logs()
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             # A token lasts, by default, as long as the record of what it opens.
             auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
             sync_jobs=InRequestJobs(),
+            sites=sites,
         )
         # A hard reference: the loop itself keeps only a weak one to its tasks.
         hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
@@ -115,17 +117,19 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             *demo.routes,
             *dev_routes,
         ],
-        middleware=_origin_middleware(settings.allowed_origins),
+        middleware=_site_middleware(sites, settings.allowed_origins),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
 
 
-def _origin_middleware(origins: tuple[str, ...]) -> list[Middleware]:
-    """WebSocket handshakes checked against TASKCAST_ALLOWED_ORIGINS and, when it is set,
-    CORS for the same origins (unset: browsers keep the API to the service's own pages)."""
+def _site_middleware(sites: Sites, origins: tuple[str, ...]) -> list[Middleware]:
+    """Host names and WebSocket origins checked first (``SiteCheck``); CORS for the
+    origins of TASKCAST_ALLOWED_ORIGINS, when it is set (unset: browsers keep the API to
+    the service's own pages)."""
+    checks = [Middleware(SiteCheck, sites=sites)]
     if not origins:
-        return []
+        return checks
     cors = Middleware(
         CORSMiddleware,
         allow_origins=list(origins),
@@ -134,4 +138,4 @@ def _origin_middleware(origins: tuple[str, ...]) -> list[Middleware]:
         expose_headers=["Location"],
         max_age=600,
     )
-    return [cors, Middleware(OriginCheck, allowed=origins)]
+    return [*checks, cors]

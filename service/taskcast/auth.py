@@ -93,51 +93,112 @@ class Auth:
         )
 
 
-# -- origins -----------------------------------------------------------------------
+# -- sites: origins and hosts ------------------------------------------------------
 
 
-def origin_allowed(allowed: Collection[str], headers: Headers) -> bool:
-    """Whether a WebSocket handshake may proceed, judged by its ``Origin``.
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:8000``: ``[::1]``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0]
 
-    No ``Origin``: not a browser, which is what the check protects (a page of another
-    site opening a socket with its visitor's network position); other clients are
-    held by tokens and keys. The service's own pages (Origin host = Host) are always
-    allowed, so the demo page works whatever the list says.
+
+class Sites:
+    """Which pages may use the service from a visitor's browser, and which host names it
+    answers to (``TASKCAST_ALLOWED_ORIGINS``, ``TASKCAST_ALLOWED_HOSTS``).
+
+    A browser says where a request comes from (``Origin``; ``Sec-Fetch-Site``, which a
+    page cannot forge); a script or curl says neither, and is held by keys and tokens.
+    The service's own page is one whose origin names the very host the request went to;
+    but the ``Host`` header is the client's word: a DNS-rebinding page has its own name
+    resolve to the service, and sends matching ``Origin`` and ``Host``. So where origins
+    are listed, a page's own host counts only when the service checks host names.
     """
-    origin = headers.get("origin")
-    if origin is None or not allowed or "*" in allowed:
-        return True
-    origin = origin.lower()
-    return origin in allowed or urlsplit(origin).netloc == headers.get("host", "").lower()
+
+    def __init__(self, origins: Collection[str], hosts: Collection[str]) -> None:
+        self.origins = frozenset(origins)
+        self.any_origin = "*" in self.origins
+        self.hosts = frozenset(_host_name(host) for host in hosts if host != "*")
+        self.any_host = not self.hosts
+
+    def host_allowed(self, headers: Headers) -> bool:
+        """Whether the request names a host the service answers to."""
+        return self.any_host or _host_name(headers.get("host", "")) in self.hosts
+
+    def _own_page(self, origin: str, headers: Headers) -> bool:
+        return urlsplit(origin).netloc == headers.get("host", "").lower()
+
+    def may_open_socket(self, headers: Headers) -> bool:
+        """Whether a WebSocket handshake may proceed, by its ``Origin``: any, where no
+        origins are listed (a socket only reads what its tokens open); else a listed
+        origin, or the service's own page on a host it checks."""
+        origin = headers.get("origin")
+        if origin is None or not self.origins or self.any_origin:
+            return True
+        origin = origin.lower()
+        return origin in self.origins or (not self.any_host and self._own_page(origin, headers))
+
+    def foreign_page(self, headers: Headers) -> str | None:
+        """Why a request that starts or cancels work comes from a page of another site
+        (None: it does not), whatever the auth settings: the visitor's browser would
+        otherwise lend that page its network position, and a "simple" request (a form,
+        an ``<img>``) needs no CORS preflight to be sent."""
+        if self.any_origin:
+            return None
+        origin = headers.get("origin")
+        site = headers.get("sec-fetch-site")
+        if origin is not None:
+            origin = origin.lower()
+            if origin in self.origins:
+                return None
+            own = origin != "null" and self._own_page(origin, headers)
+            # Where origins are listed, a page's own host counts only on a checked host.
+            if own and site in (None, "same-origin") and (not self.origins or not self.any_host):
+                return None
+            return f"Origin {origin} is not allowed to start or cancel work here"
+        if site is not None and site not in ("same-origin", "none"):
+            # A browser's request with no Origin (an <img>, a link): it came from elsewhere.
+            return f"a {site} page may not start or cancel work here"
+        return None
 
 
-class OriginCheck:
-    """Refuses WebSocket handshakes from origins not allowed, before they are accepted:
-    the client gets HTTP 403 with a JSON error body and never a socket."""
+class SiteCheck:
+    """Refuses, before anything else runs, a request to a host the service does not
+    answer to (400, DNS rebinding), and a WebSocket handshake from an origin not allowed
+    (403, before any socket is accepted), each with a JSON error body."""
 
-    def __init__(self, app: ASGIApp, allowed: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, sites: Sites) -> None:
         self.app = app
-        self.allowed = frozenset(allowed)
+        self.sites = sites
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket" or origin_allowed(self.allowed, Headers(scope=scope)):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            # A server without the denial-response extension answers a plain 403.
-            await send({"type": "websocket.close", "code": 1008})
+        headers = Headers(scope=scope)
+        if not self.sites.host_allowed(headers):
+            refusal = (400, "invalid_host", "this service does not answer to that host name")
+        elif scope["type"] == "websocket" and not self.sites.may_open_socket(headers):
+            refusal = (403, "forbidden_origin", "this origin may not open WebSockets here")
+        else:
+            await self.app(scope, receive, send)
             return
-        body = orjson.dumps(
-            {"error": "forbidden_origin", "detail": "this origin may not open WebSockets here"}
-        )
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": 403,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
+        await _refuse(scope, send, *refusal)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:
+    body = orjson.dumps({"error": error, "detail": detail})
+    headers = [(b"content-type", b"application/json")]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        # A server without the denial-response extension: a policy-violation close.
+        await send({"type": "websocket.close", "code": 1008})
 
 
 # -- logs --------------------------------------------------------------------------

@@ -85,6 +85,12 @@ class Metrics:
             ["limit"],
             registry=registry,
         )
+        self.foreign_refused = Counter(
+            "taskcast_forbidden_origin",
+            "Requests to start or cancel work refused because a page of another site sent "
+            "them (403 forbidden_origin).",
+            registry=registry,
+        )
         self.connections_refused = limited.labels("connections_per_client")
         self.subscribes_refused = limited.labels("subscribe_rate")
 

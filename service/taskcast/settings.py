@@ -87,8 +87,11 @@ class Settings(BaseSettings):
     # Origins whose pages may open WebSockets and call the API; empty: any may open a
     # WebSocket and no CORS is offered. ("*",) offers CORS to every origin.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Host names the service answers to ("*": any). Listing them stops DNS rebinding: a
+    # page whose own name was made to resolve to the service.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ("*",)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _items(value)

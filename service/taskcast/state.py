@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskcast.auth import Auth
+from taskcast.auth import Auth, Sites
 from taskcast.dispatch import Dispatcher
 from taskcast.groups import member_ids
 from taskcast.limits import ClientConnections, InRequestJobs
@@ -33,6 +33,8 @@ class AppState:
     # Open WebSocket connections by client address, for their per-client cap.
     clients: ClientConnections
     auth: Auth
+    # Which pages may use the service from a browser.
+    sites: Sites
     # GET /sync-process/'s jobs, on threads of their own (never dispatch's).
     sync_jobs: InRequestJobs
     # The OpenAPI document, made at its first request.

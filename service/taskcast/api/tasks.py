@@ -36,9 +36,20 @@ def app_state(request: Request) -> AppState:
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskcast"'}
 
 
-def require_api_key(request: Request) -> None:
-    """401 unless the caller may dispatch and cancel (an API key, when keys are set)."""
-    if not app_state(request).auth.may_dispatch(bearer(request.headers.get("authorization"))):
+def authorize_work(request: Request) -> None:
+    """Whether the caller may start or cancel work: 403 for a page of another site (CSRF,
+    whatever the auth settings), then 401 without an API key where keys are set."""
+    state = app_state(request)
+    foreign = state.sites.foreign_page(request.headers)
+    if foreign is not None:
+        state.metrics.foreign_refused.inc()
+        raise ApiError(
+            403,
+            "forbidden_origin",
+            f"{foreign}; a page of another site may start or cancel work only when "
+            "TASKCAST_ALLOWED_ORIGINS lists its origin",
+        )
+    if not state.auth.may_dispatch(bearer(request.headers.get("authorization"))):
         detail = "an API key is required: Authorization: Bearer <key>"
         raise ApiError(401, "unauthorized", detail, _CHALLENGE)
 
@@ -193,7 +204,7 @@ def exposed(request: Request) -> Exposure:
 
 
 async def submit(request: Request) -> Response:
-    require_api_key(request)
+    authorize_work(request)
     exposure = exposed(request)
     try:
         body = await read_body(request, app_state(request).settings.max_body_bytes)
@@ -223,7 +234,7 @@ async def task_status(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     # What dispatching needs, and what reading the task needs: an API key covers both;
     # with tokens but no keys, the task's token lets its holder cancel it.
-    require_api_key(request)
+    authorize_work(request)
     task_id = parse_task_id(request.path_params["task_id"])
     require_watch(request, task_id)
     status = await read_status(request, task_id)
@@ -234,7 +245,7 @@ async def cancel_task(request: Request) -> Response:
 
 
 async def submit_group(request: Request) -> Response:
-    require_api_key(request)
+    authorize_work(request)
     state = app_state(request)
     exposure = exposed(request)
     try:
@@ -263,7 +274,7 @@ async def group_status(request: Request) -> Response:
 
 
 async def cancel_group(request: Request) -> Response:
-    require_api_key(request)
+    authorize_work(request)
     group_id = parse_task_id(request.path_params["group_id"], what="group")
     require_watch(request, group_id, what="group")
     state = app_state(request)

@@ -20,9 +20,9 @@ from taskcast.api.errors import ApiError
 from taskcast.api.responses import json_response
 from taskcast.api.tasks import (
     app_state,
+    authorize_work,
     dispatch_task,
     read_status,
-    require_api_key,
     require_watch,
     watch_token,
 )
@@ -71,7 +71,7 @@ async def sync_process(request: Request) -> Response:
     Over the limit the answer is 503 at once, rather than a request queued for minutes.
     """
     # Keyed like a dispatch: it holds a thread for up to a minute.
-    require_api_key(request)
+    authorize_work(request)
     query = parse_query(SleepQuery, request)
     state = app_state(request)
     task = state.served.celery.tasks[_task(request, "sleep").task_name]
@@ -86,7 +86,7 @@ async def sync_process(request: Request) -> Response:
 
 
 async def async_process(request: Request) -> Response:
-    require_api_key(request)
+    authorize_work(request)
     query = parse_query(SleepQuery, request)
     task_id = await _dispatch(request, "sleep", {"seconds": query.seconds})
     reply = {"task_id": task_id, "status": "Task started"}
@@ -94,7 +94,7 @@ async def async_process(request: Request) -> Response:
 
 
 async def process_data_with_status(request: Request) -> Response:
-    require_api_key(request)
+    authorize_work(request)
     query = parse_query(ProgressQuery, request)
     task_id = await _dispatch(request, "progress", {"total": query.time, "step_seconds": 1.0})
     reply = {"message": "Processing started", "task_id": task_id}
@@ -103,7 +103,7 @@ async def process_data_with_status(request: Request) -> Response:
 
 async def process_and_email(request: Request) -> Response:
     """Queue the e-mail job: the address in the query, the data as the JSON body."""
-    require_api_key(request)
+    authorize_work(request)
     query = parse_query(EmailQuery, request)
     body = await read_body(request, app_state(request).settings.max_body_bytes)
     values: dict[str, Any] = {"to": query.email}

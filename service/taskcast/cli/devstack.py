@@ -190,6 +190,10 @@ def describe_redis(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
 
 
+# The names of this machine's loopback addresses, as a Host header carries them.
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=0.5) as response:
@@ -239,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
         if not redis_answers(redis_url):
             return _fail(f"Redis at {describe_redis(redis_url)} ({where}) does not answer")
         supervisor.env["TASKCAST_CELERY_APP"] = app
+        if args.host in _LOOPBACK:
+            # Served on this machine only: answering to no other host name stops a page
+            # whose own name was made to resolve here (DNS rebinding).
+            supervisor.env.setdefault("TASKCAST_ALLOWED_HOSTS", ",".join(_LOOPBACK))
         # Dev mode: without a Mailtrap token, e-mail goes to the dev outbox.
         supervisor.env["TASKCAST_DEV"] = "1"
 

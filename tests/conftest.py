@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -82,3 +83,27 @@ def hub(app: Starlette, base_url: str) -> Hub:
 async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
         yield http
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_errors() -> Iterator[list[logging.LogRecord]]:
+    """Every error the servers log during the test (uvicorn's own logger included: an
+    exception in the app is logged there, whatever the client is told); there must be
+    none."""
+    handler = _Errors()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "taskcast")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler.records
+    for logger in loggers:
+        logger.removeHandler(handler)
+    assert not handler.records, [handler.format(record) for record in handler.records]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 import uuid
@@ -12,11 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from taskcast import client as taskcast
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.live.hub import Hub
+from taskcast_celery import keys
+from tests import env
 from tests.support import (
     assert_progress_in_order,
     eventually,
@@ -25,6 +29,7 @@ from tests.support import (
     submit,
     wait_for_state,
 )
+from tests.test_terminal import run_cli
 
 
 async def collect(statuses: AsyncIterator[dict[str, Any]], within: float = 20) -> list[Any]:
@@ -225,3 +230,19 @@ async def test_after_a_reconnect_the_repeated_snapshot_is_not_yielded_again(
         assert statuses[-1]["error"]["type"] == "TaskRevokedError"
     finally:
         await client.delete(f"/tasks/{task_id}")
+
+
+async def test_a_final_status_of_megabytes_reaches_the_client_and_the_command(
+    base_url: str, redis_client: redis.Redis
+) -> None:
+    """A result of 2 MB: over websockets' default frame limit of 1 MiB, which closed the
+    watch with 1009 (retried until it gave up) instead of delivering it."""
+    task_id = str(uuid.uuid4())
+    result = "x" * 2_000_000
+    record = {"status": "SUCCESS", "result": result, "task_id": task_id}
+    redis_client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), json.dumps(record))
+    statuses = [status async for status in taskcast.watch(base_url, task_id, give_up_after=5)]
+    assert [(s["state"], len(s["result"])) for s in statuses] == [("SUCCESS", 2_000_000)]
+    code, out, err = await run_cli("watch", task_id, "--url", base_url, "--give-up", "5")
+    assert (code, err) == (0, "")
+    assert out.startswith("SUCCESS")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -164,6 +166,19 @@ async def test_a_transient_answer_is_retried_and_one_email_goes_out(
             ["Sending domain not verified"],
             "Mailtrap refused the e-mail (HTTP 403: Sending domain not verified)",
         ),
+        # Echoed in other spellings: shouted, and percent-encoded (upper- and lower-case).
+        (
+            401,
+            ["TOKEN {TOKEN} IS NOT VALID"],
+            "Mailtrap refused the API token (HTTP 401: TOKEN [redacted] IS NOT VALID); check "
+            "MAILTRAP_API_TOKEN",
+        ),
+        (
+            400,
+            ["bad request to /send?token={token%}", "or {token%lower}"],
+            "Mailtrap refused the e-mail (HTTP 400: bad request to /send?token=[redacted]; or "
+            "[redacted])",
+        ),
     ],
 )
 async def test_a_permanent_refusal_fails_at_once_and_never_shows_the_token(
@@ -177,7 +192,18 @@ async def test_a_permanent_refusal_fails_at_once_and_never_shows_the_token(
     message: str,
 ) -> None:
     # The fake server even echoes the token back, as a careless API might.
-    echoed = json.loads(json.dumps(errors).replace("{token}", env.MAILTRAP_TOKEN))
+    token = env.MAILTRAP_TOKEN
+    encoded = quote(token, safe="")
+    spellings = {
+        "{token}": token,
+        "{TOKEN}": token.upper(),
+        "{token%}": encoded,
+        "{token%lower}": re.sub("%[0-9A-F]{2}", lambda escape: escape.group().lower(), encoded),
+    }
+    text = json.dumps(errors)
+    for placeholder, spelling in spellings.items():
+        text = text.replace(placeholder, spelling)
+    echoed = json.loads(text)
     mailtrap.answer((status, {"errors": echoed}))
     task_id, records = await run_email("ada@example.com")
     assert "RETRY" not in states(records)
@@ -188,13 +214,14 @@ async def test_a_permanent_refusal_fails_at_once_and_never_shows_the_token(
 
     raw_record = redis_client.get(keys.task_meta_key(env.KEY_PREFIX, task_id))
     assert raw_record is not None
-    assert env.MAILTRAP_TOKEN.encode() not in raw_record  # result and traceback alike
-    assert env.MAILTRAP_TOKEN not in json.dumps(done)
+    for spelling in spellings.values():
+        assert spelling.encode() not in raw_record  # result and traceback alike
+        assert spelling not in json.dumps(done)
     log = await eventually(
         lambda: asyncio.to_thread(read_log, mail_log), lambda text: f"[{task_id}] raised" in text
     )
     assert message in log
-    assert env.MAILTRAP_TOKEN not in log
+    assert not any(spelling in log for spelling in spellings.values())
 
 
 async def test_connection_refused_is_retried_then_fails_clearly(

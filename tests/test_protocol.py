@@ -21,6 +21,8 @@ def test_valid_commands() -> None:
     ("frame", "code", "detail"),
     [
         ("{nope", "invalid_message", "frame is not valid JSON"),
+        ('{"op": "ping", "x": ' + "[" * 300 + "]" * 300 + "}", "invalid_message",
+         "frame is nested too deeply to read"),
         ("[1]", "invalid_message", "frame must be a JSON object"),
         ('"ping"', "invalid_message", "frame must be a JSON object"),
         ("{}", "invalid_message", 'frame has no "op" field'),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import uuid
 
@@ -13,7 +15,7 @@ from starlette.routing import Route
 
 from taskcast.app import create_app
 from tests import env
-from tests.support import final, task_keys, wait_for_state
+from tests.support import eventually, final, task_keys, wait_for_state
 
 
 async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncClient) -> None:
@@ -171,7 +173,7 @@ async def test_readiness_reports_redis_down() -> None:
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json()["status"] == "degraded"
+        assert ready.json() == {"status": "degraded", "redis": "unreachable"}
         assert (await http.get("/healthz")).status_code == 200
 
 
@@ -213,3 +215,50 @@ async def test_the_task_list_names_each_task_with_its_parameters(
     assert by_name["sleep"]["summary"] == "Wait a number of seconds: the tutorial's long task."
     assert by_name["progress"]["params"]["properties"]["total"]["maximum"] == 100_000
     assert by_name["email"]["params"]["required"] == ["to", "data"]
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b'{"x": NaN}', "NaN and Infinity are not JSON"),
+        (b'{"x": -Infinity}', "NaN and Infinity are not JSON"),
+        (b'{"x": 1e400}', "a number too large to be finite"),
+        (b'{"x": ' + b"[" * 500 + b"]" * 500 + b"}", "nested too deeply"),
+    ],
+)
+async def test_what_json_cannot_carry_is_refused_alike_everywhere(
+    client: httpx.AsyncClient, redis_client: redis.Redis, data: bytes, said: str
+) -> None:
+    """A lenient reader takes NaN and 1e400 as floats that nothing can send back; the
+    e-mail task's two doors must agree, and say what is wrong."""
+    before = task_keys(redis_client, env.KEY_PREFIX)
+    body = b'{"to": "ada@example.com", "data": ' + data + b"}"
+    direct = await client.post("/tasks/email", content=body)
+    tutorial = await client.post(
+        "/process-and-email/", params={"email": "ada@example.com"}, content=data
+    )
+    for response in (direct, tutorial):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_json"
+        assert said in response.json()["detail"]
+    assert task_keys(redis_client, env.KEY_PREFIX) == before
+
+
+async def test_a_client_that_leaves_mid_request_is_no_server_error(
+    base_url: str, caplog: pytest.LogCaptureFixture, server_errors: list[logging.LogRecord]
+) -> None:
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    with caplog.at_level(logging.INFO, logger="taskcast"):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /tasks/sleep HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"seconds"'
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await eventually(
+            lambda: asyncio.sleep(0, caplog.messages),
+            lambda said: "POST /tasks/sleep: the client left before its request was read" in said,
+        )
+    # server_errors: nothing logged as an error (it was two tracebacks).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import uuid
 from typing import Any
@@ -389,3 +390,16 @@ async def test_push_and_poll_only_modes(
     assert code == 1000
     assert_progress_in_order(statuses)
     assert statuses[-1]["state"] == "SUCCESS"
+
+
+async def test_a_frame_that_is_not_utf8_closes_1007_and_is_not_a_server_error(
+    base_url: str, caplog: pytest.LogCaptureFixture, server_errors: list[logging.LogRecord]
+) -> None:
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        async with ws_connect(base_url, "/ws") as ws:
+            await ws.send(b"\xff\xfe not utf-8", text=True)
+            _, code = await read_until_closed(ws)
+        assert code == 1007
+        # Said, at INFO and without a traceback: it was an ERROR with one, every time.
+        [said] = [r for r in caplog.records if r.getMessage().startswith("Invalid UTF-8")]
+        assert (said.levelname, said.exc_info) == ("INFO", None)

@@ -16,12 +16,13 @@ from starlette.middleware.cors import CORSMiddleware
 from taskcast import metrics
 from taskcast.api import demo, dev, openapi, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
-from taskcast.auth import Auth, SiteCheck, Sites, redact_tokens_in_server_logs
+from taskcast.auth import Auth, SiteCheck, Sites
 from taskcast.dispatch import Dispatcher
 from taskcast.limits import ClientConnections, InRequestJobs
 from taskcast.live.hub import Hub
 from taskcast.metrics import Metrics
 from taskcast.served import load_app, serve_app
+from taskcast.serverlogs import filter_server_logs
 from taskcast.settings import Settings
 from taskcast.state import AppState
 from taskcast.store import ResultStore
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     check_stall_threshold(settings.stall_after, served.heartbeat_interval)
     sites = Sites(settings.allowed_origins, settings.allowed_hosts)
     # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
-    redact_tokens_in_server_logs()
+    filter_server_logs()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

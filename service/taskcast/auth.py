@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import re
 import time
 from collections.abc import Callable, Collection
 from urllib.parse import urlsplit
@@ -199,30 +197,3 @@ async def _refuse(scope: Scope, send: Send, status: int, error: str, detail: str
     else:
         # A server without the denial-response extension: a policy-violation close.
         await send({"type": "websocket.close", "code": 1008})
-
-
-# -- logs --------------------------------------------------------------------------
-
-_TOKEN_IN_URL = re.compile(r"(?<=[?&]token=)[^&\s\"]+")
-
-
-class RedactTokens(logging.Filter):
-    """Blanks ``token=`` query values in uvicorn's request lines (access log, and the
-    WebSocket lines of its error log), which quote each path with its query string."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub("[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
-
-
-_REDACT = RedactTokens()
-
-
-def redact_tokens_in_server_logs() -> None:
-    """Install the filter on uvicorn's loggers (once: a logger keeps one copy of a filter)."""
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(_REDACT)

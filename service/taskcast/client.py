@@ -39,6 +39,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 # want a tighter bound on a whole call wrap it in ``asyncio.timeout``.
 _HTTP_TIMEOUT = 10.0
 
+# Largest status a watch takes: a final one carries the task's whole result, which may
+# be far larger than websockets' default of 1 MiB; still bounded, against a hostile end.
+_MAX_FRAME_BYTES = 256 * 1024 * 1024
+
 # Close codes of /ws/tasks/{id} and /ws/groups/{id} (taskcast/live/protocol.py) that end a
 # watch instead of a retry.
 _CLOSE_UNAUTHORIZED = 4401
@@ -408,7 +412,11 @@ async def _follow(
         delivered = False
         try:
             async with connect(
-                url, additional_headers=headers, open_timeout=open_timeout, compression=None
+                url,
+                additional_headers=headers,
+                open_timeout=open_timeout,
+                compression=None,
+                max_size=_MAX_FRAME_BYTES,
             ) as ws:
                 async for raw in ws:
                     message = json.loads(raw)

@@ -7,7 +7,7 @@ import logging
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 # pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
@@ -96,6 +96,14 @@ async def redis_error(request: Request, exc: Exception) -> Response:
     return error_response(503, "unavailable", "the result store (Redis) is unavailable; retry")
 
 
+async def client_left(request: Request, exc: Exception) -> Response:
+    # The client went away mid-request: nothing failed here, and nobody reads the answer.
+    logger.info(
+        "%s %s: the client left before its request was read", request.method, request.url.path
+    )
+    return error_response(400, "client_disconnected", "the client left before its request was read")
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -104,6 +112,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
+    ClientDisconnect: client_left,
     HTTPException: http_error,
     RedisError: redis_error,
     Exception: unexpected_error,

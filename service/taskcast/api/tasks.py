@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, NotRequired
 
 from pydantic import BaseModel, Field
@@ -31,6 +32,11 @@ def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.taskcast
     return state
 
+
+logger = logging.getLogger(__name__)
+
+# A failed publish, as the client hears of it (the reason goes to the log).
+_QUEUE_FAILED = "could not queue the {}: the broker or the result store is unavailable; retry"
 
 # RFC 6750: a 401 names the scheme that would be accepted.
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskcast"'}
@@ -138,7 +144,8 @@ async def dispatch_task(request: Request, exposure: Exposure, params: BaseModel)
     except DispatchError as exc:
         state.metrics.dispatched(exposure.name, "publish_failed")
         state.metrics.dispatch_redis_errors.inc()
-        raise ApiError(503, "broker_unavailable", f"could not queue the task: {exc}") from None
+        # What failed, and where (hosts, ports), is the operator's to read, in the log.
+        raise ApiError(503, "broker_unavailable", _QUEUE_FAILED.format("task")) from exc
     state.metrics.dispatched(exposure.name, "ok")
     return task_id
 
@@ -261,7 +268,7 @@ async def submit_group(request: Request) -> Response:
     except DispatchError as exc:
         state.metrics.dispatched(exposure.name, "publish_failed", len(members))
         state.metrics.dispatch_redis_errors.inc()
-        raise ApiError(503, "broker_unavailable", f"could not queue the group: {exc}") from None
+        raise ApiError(503, "broker_unavailable", _QUEUE_FAILED.format("group")) from exc
     state.metrics.dispatched(exposure.name, "ok", len(task_ids))
     links = group_links(request, group_id, task_ids)
     return json_response(links, status_code=202, headers={"Location": links["status_url"]})
@@ -304,7 +311,9 @@ async def readyz(request: Request) -> Response:
             await state.redis.ping()
     except Exception as exc:
         state.metrics.readyz_redis_errors.inc()
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        # The kind of failure only: the exception's text names hosts and ports.
+        logger.warning("readiness: Redis did not answer: %r", exc)
+        reason = "timed out" if isinstance(exc, TimeoutError) else "unreachable"
         return json_response({"status": "degraded", "redis": reason}, status_code=503)
     if not state.hub.healthy:
         # Redis answers again, but the hub has not yet caught up after the outage.

@@ -26,7 +26,7 @@ from taskcast.api.tasks import (
     require_watch,
     watch_token,
 )
-from taskcast.api.validation import check_params, parse_json, parse_query, parse_task_id, read_body
+from taskcast.api.validation import check_params, decode_json, parse_query, parse_task_id, read_body
 from taskcast.limits import LimitReached
 from taskcast.status import Status
 from taskcast_celery import states
@@ -108,7 +108,7 @@ async def process_and_email(request: Request) -> Response:
     body = await read_body(request, app_state(request).settings.max_body_bytes)
     values: dict[str, Any] = {"to": query.email}
     if body.strip():
-        values["data"] = parse_json(body)
+        values["data"] = decode_json(body)
     task_id = await _dispatch(request, "email", values)
     reply = {"message": "Processing started", "task_id": task_id}
     return json_response({**reply, **watch_token(request, task_id)})

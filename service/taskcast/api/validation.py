@@ -39,8 +39,47 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _not_json() -> ApiError:
-    return ApiError(400, "invalid_json", "request body is not valid JSON")
+# Deepest nesting a request body may have: far beyond any task's parameters, well within
+# what every JSON reader and writer on the way (pydantic's among them) takes.
+MAX_JSON_DEPTH = 100
+_TOO_DEEP = f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+
+
+def _not_json(reason: str) -> ApiError:
+    """400 for a body that is not JSON, saying where or why (a JSON reader's words)."""
+    lowered = reason.lower()
+    if "recursion limit" in lowered or "depth limit" in lowered:
+        return ApiError(400, "invalid_json", _TOO_DEEP)
+    if "infinity" in lowered:
+        reason = f"a number too large to be finite ({reason})"
+    elif "expected a json value" in lowered or "no digit after sign" in lowered:
+        reason = f"{reason}; NaN and Infinity are not JSON"
+    return ApiError(400, "invalid_json", f"request body is not valid JSON: {reason}")
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a decoded JSON value (a scalar: 0)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            level.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def decode_json(body: bytes) -> Any:
+    """A JSON body, decoded strictly (orjson): no NaN, no Infinity, no number too large
+    to be finite, which a lenient reader would turn into floats nobody can send back,
+    and nothing nested past ``MAX_JSON_DEPTH``."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _not_json(str(exc)) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, "invalid_json", _TOO_DEEP)
+    return value
 
 
 def _invalid_params(exc: ValidationError) -> ApiError:
@@ -106,20 +145,18 @@ def _member(model: type[P], values: dict[str, Any], place: str) -> P:
 
 def parse_params_as(model: type[Q], body: bytes) -> Q:
     """Validate a JSON object body against any model (400 when it is not JSON)."""
+    if not body.strip():
+        body = b"{}"
+    # The same strict reading as every other body first: pydantic's own reader would
+    # take NaN and 1e400, which /process-and-email/ (and JSON) refuse.
+    decode_json(body)
     try:
-        return model.model_validate_json(body if body.strip() else b"{}")
+        return model.model_validate_json(body)
     except ValidationError as exc:
-        if any(problem["type"] == "json_invalid" for problem in exc.errors()):
-            raise _not_json() from None
+        for problem in exc.errors(include_url=False):
+            if problem["type"] == "json_invalid":
+                raise _not_json(str(problem.get("ctx", {}).get("error", ""))) from None
         raise _invalid_params(exc) from None
-
-
-def parse_json(body: bytes) -> Any:
-    """A JSON body, decoded; 400 when it is not JSON."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise _not_json() from None
 
 
 def check_params(model: type[P], values: dict[str, Any]) -> P:

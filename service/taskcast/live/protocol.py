@@ -125,6 +125,8 @@ def _explain(exc: ValidationError) -> ProtocolError:
     problem = exc.errors(include_url=False)[0]
     kind, loc, given = problem["type"], problem["loc"], problem.get("input")
     if kind == "json_invalid":
+        if "recursion limit" in str(problem.get("ctx", {}).get("error", "")):
+            return ProtocolError("invalid_message", "frame is nested too deeply to read")
         return ProtocolError("invalid_message", "frame is not valid JSON")
     if kind == "model_attributes_type" or (kind.endswith("_type") and not loc):
         return ProtocolError("invalid_message", "frame must be a JSON object")

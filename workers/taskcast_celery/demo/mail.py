@@ -8,9 +8,11 @@ its message, because the message becomes the task's status, its result and a log
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import quote, quote_plus
 
 import mailtrap as mt
 import requests
@@ -110,7 +112,10 @@ class MailtrapSender:
         if not settings.token:
             raise MailNotConfigured("MAILTRAP_API_TOKEN is not set")
         self._settings = settings
-        self._token = settings.token
+        # The token as an answer might echo it: as it is, percent-encoded (a URL, a form),
+        # in any case (an upper-cased message, %2f for %2F).
+        forms = {settings.token, quote(settings.token, safe=""), quote_plus(settings.token)}
+        self._token = re.compile("|".join(map(re.escape, forms)), re.IGNORECASE)
         self._client = mt.MailtrapClient(
             token=settings.token,
             api_host=settings.api_host,
@@ -155,7 +160,7 @@ class MailtrapSender:
         return [str(message_id) for message_id in response["message_ids"]]
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, REDACTED)
+        return self._token.sub(REDACTED, text)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+from asyncio.subprocess import Process
 
 import httpx
 import psutil
@@ -87,3 +89,55 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
     assert descendants
     _, alive = psutil.wait_procs(descendants, timeout=5)
     assert not alive, [proc.cmdline() for proc in alive]
+
+
+async def start_dev(*args: str, env: dict[str, str] | None = None) -> tuple[Process, list[str]]:
+    """``taskcast dev`` with ``args``; its output, read as it comes."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "MAILTRAP_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskcast", "dev", *args,
+        env={**clean, **(env or {})}, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output: list[str] = []
+
+    async def pump() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            output.append(line.decode(errors="replace"))
+
+    asyncio.get_running_loop().create_task(pump())
+    return process, output
+
+
+async def test_dev_is_ready_only_once_its_worker_is_and_stops_on_signals_at_once() -> None:
+    port = free_port()
+    process, output = await start_dev("--port", str(port), "--concurrency", "1")
+    try:
+        text = await eventually(
+            lambda: asyncio.sleep(0, "".join(output)),
+            lambda text: "taskcast dev is ready" in text or process.returncode is not None,
+            within=60,
+        )
+        # The worker said it was ready (Celery's own line) before dev did.
+        worker_ready = re.search(r"taskcast-dev-\d+@\S+ ready\.", text)
+        assert worker_ready is not None, text
+        assert worker_ready.start() < text.index("taskcast dev is ready")
+    finally:
+        # Several signals at once, as `timeout` and uv send them: it stops, every time.
+        for _ in range(5):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_dev_with_a_dead_redis_says_so_and_stops() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    process, output = await start_dev("--port", str(free_port()), env={"TASKCAST_REDIS_URL": dead})
+    assert await asyncio.wait_for(process.wait(), timeout=30) == 1
+    text = await eventually(lambda: asyncio.sleep(0, "".join(output)), bool)
+    assert "taskcast dev is ready" not in text
+    assert (
+        f"Redis at 127.0.0.1:{dead.rsplit(':', 1)[1]} (from TASKCAST_REDIS_URL) does not answer"
+        in text
+    )

@@ -17,16 +17,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from urllib.parse import urlsplit
 
 import redis
+from celery import Celery
 
 from taskcast.served import AppError, load_app
 from taskcast.settings import DEMO_APP
@@ -202,6 +203,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
+class _StopRequest:
+    """Set by a signal: a plain flag. A handler that takes a lock (``threading.Event.set``)
+    deadlocks when a second signal lands while the first holds it, as two at once do
+    (``timeout`` signals uv, and uv its child)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
 def _fail(text: str) -> int:
     print(f"taskcast dev: {text}", file=sys.stderr, flush=True)
     return 1
@@ -210,18 +223,16 @@ def _fail(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """``taskcast dev``: Redis (for the demo app: found, or embedded), a Celery worker of
     the app and the web service (and Flower with ``--flower``), until stopped."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _StopRequest()
+    signal.signal(signal.SIGINT, stop.handle)
+    signal.signal(signal.SIGTERM, stop.handle)
 
     supervisor = Supervisor(os.environ)
     embedded: EmbeddedRedis | None = None
     app = args.app or os.environ.get("TASKCAST_CELERY_APP") or DEMO_APP
     try:
+        # The app as the children load it, here too: the worker is pinged through it.
+        celery_app: Celery
         if app == DEMO_APP:
             redis_url = os.environ.get("TASKCAST_REDIS_URL")
             if redis_url:
@@ -233,12 +244,18 @@ def run(args: argparse.Namespace) -> int:
                 embedded.start()
                 redis_url, where = embedded.url, "embedded, nothing kept on disk"
             supervisor.env["TASKCAST_REDIS_URL"] = redis_url
+            # Imported here: importing the module builds the demo app from the environment.
+            from taskcast_celery.demo.celery import create_demo_app
+            from taskcast_celery.demo.settings import DemoSettings
+
+            celery_app = create_demo_app(DemoSettings(redis_url=redis_url))
         else:
             # An app of yours brings its own Redis: its result backend's URL.
             try:
-                redis_url = load_app(app).redis_url
+                served = load_app(app)
             except AppError as exc:
                 return _fail(str(exc))
+            redis_url, celery_app = served.redis_url, served.celery
             where = f"the result backend of {app}"
         if not redis_answers(redis_url):
             return _fail(f"Redis at {describe_redis(redis_url)} ({where}) does not answer")
@@ -251,11 +268,11 @@ def run(args: argparse.Namespace) -> int:
         supervisor.env["TASKCAST_DEV"] = "1"
 
         python = sys.executable
+        worker_name = f"taskcast-dev-{os.getpid()}@{socket.gethostname()}"
         supervisor.spawn(
             "worker",
             [python, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
-             "--concurrency", str(args.concurrency),
-             "--hostname", f"taskcast-dev-{os.getpid()}@%h"],
+             "--concurrency", str(args.concurrency), "--hostname", worker_name],
             # Warm shutdown first; a cold one if a long task keeps it waiting.
             stop_signals=(signal.SIGTERM, signal.SIGQUIT),
         )  # fmt: skip
@@ -279,17 +296,25 @@ def run(args: argparse.Namespace) -> int:
             health["flower"] = f"{flower_url}/healthcheck"
             flower = f"  Flower     {flower_url}\n"
 
+        def worker_ready() -> bool:
+            # Ready means a task sent now runs: the worker answers on the broker.
+            return bool(celery_app.control.ping([worker_name], timeout=0.5))
+
+        ready: dict[str, Callable[[], bool]] = {
+            **{name: partial(_healthy, url) for name, url in health.items()},
+            "worker": worker_ready,
+        }
         started = wait_until(
-            lambda: stop.is_set() or supervisor.first_exited() is not None
-            or all(_healthy(url) for url in health.values()),
+            lambda: stop.requested or supervisor.first_exited() is not None
+            or all(check() for check in ready.values()),
             timeout=30,
         )  # fmt: skip
-        if not stop.is_set() and (not started or supervisor.first_exited() is not None):
+        if not stop.requested and (not started or supervisor.first_exited() is not None):
             exited = supervisor.first_exited()
-            silent = [name for name, url in health.items() if not _healthy(url)]
+            silent = [name for name, check in ready.items() if not check()]
             who = exited.name if exited is not None else " and ".join(silent) or "web"
             return _fail(f"{who} did not start")
-        if not stop.is_set():
+        if not stop.requested:
             if supervisor.env.get("MAILTRAP_API_TOKEN"):
                 mail = "through Mailtrap (MAILTRAP_API_TOKEN is set)"
             else:
@@ -307,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
                 f"Press Ctrl-C to stop.",
                 flush=True,
             )
-        while not stop.wait(0.2):
+        while not stop.requested:
+            time.sleep(0.2)
             exited = supervisor.first_exited()
             if exited is not None:
                 return _fail(f"{exited.name} exited; stopping")

@@ -32,7 +32,8 @@ class Stack:
             self.env.pop(name, None)
         # Every benchmark client comes from 127.0.0.1: the per-address limit, meant for
         # the open internet, would refuse all but the first few.
-        self.env["TASKCAST_MAX_CONNECTIONS_PER_CLIENT"] = str(10**6)
+        self.env["TASKCAST_MAX_CONNECTIONS_PER_CLIENT"] = "0"
+        self.env["TASKCAST_MAX_CONNECTIONS"] = "0"
 
     def __enter__(self) -> Stack:
         self.redis.start()

@@ -44,9 +44,6 @@ os.environ["TASKCAST_REDIS_URL"] = REDIS_URL
 os.environ["TASKCAST_KEY_PREFIX"] = KEY_PREFIX
 for name in ("TASKCAST_BROKER_URL", "TASKCAST_RESULT_BACKEND_URL", "TASKCAST_QUEUE"):
     os.environ.pop(name, None)
-# Every test client comes from 127.0.0.1: the per-address cap, meant for the open
-# internet, would refuse the crowds some tests open (tests/test_limits.py sets its own).
-os.environ["TASKCAST_MAX_CONNECTIONS_PER_CLIENT"] = "0"
 # Workers beat five times a second, so that tests of stalled tasks (tests/test_stalled.py,
 # with a stall threshold of their own) take seconds, not minutes.
 os.environ["TASKCAST_HEARTBEAT_INTERVAL"] = "0.2"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import resource
 import uuid
 
 import httpx
@@ -10,7 +13,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from taskcast.app import create_app
-from taskcast.limits import ClientConnections, TokenBucket
+from taskcast.limits import ClientConnections, TokenBucket, default_max_connections
+from taskcast.settings import Settings
 from taskcast.state import AppState
 from tests.support import (
     eventually,
@@ -32,19 +36,29 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert all(TokenBucket(rate=0, burst=0, now=0).take(0) for _ in range(1000))
 
 
-def test_client_connections_count_per_address_and_forget_closed_ones() -> None:
-    clients = ClientConnections(limit=2)
-    assert clients.acquire("10.0.0.1") and clients.acquire("10.0.0.1")
-    assert not clients.acquire("10.0.0.1")
-    assert clients.acquire("10.0.0.2")
+def test_client_connections_count_per_address_and_in_all() -> None:
+    clients = ClientConnections(per_client=2, total=4)
+    assert clients.acquire("10.0.0.1") is None and clients.acquire("10.0.0.1") is None
+    assert clients.acquire("10.0.0.1") == (
+        "connections_per_client",
+        "this address already has 2 connections open; retry later",
+    )
+    assert clients.acquire("10.0.0.2") is None and clients.acquire("10.0.0.3") is None
+    refused = clients.acquire("10.0.0.4")
+    assert refused is not None and refused.limit == "connections_total"
     clients.release("10.0.0.1")
-    assert clients.acquire("10.0.0.1")
-    for _ in range(2):
-        clients.release("10.0.0.1")
-    clients.release("10.0.0.2")
-    assert clients.open == {}
-    unlimited = ClientConnections(limit=0)
-    assert all(unlimited.acquire("10.0.0.1") for _ in range(1000))
+    assert clients.acquire("10.0.0.4") is None
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"):
+        clients.release(client)
+    assert (clients.open, clients.count) == ({}, 0)
+    unlimited = ClientConnections(per_client=0, total=0)
+    assert all(unlimited.acquire("10.0.0.1") is None for _ in range(1000))
+
+
+def test_by_default_a_process_is_capped_by_its_open_files_and_an_address_is_not() -> None:
+    assert Settings.model_fields["max_connections_per_client"].default == 0
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert default_max_connections() == max(soft - 256, 256)
 
 
 async def _pong(ws: ClientConnection) -> None:
@@ -152,3 +166,38 @@ async def test_no_task_may_be_asked_to_run_over_an_hour(
     response = await client.request(method, path, json=body)
     assert response.status_code == 422, response.text
     assert "3600" in response.json()["detail"]
+
+
+async def test_a_crowd_behind_one_address_is_not_refused_by_default() -> None:
+    """300 clients following one task from one address (a classroom behind NAT): with
+    the defaults, all get their status (100 a client address refused 200 of them)."""
+    defaults = {
+        "max_connections_per_client": Settings.model_fields["max_connections_per_client"].default
+    }
+    app = create_app(settings_with(**defaults))
+    async with running_server(app) as url, contextlib.AsyncExitStack() as stack:
+        task_id = str(uuid.uuid4())
+        sockets = [
+            await stack.enter_async_context(ws_connect(url, f"/ws/tasks/{task_id}"))
+            for _ in range(300)
+        ]
+        answers = await asyncio.gather(*(read_until_closed(ws) for ws in sockets))
+    # The task is unknown: every client was served, and told so (none refused with 1013).
+    assert {code for _, code in answers} == {4404}
+    assert all(messages[0]["code"] == "unknown_task" for messages, _ in answers)
+
+
+async def test_the_process_cap_refuses_the_connection_over_it() -> None:
+    app = create_app(settings_with(max_connections=2))
+    async with running_server(app) as url:
+        async with ws_connect(url, "/ws") as first, ws_connect(url, "/ws") as second:
+            await _pong(first)
+            await _pong(second)
+            async with ws_connect(url, "/ws") as refused:
+                messages, code = await read_until_closed(refused)
+            assert code == 1013
+            assert messages[0]["detail"] == (
+                "this server already has 2 connections open; retry later"
+            )
+        scraped = await _scrape(url)
+    assert 'taskcast_limited_total{limit="connections_total"} 1.0' in scraped

@@ -18,7 +18,7 @@ from taskcast.api import demo, dev, openapi, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
 from taskcast.auth import Auth, SiteCheck, Sites
 from taskcast.dispatch import Dispatcher
-from taskcast.limits import ClientConnections, InRequestJobs
+from taskcast.limits import ClientConnections, InRequestJobs, default_max_connections
 from taskcast.live.hub import Hub
 from taskcast.metrics import Metrics
 from taskcast.served import load_app, serve_app
@@ -88,7 +88,12 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             dispatcher=Dispatcher(served),
             hub=hub,
             metrics=app_metrics,
-            clients=ClientConnections(settings.max_connections_per_client),
+            clients=ClientConnections(
+                settings.max_connections_per_client,
+                default_max_connections()
+                if settings.max_connections is None
+                else settings.max_connections,
+            ),
             # A token lasts, by default, as long as the record of what it opens.
             auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
             sync_jobs=InRequestJobs(),

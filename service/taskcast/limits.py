@@ -7,8 +7,9 @@ allow N times as much in all (docs/operations.md).
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -41,29 +42,63 @@ class InRequestJobs:
             self.running -= 1
 
 
-class ClientConnections:
-    """Open WebSocket connections by client address, capped at ``limit`` (0: no cap)."""
+class Refusal(NamedTuple):
+    """Why a limit refused something: the limit's name (a metric label), and in words."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    limit: str
+    detail: str
+
+
+class ClientConnections:
+    """Open WebSocket connections: by client address, capped at ``per_client``, and in
+    all, capped at ``total`` (0: no cap).
+
+    Why both, and why the per-address cap is off by default: phones behind a carrier's
+    NAT, an office behind one gateway, clients behind a proxy that forwards no address
+    all share one address, so any per-address number refuses a real crowd some day (100
+    refused 200 of 300 clients following one task). What one client could exhaust is the
+    process's file descriptors: ``total`` keeps that from happening, whoever connects,
+    and every connection's own limits (subscriptions, subscribe rate, frame size, slow
+    readers) keep each one cheap.
+    """
+
+    def __init__(self, per_client: int, total: int = 0) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.count = 0
         # Only addresses with a connection open: the dict never outgrows the sockets.
         self.open: dict[str, int] = {}
 
-    def acquire(self, client: str) -> bool:
-        """Count a new connection from ``client``; False (and nothing counted) when over."""
+    def acquire(self, client: str) -> Refusal | None:
+        """Count a new connection from ``client``; or, counting nothing, why not."""
+        if self.total and self.count >= self.total:
+            detail = f"this server already has {self.total} connections open; retry later"
+            return Refusal("connections_total", detail)
         count = self.open.get(client, 0)
-        if self.limit and count >= self.limit:
-            return False
+        if self.per_client and count >= self.per_client:
+            detail = f"this address already has {self.per_client} connections open; retry later"
+            return Refusal("connections_per_client", detail)
         self.open[client] = count + 1
-        return True
+        self.count += 1
+        return None
 
     def release(self, client: str) -> None:
         """Forget a connection that ``acquire`` counted."""
+        self.count -= 1
         count = self.open[client] - 1
         if count:
             self.open[client] = count
         else:
             del self.open[client]
+
+
+def default_max_connections(reserve: int = 256) -> int:
+    """Connections one process can hold: its open-file limit, less what it keeps for
+    everything else (Redis, logs, HTTP requests); 0 (no cap) where there is no limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(soft - reserve, reserve)
 
 
 class TokenBucket:

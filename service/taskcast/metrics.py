@@ -80,7 +80,8 @@ class Metrics:
                 self.dispatches.labels(name, outcome)
         limited = Counter(
             "taskcast_limited",
-            "Requests refused by a limit: a connection over the per-client cap (1013), "
+            "Requests refused by a limit: a connection over a cap (1013: per client address, "
+            "or the process's in all), "
             "a subscribe over the rate (rate_limited).",
             ["limit"],
             registry=registry,
@@ -91,7 +92,10 @@ class Metrics:
             "them (403 forbidden_origin).",
             registry=registry,
         )
-        self.connections_refused = limited.labels("connections_per_client")
+        self.connections_refused = {
+            "connections_per_client": limited.labels("connections_per_client"),
+            "connections_total": limited.labels("connections_total"),
+        }
         self.subscribes_refused = limited.labels("subscribe_rate")
 
     def track(self, read: Callable[[], HubStats]) -> None:

@@ -62,8 +62,12 @@ class Settings(BaseSettings):
     # permessage-deflate: off, since for small JSON frames it costs far more CPU and
     # memory per socket than it saves.
     ws_deflate: bool = False
-    # Open WebSocket connections one client address may hold in this process (0: no cap).
-    max_connections_per_client: NonNegativeInt = 100
+    # Open WebSocket connections one client address may hold in this process (0: no cap;
+    # off by default: many real clients share one address, behind NAT or a proxy).
+    max_connections_per_client: NonNegativeInt = 0
+    # Open WebSocket connections this process may hold in all (0: no cap; default: its
+    # open-file limit less a reserve, so that no crowd or client can exhaust it).
+    max_connections: NonNegativeInt | None = None
     # Subscribes one /ws socket may send a second on average (0: no limit), in bursts of
     # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
     subscribe_rate: NonNegativeFloat = 10.0

@@ -105,10 +105,10 @@ async def _serve(
     # Behind a proxy this is the proxy's address unless uvicorn trusts its headers
     # (--proxy-headers, --forwarded-allow-ips): see docs/operations.md.
     client = websocket.client.host if websocket.client else ""
-    if not state.clients.acquire(client):
-        state.metrics.connections_refused.inc()
-        detail = f"this address already has {state.clients.limit} connections open; retry later"
-        await websocket.send_text(protocol.error_message("too_many_connections", detail))
+    refused = state.clients.acquire(client)
+    if refused is not None:
+        state.metrics.connections_refused[refused.limit].inc()
+        await websocket.send_text(protocol.error_message("too_many_connections", refused.detail))
         await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
         return
     try:

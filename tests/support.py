@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from taskcast.cli.devstack import free_port
+from taskcast.live.transport import TaskcastWebSocketProtocol
 from taskcast.settings import Settings
 from taskcast_celery import keys
 from taskcast_celery.demo.celery import create_demo_app
@@ -196,7 +197,7 @@ async def running_server(
     it from the listening socket), so a client that stops reading backs the server up
     within kilobytes rather than the megabytes loopback would otherwise absorb.
     """
-    config.setdefault("ws", "websockets-sansio")
+    config.setdefault("ws", TaskcastWebSocketProtocol)
     config.setdefault("ws_per_message_deflate", False)
     # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets whose proto is
     # TCP, and accepted sockets inherit it from the listener. With proto 0, Nagle holds a

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import socket
 import uuid
 from typing import Any
@@ -110,12 +112,19 @@ async def test_task_socket_answers_ping_and_rejects_other_ops(
     task_id = await submit(client, "sleep", seconds=30)
     try:
         async with ws_connect(base_url, f"/ws/tasks/{task_id}") as ws:
+
+            async def reply() -> dict[str, Any]:
+                # The task's own statuses (STARTED, say) may come in between.
+                while (message := await recv_json(ws))["type"] == "status":
+                    pass
+                return message
+
             assert (await recv_json(ws))["type"] == "status"
             await ws.send(json.dumps({"op": "subscribe", "task_id": str(uuid.uuid4())}))
-            error = await recv_json(ws)
+            error = await reply()
             assert (error["type"], error["code"]) == ("error", "unknown_op")
             await ws.send('{"op": "ping"}')
-            assert await recv_json(ws) == {"type": "pong"}
+            assert await reply() == {"type": "pong"}
     finally:
         await client.delete(f"/tasks/{task_id}")
 
@@ -403,3 +412,40 @@ async def test_a_frame_that_is_not_utf8_closes_1007_and_is_not_a_server_error(
         # Said, at INFO and without a traceback: it was an ERROR with one, every time.
         [said] = [r for r in caplog.records if r.getMessage().startswith("Invalid UTF-8")]
         assert (said.levelname, said.exc_info) == ("INFO", None)
+
+
+async def test_a_client_that_never_reads_is_closed_4408_and_counted() -> None:
+    """A client that stops reading while its task is quiet fills no buffer: only the
+    keepalive ping tells. It is closed with 4408 within TASKCAST_SLOW_CLIENT_TIMEOUT (it
+    was 1011 after uvicorn's own 40 s, and not counted)."""
+    settings = settings_with(slow_client_timeout=1.0)
+    app = create_app(settings)
+    async with running_server(app, **settings.uvicorn_options()) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # It never reads, so it never answers a ping. Only now, afterwards, is its
+        # socket read: the handshake, the pings it ignored, and how it was closed.
+        async with asyncio.timeout(10):
+            received = await reader.read()  # until the server closed the connection
+        writer.close()
+        head, _, frames = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        opcodes, close = [], None
+        while frames:
+            opcode, length = frames[0] & 0x0F, frames[1] & 0x7F
+            payload, frames = frames[2 : 2 + length], frames[2 + length :]
+            opcodes.append(opcode)
+            if opcode == 0x8:
+                close = int.from_bytes(payload[:2], "big")
+        assert opcodes[0] == 0x9 and opcodes[-1] == 0x8  # pinged, then closed
+        assert close == 4408
+        async with httpx.AsyncClient(base_url=url) as http:
+            scraped = (await http.get("/metrics")).text
+        assert "taskcast_slow_clients_closed_total 1.0" in scraped

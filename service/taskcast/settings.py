@@ -137,9 +137,13 @@ class Settings(BaseSettings):
     def uvicorn_options(self) -> dict[str, Any]:
         """The WebSocket options taskcast serves with (benchmarks reuse them for a baseline)."""
         return {
-            # The sans-I/O implementation: its send() only waits while that one socket's
-            # buffer is full, which the hub's per-connection mailboxes rely on.
-            "ws": "websockets-sansio",
+            # uvicorn's sans-I/O implementation (its send() only waits while that one
+            # socket's buffer is full, which the hub's mailboxes rely on), with a
+            # keepalive that closes a client that stopped reading with 4408, within
+            # slow_client_timeout: a ping every half of it, answered within the other half.
+            "ws": "taskcast.live.transport:TaskcastWebSocketProtocol",
+            "ws_ping_interval": self.slow_client_timeout / 2,
+            "ws_ping_timeout": self.slow_client_timeout / 2,
             "ws_max_size": self.ws_max_message_bytes,
             "ws_per_message_deflate": self.ws_deflate,
         }

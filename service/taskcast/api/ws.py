@@ -176,6 +176,9 @@ async def _receive(
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == protocol.CLOSE_SLOW_CLIENT:
+                    # The keepalive went unanswered (taskcast.live.transport).
+                    metrics.slow_clients_closed.inc()
                 return None
             text = message.get("text")
             if text is None:

@@ -25,6 +25,7 @@ from tests.support import (
     eventually,
     read_until_closed,
     recv_json,
+    running_record,
     running_server,
     settings_with,
     submit,
@@ -449,3 +450,42 @@ async def test_a_client_that_never_reads_is_closed_4408_and_counted() -> None:
         async with httpx.AsyncClient(base_url=url) as http:
             scraped = (await http.get("/metrics")).text
         assert "taskcast_slow_clients_closed_total 1.0" in scraped
+
+
+async def test_a_vanished_record_is_not_served_stale_and_ends_as_unknown(
+    redis_client: redis.Redis,
+) -> None:
+    """REST says 404 for a record that is gone (a Redis restart without persistence, a
+    deletion); a new WebSocket subscriber got the stale frame and waited for ever. Now
+    nobody gets the stale frame, a record that comes back is served, and one that stays
+    gone (no heartbeat either) ends as unknown for every subscriber, as REST says."""
+    settings = settings_with(stall_after=1.0, poll_interval=0.05)
+    task_id, back = str(uuid.uuid4()), str(uuid.uuid4())
+    for watched in (task_id, back):
+        running_record(redis_client, watched)
+    async with running_server(create_app(settings)) as url:
+        async with (
+            ws_connect(url, f"/ws/tasks/{task_id}") as first,
+            ws_connect(url, f"/ws/tasks/{back}") as returning,
+        ):
+            assert (await recv_json(first))["state"] == "PROGRESS"
+            assert (await recv_json(returning))["state"] == "PROGRESS"
+            redis_client.delete(
+                keys.task_meta_key(env.KEY_PREFIX, task_id),
+                keys.task_meta_key(env.KEY_PREFIX, back),
+            )
+            async with httpx.AsyncClient(base_url=url) as http:
+                await eventually(
+                    lambda: http.get(f"/tasks/{task_id}"), lambda r: r.status_code == 404
+                )
+            # Its worker writes again: the subscriber is served the new record.
+            meta = {"status": "PROGRESS", "result": {"current": 4, "total": 5}}
+            redis_client.set(keys.task_meta_key(env.KEY_PREFIX, back), json.dumps(meta))
+            assert (await recv_json(returning))["progress"]["current"] == 4
+            async with ws_connect(url, f"/ws/tasks/{task_id}") as late:
+                late_messages, late_code = await read_until_closed(late)
+            first_messages, first_code = await read_until_closed(first)
+    assert [m.get("code") for m in late_messages] == ["unknown_task"]
+    assert late_code == 4404
+    assert [m.get("code") for m in first_messages] == ["unknown_task"]
+    assert first_code == 4404

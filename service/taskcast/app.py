@@ -33,6 +33,7 @@ from taskcast.store import ResultStore
 _REDIS_CONNECTIONS = 100
 _REDIS_CONNECTION_WAIT = 5.0
 _DAY = 86_400
+_VANISH_GRACE = 30.0
 
 
 def check_stall_threshold(stall_after: float, heartbeat_interval: float) -> None:
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             stall_after=settings.stall_after,
             # One beat, and the poll that reads it, after Redis is back.
             stall_grace=served.heartbeat_interval + settings.poll_interval,
+            # A vanished record with no heartbeat for this long is an unknown task.
+            vanish_grace=settings.stall_after or _VANISH_GRACE,
         )
         app.state.taskcast = AppState(
             settings=settings,

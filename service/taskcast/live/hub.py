@@ -81,6 +81,9 @@ class _Watch:
     stalled: bool = False
     # The watched groups this task is a member of (None for most tasks: no list kept).
     groups: list[_GroupWatch] | None = None
+    # Loop time since its record has been missing, after the hub had read one (a Redis
+    # restart without persistence, a failover, a record deleted); None while it exists.
+    vanished_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -110,6 +113,7 @@ class Hub:
         slow_client_timeout: float = 30.0,
         stall_after: float = 0.0,
         stall_grace: float = 0.0,
+        vanish_grace: float = 30.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -121,6 +125,9 @@ class Hub:
         # beats missed during the outage are the outage's, not the workers'.
         self.stall_after = stall_after
         self.stall_grace = stall_grace
+        # How long a record that vanished may stay missing, with no heartbeat from its
+        # worker meanwhile, before its subscribers are told the task is unknown.
+        self.vanish_grace = vanish_grace
         self._judge_stalls_from = 0.0
         # Redis's clock (ms) minus the loop's, as last read, and when (loop time).
         self._clock_offset_ms = 0.0
@@ -365,6 +372,11 @@ class Hub:
             watch = self._watches.get(task_id)
             if watch is None:
                 continue  # unwatched meanwhile
+            if raw is None and watch.loaded:
+                self._vanished(
+                    task_id, watch, beats.get(task_id), redis_now_ms, now, changed_groups
+                )
+                continue
             if watch.loaded and raw == watch.raw:
                 # Unchanged: nothing decoded, nothing sent, unless its worker fell silent
                 # (or was heard again).
@@ -376,10 +388,7 @@ class Hub:
                         status = decode_status(task_id, raw)
                         self._publish(task_id, watch, status, now, changed_groups)
                 continue
-            if raw is None and watch.loaded:
-                # The record vanished under a task we had seen (a Redis restart without
-                # persistence, a failover): keep watching for the worker's next write.
-                continue
+            watch.vanished_at = None
             first_read = not watch.loaded
             watch.loaded, watch.raw = True, raw
             if raw is None:
@@ -406,6 +415,35 @@ class Hub:
         for group in changed_groups:
             if group.tally.complete and self._groups.get(group.tally.group_id) is group:
                 self._group_changed(group, now)
+
+    def _vanished(
+        self,
+        task_id: str,
+        watch: _Watch,
+        beat: bytes | None,
+        redis_now_ms: int,
+        now: float,
+        changed_groups: dict[_GroupWatch, None],
+    ) -> None:
+        """The record of a task the hub had read is gone (a Redis restart without
+        persistence, a failover, a deletion). Its last frame is no longer handed to new
+        subscribers (REST says 404 meanwhile); its worker may write again, and while it
+        beats the hub waits for that; with neither a record nor a beat for
+        ``vanish_grace``, the subscribers are told the task is unknown, as REST does."""
+        if watch.vanished_at is None:
+            watch.vanished_at, watch.raw, watch.frame = now, None, None
+            return
+        fresh = self.stall_after or self.vanish_grace
+        if beat is not None and not silent(beat, redis_now_ms, fresh):
+            watch.vanished_at = now  # its worker is alive: the record will come back
+            return
+        if now - watch.vanished_at < self.vanish_grace:
+            return
+        watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
+        for group in watch.groups or ():
+            group.tally.update(task_id, None)
+            changed_groups[group] = None
+        self._hand_out(task_id, watch)
 
     def _status_of(self, task_id: str, watch: _Watch) -> Status | None:
         """A loaded watch's status, decoded again from its raw record (None: no record)."""

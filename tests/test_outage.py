@@ -10,13 +10,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from taskcast.cli.devstack import free_port, redis_answers, redis_server_binary
+from taskcast_celery import keys
 from tests.support import (
     WorkerProcess,
     eventually,
@@ -31,16 +34,24 @@ from tests.support import (
 class PrivateRedis:
     """A redis-server of this test's own, which it may kill and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
+        # Persistent: every write is on disk before it is acknowledged (AOF, fsync
+        # always), so a SIGKILL loses nothing, as a production Redis restart would not.
+        self.persistent = persistent
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = tempfile.mkdtemp(prefix="taskcast-outage-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
         argv = [
             redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", self.workdir, "--loglevel", "warning",
+            "--save", "", *aof, "--dir", self.workdir, "--loglevel", "warning",
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
 
@@ -51,8 +62,10 @@ class PrivateRedis:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
+def private_redis(request: pytest.FixtureRequest) -> Iterator[PrivateRedis]:
+    """A private Redis; ``@pytest.mark.parametrize("private_redis", [True], indirect=True)``
+    makes it persistent (its records survive a kill)."""
+    server = PrivateRedis(persistent=getattr(request, "param", False))
     server.start()
     try:
         assert asyncio.run(_wait_sync(lambda: redis_answers(server.url)))
@@ -116,3 +129,43 @@ async def test_final_state_survives_a_redis_restart(private_redis: PrivateRedis)
         assert finals[0]["state"] == "SUCCESS"
         currents = [m["progress"]["current"] for m in messages if m["state"] == "PROGRESS"]
         assert currents == sorted(currents)
+
+
+@pytest.mark.parametrize("private_redis", [True], indirect=True)
+async def test_readiness_holds_once_redis_is_back(private_redis: PrivateRedis) -> None:
+    """Once /readyz says ready again after an outage, it stays so: no 503 in the seconds
+    after (it flapped: 200, 503, 200, as stale pooled connections failed one by one)."""
+    env = {**os.environ, "TASKCAST_REDIS_URL": private_redis.url, "TASKCAST_KEY_PREFIX": ""}
+    async with (
+        service_process(env) as base,
+        httpx.AsyncClient(base_url=base, timeout=5) as http,
+    ):
+        # Pooled connections in use before the outage: running tasks watched (the hub's
+        # reads and its pub/sub), and reads many at once.
+        client = redis.Redis.from_url(private_redis.url)
+        running = [str(uuid.uuid4()) for _ in range(5)]
+        for task_id in running:
+            meta = {"status": "PROGRESS", "result": {"current": 1, "total": 5}}
+            client.set(keys.task_meta_key("", task_id), json.dumps(meta))
+        async with ws_connect(base, "/ws") as ws:
+            for task_id in running:
+                await ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+                assert (await recv_json(ws))["state"] == "PROGRESS"
+            reads = await asyncio.gather(*(http.get(f"/tasks/{t}") for t in running * 6))
+            assert {read.status_code for read in reads} == {200}
+
+            async def readiness() -> int:
+                return (await http.get("/readyz")).status_code
+
+            private_redis.kill()
+            await eventually(readiness, lambda code: code == 503, within=20)
+            private_redis.start()
+            await eventually(readiness, lambda code: code == 200, within=30)
+            probes = []
+            for _ in range(100):
+                probes.append(await readiness())
+                reads = await asyncio.gather(*(http.get(f"/tasks/{t}") for t in running))
+                probes.extend(read.status_code for read in reads)
+    client.close()
+    # Ready, and every read answered, from the first 200 on: nothing failed again.
+    assert probes == [200] * len(probes), probes

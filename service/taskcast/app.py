@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 from celery import Celery
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -67,6 +69,10 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             served.redis_url,
             max_connections=_REDIS_CONNECTIONS,
             timeout=_REDIS_CONNECTION_WAIT,
+            # After Redis restarts, every idle pooled connection is dead, and the first
+            # command on each failed (a 503, a hub restart: readiness flapped). A command
+            # that fails on a connection error is sent again once, on a new connection.
+            retry=Retry(NoBackoff(), 1),
         )
         redis = Redis.from_pool(pool)
         store = ResultStore(redis, served.key_prefix)

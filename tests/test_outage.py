@@ -20,6 +20,8 @@ import redis
 
 from taskcast.cli.devstack import free_port, redis_answers, redis_server_binary
 from taskcast_celery import keys
+from taskcast_celery.demo.celery import create_demo_app
+from taskcast_celery.demo.settings import DemoSettings
 from tests.support import (
     WorkerProcess,
     eventually,
@@ -169,3 +171,47 @@ async def test_readiness_holds_once_redis_is_back(private_redis: PrivateRedis) -
     client.close()
     # Ready, and every read answered, from the first 200 on: nothing failed again.
     assert probes == [200] * len(probes), probes
+
+
+@pytest.mark.parametrize("private_redis", [True], indirect=True)
+async def test_a_running_task_rides_out_a_redis_outage_longer_than_celery_waits(
+    private_redis: PrivateRedis,
+) -> None:
+    """Redis gone for 25 s while tasks run (a restart, a failover): Celery alone gives a
+    state write up after about 20 s, failing the task. The tasks wait, and succeed."""
+    env = {**os.environ, "TASKCAST_REDIS_URL": private_redis.url, "TASKCAST_KEY_PREFIX": ""}
+    app = create_demo_app(DemoSettings(redis_url=private_redis.url, key_prefix=""))
+    client = redis.Redis.from_url(private_redis.url)
+
+    def state(task_id: str) -> str | None:
+        try:
+            raw = client.get(keys.task_meta_key("", task_id))
+        except redis.ConnectionError:
+            return "unreachable"  # this client's connection, from before the restart
+        return None if raw is None else str(json.loads(raw)["status"])
+
+    worker = WorkerProcess(concurrency=2, env=env)
+    worker.start()
+    try:
+        tasks = [
+            app.send_task("taskcast.progress", kwargs={"total": 40, "step_seconds": 0.1}).id
+            for _ in range(2)
+        ]
+        await eventually(
+            lambda: asyncio.to_thread(lambda: [state(t) for t in tasks]),
+            lambda states: states == ["PROGRESS", "PROGRESS"],
+            within=30,
+        )
+        private_redis.kill()
+        # The outage itself: a stretch of time, which the test is about.
+        await asyncio.sleep(25)
+        private_redis.start()
+        ended = await eventually(
+            lambda: asyncio.to_thread(lambda: [state(t) for t in tasks]),
+            lambda states: all(s in ("SUCCESS", "FAILURE") for s in states),
+            within=60,
+        )
+    finally:
+        worker.stop()
+        client.close()
+    assert ended == ["SUCCESS", "SUCCESS"]

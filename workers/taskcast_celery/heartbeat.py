@@ -72,6 +72,8 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._script: Script | None = None
+        # Whether the last beat failed (Redis unreachable): said once, not at every retry.
+        self._failing = False
 
     def start(self, task_id: str) -> None:
         """The task begins: beat at once, then keep beating until ``stop``."""
@@ -126,6 +128,12 @@ class Heartbeat:
                     self._script(keys=[beat, record], args=[expires], client=pipe)
                 pipe.execute()
         except Exception as exc:
-            logger.warning("heartbeat failed (%r); retrying in %.1f s", exc, _RETRY_AFTER)
+            # Once per outage, not twice a second for as long as it lasts.
+            if not self._failing:
+                logger.warning("heartbeats fail (%r); retrying every %.1f s", exc, _RETRY_AFTER)
+            self._failing = True
             return False
+        if self._failing:
+            logger.warning("heartbeats written again")
+            self._failing = False
         return True

@@ -61,6 +61,10 @@ class InstallSettings(BaseSettings):
     # Seconds between a running task's heartbeats; the service calls a task stalled
     # after TASKCAST_STALL_AFTER seconds without one.
     heartbeat_interval: PositiveFloat = 5.0
+    # Seconds a worker keeps trying to store a task's state while Redis is unreachable
+    # (a restart, a failover) before the write, and so the task, fails. Celery's own
+    # default gives up after about 20 s.
+    redis_retry_seconds: PositiveFloat = 300.0
 
 
 class Installation:
@@ -119,18 +123,27 @@ class Installation:
 _INSTALLED: weakref.WeakKeyDictionary[Celery, Installation] = weakref.WeakKeyDictionary()
 
 
-def install(app: Celery, *, heartbeat_interval: float | None = None) -> Celery:
+def install(
+    app: Celery,
+    *,
+    heartbeat_interval: float | None = None,
+    redis_retry_seconds: float | None = None,
+) -> Celery:
     """Make ``app`` taskcast-ready, and return it.
 
     Call it once, where the app is created and configured, before the app sends any
     task: ``taskcast.install(app)``. Its result backend must be Redis and store JSON
     (``InstallError`` says otherwise, naming the setting). ``heartbeat_interval``
     (seconds, default ``TASKCAST_HEARTBEAT_INTERVAL`` or 5) is how often a running
-    task's worker beats. Calling it again on the same app changes nothing.
+    task's worker beats; ``redis_retry_seconds`` (default ``TASKCAST_REDIS_RETRY_SECONDS``
+    or 300) how long a worker keeps trying to store a state while Redis is unreachable,
+    unless the app's ``result_backend_transport_options`` has a ``retry_policy`` of its
+    own. Calling it again on the same app changes nothing.
     """
     if app in _INSTALLED:
         return app
-    interval = heartbeat_interval or InstallSettings().heartbeat_interval
+    settings = InstallSettings()
+    interval = heartbeat_interval or settings.heartbeat_interval
     if isinstance(app.backend_cls, str) and "://" in app.backend_cls:
         # Celery(backend="redis://...") style: keep the URL where the backend reads it.
         app.conf.update(result_backend=app.backend_cls)
@@ -140,6 +153,18 @@ def install(app: Celery, *, heartbeat_interval: float | None = None) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    options = dict(app.conf.result_backend_transport_options or {})
+    if "retry_policy" not in options:
+        # Through a Redis restart rather than failing the tasks running meanwhile: a
+        # state write is tried again every 2 s at most, for that long in all.
+        options["retry_policy"] = {
+            "max_retries": None,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+            "timeout": redis_retry_seconds or settings.redis_retry_seconds,
+        }
+        app.conf.result_backend_transport_options = options
     app.backend_cls = _BACKEND
     # A backend built before now would be Celery's own: the next use builds ours.
     app._backend_cache = None  # type: ignore[attr-defined]

@@ -64,3 +64,11 @@ def report(self: Task[Any, Any], steps: int, step_seconds: float = 0) -> str:
         self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
         time.sleep(step_seconds)
     return "reported"
+
+
+@app.task(bind=True)
+def upload(self: Task[Any, Any], parts: int) -> str:
+    """Report progress under a state of its own naming."""
+    for part in range(1, parts + 1):
+        self.update_state(state="UPLOADING", meta={"current": part, "total": parts})
+    return "uploaded"

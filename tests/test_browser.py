@@ -202,7 +202,11 @@ async def test_cancel_running_tasks_and_save_a_screenshot(page: Page) -> None:
 
     await cancelled.get_by_role("button", name="Cancel").click()
     await expect_state(cancelled, "REVOKED")
-    await expect(cancelled.locator(".outcome")).to_contain_text("TaskRevokedError")
+    # Said plainly, in a neutral box: a cancel is not an error (it was a red one).
+    outcome = cancelled.locator(".outcome")
+    await expect(outcome).to_have_text("Cancelled.")
+    await expect(outcome).to_have_class(re.compile(r"\bcancelled\b"))
+    await expect(outcome).not_to_have_class(re.compile(r"\bfailed\b"))
     await expect(cancelled.get_by_role("button", name="Cancel")).to_be_hidden()
     await expect(page.locator("#announcer")).to_contain_text("REVOKED")
 
@@ -643,3 +647,25 @@ async def test_a_page_of_another_site_cannot_start_work_from_a_browser(
     finally:
         await context.close()
     assert task_keys(redis_client, env.KEY_PREFIX) == before_keys
+
+
+async def test_on_a_phone_a_started_task_shows_where_it_is_started(
+    browser: Browser, base_url: str
+) -> None:
+    """390 px wide, the task list sits below every form: a started row scrolled into
+    view, or "Start" seemed to do nothing."""
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{base_url}/")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        form = page.locator('form[data-task="sleep"]')
+        await form.get_by_label("seconds", exact=True).fill("0")
+        await form.get_by_role("button", name="Start sleep").click()
+        row = page.locator(".task").first
+        await expect(row).to_be_in_viewport()
+        await expect(row.locator(".state")).to_have_text("SUCCESS", timeout=WAIT_MS)
+        # A finished task says no message (a finished e-mail task still read "sending").
+        await expect(row.locator(".message")).to_have_text(NONE_SHOWN)
+    finally:
+        await context.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from taskcast.live.eta import Estimate, EtaEstimator
+from taskcast.live.eta import Countdown, Estimate, EtaEstimator
 
 
 def steady(estimator: EtaEstimator, *, steps: int, every: float, total: int) -> float:
@@ -144,3 +146,41 @@ def test_annotate_fills_in_a_status_objects_progress() -> None:
 def test_the_time_constant_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         EtaEstimator(time_constant=0)
+
+
+def bursty_group() -> tuple[list[tuple[float, float]], float]:
+    """20 members on 2 workers, taking 1 s and 7 s in turn, reporting no progress of their
+    own: the group advances in bursts. Each member's (start, end), and the group's end."""
+    free = [0.0, 0.0]
+    spans = []
+    for member in range(20):
+        worker = free.index(min(free))
+        start = free[worker]
+        free[worker] = start + (1.0 if member % 2 == 0 else 7.0)
+        spans.append((start, free[worker]))
+    return spans, max(free)
+
+
+def test_a_group_s_eta_counts_down_instead_of_swinging_between_bursts() -> None:
+    spans, end = bursty_group()
+    estimator, countdown = EtaEstimator(), Countdown()
+    raw: list[float] = []
+    shown: list[float] = []
+    for second in range(int(end)):
+        done = sum(1.0 for _, ended in spans if second >= ended)
+        estimator.observe(second, done, 20)
+        estimate = estimator.estimate(second).eta_s
+        if estimate is None:
+            continue  # nothing ended yet: no pace to tell
+        raw.append(estimate)
+        shown_now = countdown.show(second, estimate)
+        assert shown_now is not None
+        shown.append(shown_now)
+    # The raw estimate swings by many seconds from one second to the next...
+    assert max(later - earlier for earlier, later in itertools.pairwise(raw)) > 9
+    # ...what is shown rises by less than 3 s in a second, at worst, and then counts down.
+    assert max(later - earlier for earlier, later in itertools.pairwise(shown)) < 3
+    assert shown[-1] < shown[len(shown) // 2] < max(shown)
+    # A task that ends, or cannot be timed, has nothing to count down.
+    assert countdown.show(end, None) is None
+    assert countdown.show(end + 1, 5.0) == 5.0

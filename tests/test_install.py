@@ -23,7 +23,7 @@ from taskcast_celery import keys
 from taskcast_celery.backend import TaskcastRedisBackend
 from taskcast_celery.install import InstallError, installation
 from tests import env, installed_app
-from tests.installed_app import PREFIX, add, beating, flaky, report, tsum
+from tests.installed_app import PREFIX, add, beating, flaky, report, tsum, upload
 from tests.support import WorkerProcess
 
 T = TypeVar("T")
@@ -72,6 +72,15 @@ def test_results_retries_groups_chords_and_forget_work_as_before(
     done.forget()
     assert record(redis_client, done.id) is None
     assert done.state == "PENDING"
+
+
+def test_progress_under_a_state_of_the_task_s_own_is_kept_for_its_success(
+    installed_worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    done = upload.delay(4)
+    assert done.get(timeout=10) == "uploaded"
+    stored = record(redis_client, done.id)
+    assert stored is not None and stored["progress"] == {"current": 4, "total": 4}
 
 
 def test_state_and_info_while_the_task_runs(installed_worker: WorkerProcess) -> None:

@@ -83,7 +83,11 @@ def test_status_lines() -> None:
     revoked = {**RUNNING, "state": "REVOKED", "final": True, "progress": None,
                "error": {"type": "TaskRevokedError", "message": "revoked"}}  # fmt: skip
     assert status_line(revoked) == "REVOKED   TaskRevokedError: revoked"
-    assert status_line({**revoked, "state": "SENT", "final": False, "error": None}) == "SENT"
+    # A state with no progress says what it means; a bare "SENT" said little.
+    waiting = {**revoked, "final": False, "error": None}
+    assert status_line({**waiting, "state": "SENT"}) == "SENT      queued: waiting for a worker"
+    assert status_line({**waiting, "state": "STARTED"}) == "STARTED   running"
+    assert status_line({**waiting, "state": "CUSTOM"}) == "CUSTOM"
 
 
 def test_group_lines() -> None:
@@ -143,6 +147,14 @@ async def test_submit_and_watch_until_success(base_url: str) -> None:
     assert percents == sorted(percents)
     assert changes[-1] == 'SUCCESS   100.0%  5/5  result: {"status": "completed"}'
     assert sum(line.startswith("SUCCESS") for line in changes) == 1
+    # The last step's 100% is said once, by the final line (it was a line of its own).
+    assert sum("100.0%" in line for line in changes) == 1
+
+
+async def test_version_is_printed() -> None:
+    code, out, err = await run_cli("--version")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"taskcast \d+\.\d+\.\d+\S*\n", out)
 
 
 async def test_submit_without_watch_prints_the_id_and_leaves(

@@ -16,11 +16,13 @@ from redis import Redis
 from redis.commands.core import Script
 
 from taskcast_celery.keys import TASK_META
-from taskcast_celery.states import FINAL_STATES, PROGRESS, SENT
+from taskcast_celery.states import FINAL_STATES, PENDING, RECEIVED, RETRY, SENT, STARTED
 
 # Where the last progress a task reported is kept on its request, so that the final
 # record can say the task had reported progress (and show it at 100 percent).
 _LAST_PROGRESS = "taskcast_last_progress"
+# States that are not a report of progress: Celery's own, taskcast's SENT, the final ones.
+_NOT_PROGRESS = frozenset({SENT, PENDING, RECEIVED, STARTED, RETRY, *FINAL_STATES})
 
 # A Lua function for scripts that must not act on a finished task: whether a stored
 # record is final (the states of FINAL_STATES, written out once here).
@@ -146,7 +148,8 @@ class TaskcastRedisBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if state == PROGRESS and request is not None and isinstance(result, dict):
+        if state not in _NOT_PROGRESS and request is not None and isinstance(result, dict):
+            # PROGRESS, or a state of the task's own naming ("UPLOADING") with its meta.
             setattr(request, _LAST_PROGRESS, result)
         meta = self._get_result_meta(  # type: ignore[attr-defined]
             result=result, state=state, traceback=traceback, request=request

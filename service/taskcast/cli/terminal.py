@@ -99,6 +99,23 @@ def _percent(progress: dict[str, Any] | None) -> str:
     return f"{percent:.1f}%" if isinstance(percent, int | float) else ""
 
 
+# What a state without progress means, said in the line (a bare "SENT" says little).
+_WAITING = {
+    "SENT": "queued: waiting for a worker",
+    "PENDING": "queued: waiting for a worker",
+    "RECEIVED": "taken by a worker",
+    "STARTED": "running",
+    "RETRY": "failed for now: will be tried again",
+}
+
+
+def worth_a_line(status: dict[str, Any]) -> bool:
+    """Whether a change deserves its own line: not a task's last step at 100 percent,
+    which its final line, coming next, says again."""
+    progress = status.get("progress") or {}
+    return bool(status["final"] or status.get("stalled") or progress.get("percent") != 100)
+
+
 def status_line(status: dict[str, Any]) -> str:
     """One status as one line: ``PROGRESS  40.0%  2/5  ETA 0:03  message``; a stalled task
     says ``STALLED: no heartbeat from its worker`` in place of its ETA."""
@@ -112,6 +129,8 @@ def status_line(status: dict[str, Any]) -> str:
             parts.append(f"ETA {format_eta(progress)}")
     if stalled:
         parts.append("STALLED: no heartbeat from its worker")
+    elif not progress and status["state"] in _WAITING:
+        parts.append(_WAITING[status["state"]])
     if progress and progress.get("message"):
         parts.append(progress["message"])
     if status["error"]:
@@ -203,6 +222,8 @@ async def show(
     if not console.is_terminal:
         said = ""
         async for status in statuses:
+            if view is TASK and not worth_a_line(status):
+                continue
             line = view.summary(status) if status["final"] else view.line(status)
             # A change the line does not show (a group's member going from queued to
             # started, a rate) would repeat the line before: one is enough.

@@ -99,3 +99,34 @@ class EtaEstimator:
         # taken through expm1 so that a millisecond's weight is not lost to rounding.
         x = elapsed / self._tau
         return math.exp(-x), -math.expm1(-x) * self._tau
+
+
+class Countdown:
+    """An ETA as a person reads it: it counts down with the clock, and moves towards each
+    fresh estimate over ``settle`` seconds rather than jumping to it.
+
+    A group's members end in bursts (one worker finishes a short member, another is deep
+    in a long one), so its raw estimate swings between bursts: 1:33, 0:51, 1:03, 0:49. The
+    countdown keeps what was said true as time passes and lets new evidence in gradually.
+    """
+
+    __slots__ = ("_at", "_settle", "_shown")
+
+    def __init__(self, settle: float = 10.0) -> None:
+        self._settle = settle
+        self._shown: float | None = None
+        self._at = 0.0
+
+    def show(self, now: float, estimate: float | None) -> float | None:
+        """The ETA to show at ``now``, given the estimator's ``estimate`` (None: unknown)."""
+        if estimate is None:
+            self._shown = None
+            return None
+        if self._shown is None:
+            shown = estimate
+        else:
+            elapsed = max(now - self._at, 0.0)
+            counted = max(self._shown - elapsed, 0.0)
+            shown = counted + min(elapsed / self._settle, 1.0) * (estimate - counted)
+        self._shown, self._at = shown, now
+        return round(shown, 1)

@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from taskcast.groups import GroupTally
-from taskcast.live.eta import EtaEstimator
+from taskcast.live.eta import Countdown, EtaEstimator
 from taskcast.live.protocol import group_message, status_message, unknown_task_message
 from taskcast.live.subscriber import Kind, Subscriber
 from taskcast.liveness import can_stall, is_stalled, silent
@@ -96,6 +96,7 @@ class _GroupWatch:
     frame: str | None = None
     kind: Kind = Kind.STATUS
     eta: EtaEstimator = field(default_factory=EtaEstimator)
+    countdown: Countdown = field(default_factory=Countdown)
     # Loop time of its last frame, for the group frame interval.
     sent_at: float = -math.inf
 
@@ -503,7 +504,8 @@ class Hub:
         group.sent_at = now
         tally = group.tally
         group.eta.observe(now, tally.fraction_done, tally.size)
-        eta_s = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
+        estimate = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
+        eta_s = group.countdown.show(now, estimate)
         group.frame = group_message(tally.status(eta_s))
         group.kind = Kind.FINAL if tally.final else Kind.STATUS
         for subscriber in group.subscribers:

@@ -33,6 +33,8 @@
   let attempt = 0;
   let retryTimer = null;
   let apiKey = readStored(API_KEY_STORAGE);
+  // True while rows saved by an earlier visit are put back (they are not scrolled to).
+  let restoring = false;
 
   const $ = (selector, root = document) => root.querySelector(selector);
   const list = $("#task-list");
@@ -187,6 +189,13 @@
     render(task);
     save();
     subscribe(task);
+    revealIfStarted(el);
+  }
+
+  // On a narrow screen the list is below every form: a row started there would appear
+  // out of sight, and "Start" would seem to do nothing. Rows restored on load stay put.
+  function revealIfStarted(el) {
+    if (!restoring) el.scrollIntoView({ block: "nearest" });
   }
 
   function describeParams(params) {
@@ -217,11 +226,15 @@
     const outcome = $(".outcome", el);
     if (status && status.final) {
       outcome.hidden = false;
-      outcome.classList.toggle("failed", state !== "SUCCESS");
-      outcome.textContent =
-        state === "SUCCESS"
-          ? `Result: ${showResult(status.result)}`
-          : `Error: ${status.error ? `${status.error.type}: ${status.error.message}` : state}`;
+      // A cancel is what someone asked for: said plainly, not as an error.
+      outcome.classList.toggle("failed", state === "FAILURE");
+      outcome.classList.toggle("cancelled", state === "REVOKED");
+      if (state === "SUCCESS") outcome.textContent = `Result: ${showResult(status.result)}`;
+      else if (state === "REVOKED") outcome.textContent = "Cancelled.";
+      else {
+        const error = status.error;
+        outcome.textContent = `Error: ${error ? `${error.type}: ${error.message}` : state}`;
+      }
     } else {
       outcome.hidden = true;
     }
@@ -366,6 +379,7 @@
     renderGroup(group);
     save();
     subscribe(group);
+    revealIfStarted(el);
   }
 
   // "7 of 20 done · 2 failed · 1 cancelled": what the state alone does not say.
@@ -786,6 +800,15 @@
   }
 
   function restore() {
+    restoring = true;
+    try {
+      restoreSaved();
+    } finally {
+      restoring = false;
+    }
+  }
+
+  function restoreSaved() {
     let saved = [];
     try {
       saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "[]");

@@ -10,7 +10,7 @@ the rate and time left into that one frame.
 
 Liveness: on each poll the hub also reads the heartbeats of the running tasks it
 watches (in the same MGET as their records), measures their age on Redis's clock (read
-with TIME every few seconds, kept as an offset from the loop's own between), and flips
+with TIME every few seconds, ``taskcast.store.RedisClock``), and flips
 a task's ``stalled`` flag when its worker has been silent for ``stall_after`` seconds
 (``taskcast.liveness``); a new record from the task is itself a sign of life and clears
 it.
@@ -56,9 +56,6 @@ _BACKOFF_MAX = 5.0
 # How long the hub waits for Redis to confirm a SUBSCRIBE before reading anyway (the
 # poll would catch up on anything missed).
 _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
-# Seconds between reads of Redis's clock (TIME): in between, the hub counts it as an
-# offset from its own, rather than adding a command to every poll.
-_CLOCK_REFRESH = 10.0
 # A group's status goes out at most this often (its final one at once): a group of a
 # thousand members reporting every second would otherwise send each follower a thousand
 # frames a second, where ten say as much.
@@ -130,9 +127,6 @@ class Hub:
         # worker meanwhile, before its subscribers are told the task is unknown.
         self.vanish_grace = vanish_grace
         self._judge_stalls_from = 0.0
-        # Redis's clock (ms) minus the loop's, as last read, and when (loop time).
-        self._clock_offset_ms = 0.0
-        self._clock_read_at = -math.inf
         self.healthy = True
         # Every connection's mailbox, with its sender (cancelled if the client stops reading).
         self.connections: dict[Subscriber, asyncio.Task[object]] = {}
@@ -299,7 +293,7 @@ class Hub:
         if recovering:
             self._judge_stalls_from = loop.time() + self.stall_grace
         # Redis may be another server now (a failover), with a clock of its own.
-        self._clock_read_at = -math.inf
+        self.store.clock.forget()
         self.healthy = True
         next_poll = loop.time() + self.poll_interval
         next_reap = loop.time() + self._reap_interval
@@ -324,14 +318,10 @@ class Hub:
                 self._to_read.clear()
                 if ids:
                     beat_ids = self._heartbeats_to_read(ids, polling)
-                    clock = bool(beat_ids) and now - self._clock_read_at > _CLOCK_REFRESH
                     # perf_counter, not the loop's clock: uvloop's counts whole ms.
                     started = time.perf_counter()
-                    reading = await self.store.read_many(ids, beat_ids, clock)
+                    reading = await self.store.read_many(ids, beat_ids)
                     self.metrics.read_seconds.observe(time.perf_counter() - started)
-                    if reading.now_ms is not None:
-                        self._clock_offset_ms = reading.now_ms - loop.time() * 1000
-                        self._clock_read_at = loop.time()
                     # The read time stands for the write time: records carry no time of
                     # their own, and with push the read follows the write within ms.
                     self._apply_all(ids, beat_ids, reading, loop.time())
@@ -367,7 +357,7 @@ class Hub:
     def _apply_all(self, ids: list[str], beat_ids: list[str], reading: Reading, now: float) -> None:
         beats = dict(zip(beat_ids, reading.beats, strict=True)) if beat_ids else {}
         judging = now >= self._judge_stalls_from
-        redis_now_ms = int(now * 1000 + self._clock_offset_ms)
+        redis_now_ms = self.store.clock.now_ms()
         changed_groups: dict[_GroupWatch, None] = {}
         for task_id, raw in zip(ids, reading.records, strict=True):
             watch = self._watches.get(task_id)

@@ -58,7 +58,8 @@ class Progress(TypedDict):
 
 
 class TaskError(TypedDict):
-    """Why a task failed, or that it was cancelled: the exception's type and message."""
+    """Why a task failed, or that it was cancelled, or (on RETRY) why it is tried again:
+    the exception's type and message."""
 
     type: str
     message: str
@@ -160,7 +161,8 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
         last = meta.get("progress")
         if isinstance(last, dict):
             progress = _progress(last, complete=True)
-    elif state in FINAL_STATES:
+    elif state in FINAL_STATES or state == states.RETRY:
+        # (On RETRY, the record's result is the exception the task is retried for.)
         error = _error(result)
     elif isinstance(result, dict):
         # PROGRESS, or a custom state whose meta carries progress.

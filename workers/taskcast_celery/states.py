@@ -18,5 +18,7 @@ RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 REVOKED = "REVOKED"
+# Celery's, stored only by a task that sets it itself before raising ``Ignore``.
+IGNORED = "IGNORED"
 # Celery's READY_STATES: a task in one of these has ended, for good.
 FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from taskcast.auth import bearer
@@ -21,7 +24,7 @@ from taskcast.ids import is_task_id
 from taskcast.limits import TokenBucket
 from taskcast.live import protocol
 from taskcast.live.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
-from taskcast.live.subscriber import MailboxOverflow, Subscriber
+from taskcast.live.subscriber import MailboxOverflow, Send, Subscriber
 from taskcast.metrics import Metrics
 from taskcast.state import AppState
 
@@ -38,13 +41,13 @@ async def ws_multiplexed(websocket: WebSocket) -> None:
 
 
 async def ws_task(websocket: WebSocket) -> None:
-    task_id = await _accept_single(websocket, "task")
+    task_id = await accept_single(websocket, "task")
     if task_id is not None:
         await _serve(websocket, first=task_id)
 
 
 async def ws_group(websocket: WebSocket) -> None:
-    group_id = await _accept_single(websocket, "group")
+    group_id = await accept_single(websocket, "group")
     if group_id is None:
         return
     state: AppState = websocket.app.state.taskcast
@@ -65,7 +68,7 @@ async def ws_group(websocket: WebSocket) -> None:
     )
 
 
-async def _accept_single(websocket: WebSocket, what: str) -> str | None:
+async def accept_single(websocket: WebSocket, what: str) -> str | None:
     """Accept a socket for one task or group; its id, or None once refused and closed."""
     # Accept first: a close before accepting would reach the client as an HTTP 403,
     # not as the close code the protocol promises.
@@ -102,6 +105,44 @@ async def _serve(
     the start: a task, or the group whose members are ``members``. Plain values, not a
     callable: the connection holds them as long as it lives, and they cost least."""
     state: AppState = websocket.app.state.taskcast
+    hub = state.hub
+
+    def start(subscriber: Subscriber) -> None:
+        if first is not None and members is None:
+            hub.watch(first, subscriber)
+        elif first is not None and members is not None:
+            hub.watch_group(first, members, subscriber)
+
+    await serve_connection(
+        websocket,
+        websocket.send_text,
+        lambda subscriber: _receive(
+            websocket,
+            state,
+            subscriber,
+            multiplexed=first is None,
+            # A plain string held for the connection's life, not a bound callable: one
+            # per socket, it is memory every idle subscriber pays.
+            credential=_handshake_credential(websocket),
+        ),
+        start,
+        single=first is not None,
+    )
+
+
+async def serve_connection(
+    websocket: WebSocket,
+    send: Send,
+    receive: Callable[[Subscriber], Coroutine[Any, Any, int | None]],
+    start: Callable[[Subscriber], None],
+    *,
+    single: bool,
+) -> None:
+    """Serve an accepted socket within the connection limits: frames from the hub go out
+    through ``send``, client frames are read by ``receive`` (which returns a close code,
+    or None when the client left), and ``start`` subscribes whatever is watched from the
+    start. ``single``: the socket ends with the terminal frame of what it watches."""
+    state: AppState = websocket.app.state.taskcast
     # Behind a proxy this is the proxy's address unless uvicorn trusts its headers
     # (--proxy-headers, --forwarded-allow-ips): see docs/operations.md.
     client = websocket.client.host if websocket.client else ""
@@ -112,33 +153,25 @@ async def _serve(
         await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER)
         return
     try:
-        await _stream(websocket, state, first, members)
+        await _stream(websocket, state, send, receive, start, single)
     finally:
         state.clients.release(client)
 
 
 async def _stream(
-    websocket: WebSocket, state: AppState, first: str | None, members: tuple[str, ...] | None
+    websocket: WebSocket,
+    state: AppState,
+    send: Send,
+    receive: Callable[[Subscriber], Coroutine[Any, Any, int | None]],
+    start: Callable[[Subscriber], None],
+    single: bool,
 ) -> None:
     hub = state.hub
-    subscriber = Subscriber(websocket.send_text, hub.backed_up, single=first is not None)
+    subscriber = Subscriber(send, hub.backed_up, single=single)
     sender = asyncio.create_task(subscriber.run())
-    receiver = asyncio.create_task(
-        _receive(
-            websocket,
-            state,
-            subscriber,
-            multiplexed=first is None,
-            # A plain string held for the connection's life, not a bound callable: one
-            # per socket, it is memory every idle subscriber pays.
-            credential=_handshake_credential(websocket),
-        )
-    )
+    receiver = asyncio.create_task(receive(subscriber))
     hub.connect(subscriber, sender)
-    if first is not None and members is None:
-        hub.watch(first, subscriber)
-    elif first is not None and members is not None:
-        hub.watch_group(first, members, subscriber)
+    start(subscriber)
     try:
         await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -160,6 +193,23 @@ async def _stream(
                 await websocket.close(code)
 
 
+def client_frame(message: Message, limit: int) -> str | int | None:
+    """A received message's text; a close code when it is over ``limit`` bytes; None when
+    it is binary (which the protocols here do not use) and within the limit."""
+    text = message.get("text")
+    if text is None:
+        return protocol.CLOSE_TOO_BIG if len(message.get("bytes") or b"") > limit else None
+    if len(text) > limit // 4 and len(text.encode()) > limit:
+        return protocol.CLOSE_TOO_BIG
+    return str(text)
+
+
+def slow_client_left(message: Message, metrics: Metrics) -> None:
+    """Count a disconnect that the keepalive made (taskcast.live.transport)."""
+    if message.get("code") == protocol.CLOSE_SLOW_CLIENT:
+        metrics.slow_clients_closed.inc()
+
+
 async def _receive(
     websocket: WebSocket,
     state: AppState,
@@ -176,20 +226,16 @@ async def _receive(
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                if message.get("code") == protocol.CLOSE_SLOW_CLIENT:
-                    # The keepalive went unanswered (taskcast.live.transport).
-                    metrics.slow_clients_closed.inc()
+                slow_client_left(message, metrics)
                 return None
-            text = message.get("text")
+            text = client_frame(message, limit)
+            if isinstance(text, int):
+                return text
             if text is None:
-                if len(message.get("bytes") or b"") > limit:
-                    return protocol.CLOSE_TOO_BIG
                 subscriber.reply(
                     protocol.error_message("invalid_message", "frames must be JSON text")
                 )
                 continue
-            if len(text) > limit // 4 and len(text.encode()) > limit:
-                return protocol.CLOSE_TOO_BIG
             try:
                 command = parse_command(text)
                 if multiplexed and isinstance(command, Subscribe):

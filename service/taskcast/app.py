@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from taskcast import metrics
-from taskcast.api import celery_progress, demo, dev, openapi, tasks, tutorial, ws
+from taskcast.api import celery_progress, demo, dev, openapi, sse, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
 from taskcast.auth import Auth, SiteCheck, Sites
 from taskcast.dispatch import Dispatcher
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         routes=[
             *tasks.routes,
             *ws.routes,
+            *sse.routes,
             *tutorial.routes(served.tasks),
             *celery_progress.routes,
             *openapi.routes,

@@ -1,0 +1,268 @@
+"""Server-Sent Events: a real uvicorn, real HTTP streams read as EventSource reads them,
+a real worker and Redis. (tests/test_browser_sse.py follows a task with Chromium's own
+EventSource.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from taskcast.api import sse
+from taskcast.app import create_app
+from taskcast.auth import Auth
+from taskcast.live.hub import Hub
+from tests.support import WorkerProcess, running_server, settings_with, submit
+from tests.test_ws import write_progress, write_success
+
+SECRET = "s" * 40
+KEY = "key-" + "k" * 30
+
+
+@dataclass
+class Event:
+    """One event as EventSource dispatches it."""
+
+    event: str = "message"
+    id: str | None = None
+    data: list[str] = field(default_factory=list)
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads("\n".join(self.data))
+        return parsed
+
+
+class Reader:
+    """A stream read as EventSource reads it: blocks of fields between blank lines."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.blocks = self._blocks(response)
+
+    @staticmethod
+    async def _blocks(response: httpx.Response) -> AsyncIterator[Event]:
+        current = Event()
+        async for line in response.aiter_lines():
+            if line == "":
+                yield current
+                current = Event()
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                current.comments.append(value)
+            elif name == "data":
+                current.data.append(value)
+            elif name == "event":
+                current.event = value
+            elif name == "id":
+                current.id = value
+            elif name == "retry":
+                current.retry = int(value)
+
+    async def events(self, until: str | None = "end", count: int | None = None) -> list[Event]:
+        """Events (blocks with data) until one of type ``until``, ``count`` of them, or
+        the end of the stream."""
+        seen: list[Event] = []
+        async with asyncio.timeout(15):
+            async for event in self.blocks:
+                if not event.data:
+                    continue
+                seen.append(event)
+                if event.event == until or (count is not None and len(seen) == count):
+                    break
+        return seen
+
+
+async def read_events(
+    response: httpx.Response, until: str | None = "end", count: int | None = None
+) -> list[Event]:
+    return await Reader(response).events(until, count)
+
+
+async def test_a_task_streams_to_its_final_then_the_stream_ends(
+    client: httpx.AsyncClient, worker: WorkerProcess
+) -> None:
+    task_id = await submit(client, "progress", total=4, step_seconds=0.1)
+    async with client.stream("GET", f"/sse/tasks/{task_id}") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
+        reader = Reader(response)
+        first = await anext(reader.blocks)
+        assert (first.retry, first.comments) == (2000, ["taskcast"])
+        seen = await reader.events()
+        # The server ends the response after the end event.
+        assert [block async for block in reader.blocks] == []
+    statuses = [event.message for event in seen if event.event == "status"]
+    assert statuses[-1]["state"] == "SUCCESS" and statuses[-1]["final"]
+    assert [s["final"] for s in statuses].count(True) == 1
+    currents = [s["progress"]["current"] for s in statuses if s["state"] == "PROGRESS"]
+    assert currents == sorted(set(currents))
+    assert seen[-1].event == "end" and seen[-1].id == "end"
+    assert seen[-1].message == {"type": "end"}
+    assert all(event.id for event in seen)
+
+
+async def test_a_resumed_stream_sends_only_what_changed_and_after_the_end_204(
+    client: httpx.AsyncClient,
+) -> None:
+    task_id = str(uuid.uuid4())
+    write_progress(task_id, 1, 10)
+    url = f"/sse/tasks/{task_id}"
+    async with client.stream("GET", url) as response:
+        (first,) = await read_events(response, count=1)
+    assert first.message["progress"]["current"] == 1
+    # Back with what it saw: nothing is sent again until the task changes.
+    async with client.stream("GET", url, headers={"Last-Event-ID": str(first.id)}) as response:
+        write_progress(task_id, 2, 10)
+        (second,) = await read_events(response, count=1)
+    assert second.message["progress"]["current"] == 2
+    # A drop that missed the final: the final is sent on the return, then the end.
+    write_success(task_id)
+    async with client.stream("GET", f"{url}?last_event_id={second.id}") as response:
+        ending = await read_events(response)
+    assert [event.event for event in ending] == ["status", "end"]
+    assert ending[0].message["state"] == "SUCCESS"
+    # Seen to the end: a browser that reconnects anyway is told to stop.
+    stop = await client.get(url, headers={"Last-Event-ID": "end"})
+    assert stop.status_code == 204
+    # The final it already has is not sent twice, even to a stream that missed the end.
+    async with client.stream("GET", url, headers={"Last-Event-ID": str(ending[0].id)}) as response:
+        assert [event.event for event in await read_events(response)] == ["end"]
+
+
+async def test_many_tasks_and_a_group_on_one_stream(
+    client: httpx.AsyncClient, worker: WorkerProcess
+) -> None:
+    tasks = [await submit(client, "progress", total=3, step_seconds=0.05) for _ in range(3)]
+    reply = await client.post(
+        "/groups/progress", json={"count": 2, "params": {"total": 2, "step_seconds": 0.05}}
+    )
+    group_id = reply.json()["group_id"]
+    unknown = str(uuid.uuid4())
+    query = "&".join([*(f"task={task_id}" for task_id in tasks), f"task={unknown}"])
+    async with client.stream("GET", f"/sse?{query}&group={group_id}") as response:
+        seen = await read_events(response)
+    finals = [e.message["task_id"] for e in seen if e.event == "status" and e.message["final"]]
+    assert sorted(finals) == sorted(tasks)
+    groups = [e.message for e in seen if e.event == "group"]
+    assert groups[-1]["final"] and [g["final"] for g in groups].count(True) == 1
+    errors = [e.message for e in seen if e.event == "error"]
+    assert errors == [
+        {"type": "error", "code": "unknown_task", "detail": f"no task with id {unknown}",
+         "task_id": unknown},
+    ]  # fmt: skip
+    assert seen[-1].event == "end"
+    # An event's id covers every id on the stream, in the query's order.
+    assert all(len(str(e.id).split(".")) == 5 for e in seen[:-1])
+
+
+async def test_an_unknown_group_is_said_and_ends_the_stream(client: httpx.AsyncClient) -> None:
+    group_id = str(uuid.uuid4())
+    async with client.stream("GET", f"/sse/groups/{group_id}") as response:
+        seen = await read_events(response)
+    assert [(e.event, e.message.get("code")) for e in seen] == [
+        ("error", "unknown_group"),
+        ("end", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error", "detail"),
+    [
+        ("", 400, "invalid_query", "name at least one ?task= or ?group= to follow"),
+        ("?task=nope", 422, "invalid_task_id", "task id must be a UUID, got 'nope'"),
+        ("?group=nope", 422, "invalid_group_id", "group id must be a UUID, got 'nope'"),
+        ("?token=abc&task={a}", 400, "invalid_query", "each token follows the task or group"),
+        ("?task={a}&token=x&token=y", 400, "invalid_query", "each token follows"),
+        ("?task={a}&tasks={b}", 400, "invalid_query", "unexpected query parameter 'tasks'"),
+        ("?task={a}&task={a}", 400, "invalid_query", "each task and group may be named once"),
+    ],
+)
+async def test_a_bad_query_is_refused_before_any_stream(
+    client: httpx.AsyncClient, query: str, status: int, error: str, detail: str
+) -> None:
+    response = await client.get("/sse" + query.format(a=uuid.uuid4(), b=uuid.uuid4()))
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert detail in response.json()["detail"]
+
+
+async def test_more_ids_than_a_stream_may_follow_are_refused() -> None:
+    app = create_app(settings_with(max_subscriptions=2))
+    query = "&".join(f"task={uuid.uuid4()}" for _ in range(3))
+    async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.get(f"/sse?{query}")
+        invalid = await http.get("/sse/tasks/not-a-uuid")
+        extra = await http.get(f"/sse/tasks/{uuid.uuid4()}?task={uuid.uuid4()}")
+    assert (response.status_code, response.json()["detail"]) == (
+        400,
+        "a stream may follow at most 2 tasks and groups",
+    )
+    assert (invalid.status_code, invalid.json()["error"]) == (422, "invalid_task_id")
+    assert (extra.status_code, extra.json()["detail"]) == (400, "unexpected query parameter 'task'")
+
+
+async def test_with_tokens_on_each_id_needs_its_token_or_a_key() -> None:
+    app = create_app(settings_with(secret=SECRET, api_keys=(KEY,)))
+    auth = Auth(settings_with(secret=SECRET), 86_400)
+    done, other = str(uuid.uuid4()), str(uuid.uuid4())
+    write_success(done)
+    write_success(other)
+    async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+        refused = await http.get(f"/sse/tasks/{done}")
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "unauthorized"
+        wrong = await http.get(f"/sse?task={done}&token={auth.token(done)}&task={other}")
+        assert wrong.status_code == 401 and other in wrong.json()["detail"]
+        for path, headers in (
+            (f"/sse/tasks/{done}?token={auth.token(done)}", {}),
+            (f"/sse?task={done}&token={auth.token(done)}&task={other}&token={auth.token(other)}",
+             {}),
+            (f"/sse/tasks/{done}", {"Authorization": f"Bearer {KEY}"}),
+        ):  # fmt: skip
+            async with http.stream("GET", path, headers=headers) as response:
+                assert response.status_code == 200, path
+                assert (await read_events(response))[-1].event == "end"
+
+
+async def test_an_idle_stream_gets_a_comment_every_ping_interval(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sse, "PING_SECONDS", 0.2)
+    task_id = str(uuid.uuid4())
+    write_progress(task_id, 1, 10)
+    async with client.stream("GET", f"/sse/tasks/{task_id}") as response:
+        pings = 0
+        async with asyncio.timeout(10):
+            async for event in Reader(response).blocks:
+                pings += event.comments == ["ping"]
+                if pings == 2:
+                    break
+    assert pings == 2
+
+
+async def test_a_stream_dropped_by_the_server_ends_without_end(
+    client: httpx.AsyncClient, hub: Hub
+) -> None:
+    task_id = str(uuid.uuid4())
+    write_progress(task_id, 1, 10)
+    async with client.stream("GET", f"/sse/tasks/{task_id}") as response:
+        reader = Reader(response)
+        (first,) = await reader.events(count=1)
+        # What the hub's slow-client reaper does to a connection: its sender is cancelled.
+        for subscriber, sender in list(hub.connections.items()):
+            if task_id in subscriber.watching:
+                sender.cancel()
+        rest = await reader.events()
+    assert first.event == "status" and rest == []
+    assert task_id not in hub.watched

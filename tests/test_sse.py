@@ -18,8 +18,8 @@ from taskcast.api import sse
 from taskcast.app import create_app
 from taskcast.auth import Auth
 from taskcast.live.hub import Hub
-from tests.support import WorkerProcess, running_server, settings_with, submit
-from tests.test_ws import write_progress, write_success
+from tests.support import WorkerProcess, eventually, running_server, settings_with, submit
+from tests.test_ws import small_window_socket, write_progress, write_success
 
 SECRET = "s" * 40
 KEY = "key-" + "k" * 30
@@ -266,3 +266,40 @@ async def test_a_stream_dropped_by_the_server_ends_without_end(
         rest = await reader.events()
     assert first.event == "status" and rest == []
     assert task_id not in hub.watched
+
+
+async def test_a_stream_that_stops_reading_is_ended_and_delays_no_one() -> None:
+    app = create_app(settings_with(slow_client_timeout=0.3))
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    for task_id in ids:
+        write_progress(task_id, 0, 1000)
+    big = "x" * 3000  # large events fill the stalled client's buffers quickly
+    query = "&".join(f"task={task_id}" for task_id in ids)
+    async with (
+        running_server(app, send_buffer=4096) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        hub: Hub = app.state.taskcast.hub
+        stalled = small_window_socket(url)
+        request = f"GET /sse?{query} HTTP/1.1\r\nHost: {url[7:]}\r\n\r\n"
+        await asyncio.get_running_loop().sock_sendall(stalled, request.encode())
+        async with http.stream("GET", f"/sse?{query}") as fast:
+            reader = Reader(fast)
+            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
+            # The stalled client never reads. Flood it (bounded) until its stream is ended.
+            for current in range(1, 200):
+                await asyncio.to_thread(
+                    lambda c=current: [write_progress(t, c, 1000, big) for t in ids]
+                )
+                if len(hub.connections) == 1:
+                    break
+            assert len(hub.connections) == 1
+            await asyncio.to_thread(lambda: [write_success(t) for t in ids])
+            seen = await reader.events()
+        scraped = (await http.get("/metrics")).text
+        stalled.close()
+    # Ended by the write that waited on it for the slow-client timeout, and counted.
+    assert "taskcast_slow_clients_closed_total 1.0" in scraped
+    finals = [e.message["task_id"] for e in seen if e.event == "status" and e.message["final"]]
+    assert sorted(finals) == sorted(ids)
+    assert seen[-1].event == "end"

@@ -28,7 +28,7 @@ from taskcast.api.tasks import app_state, read_members, read_status, require_wat
 from taskcast.api.validation import parse_task_id
 from taskcast.api.ws import accept_single, client_frame, serve_connection, slow_client_left
 from taskcast.live import protocol
-from taskcast.live.subscriber import Subscriber
+from taskcast.live.subscriber import MailboxOverflow, Subscriber
 from taskcast.state import AppState
 from taskcast.status import Number, Status, decode_status
 from taskcast_celery import states
@@ -199,23 +199,26 @@ class _ProgressSocket:
         state: AppState = self.websocket.app.state.taskcast
         limit = state.settings.ws_max_message_bytes
         watching = False
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                slow_client_left(message, state.metrics)
-                return None
-            text = client_frame(message, limit)
-            if isinstance(text, int):
-                return text
-            if not _is_check(text):
-                expected = 'expected {"type": "check_task_completion"}'
-                subscriber.reply(protocol.error_message("invalid_message", expected))
-            elif not watching:
-                # The current status, at once or after one read, is the answer.
-                watching = True
-                state.hub.watch(self.task_id, subscriber)
-            elif self.latest is not None:
-                subscriber.reply(self.latest)
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    slow_client_left(message, state.metrics)
+                    return None
+                text = client_frame(message, limit)
+                if isinstance(text, int):
+                    return text
+                if not _is_check(text):
+                    expected = 'expected {"type": "check_task_completion"}'
+                    subscriber.reply(protocol.error_message("invalid_message", expected))
+                elif not watching:
+                    # The current status, at once or after one read, is the answer.
+                    watching = True
+                    state.hub.watch(self.task_id, subscriber)
+                elif self.latest is not None:
+                    subscriber.reply(self.latest)
+        except MailboxOverflow:
+            return protocol.CLOSE_FLOOD
 
 
 def _is_check(text: str | None) -> bool:

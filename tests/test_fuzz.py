@@ -690,6 +690,12 @@ UNSTATED_RULES = {
     "/tasks/email": _EMAIL_RULES,
     "/groups/email": _EMAIL_RULES,
     "/process-and-email/": ("email: value is not a valid email address",),
+    # At least one id, each once, at most TASKCAST_MAX_SUBSCRIPTIONS over both lists.
+    "/sse": (
+        "name at least one ?task= or ?group= to follow",
+        "each task and group may be named once",
+        "a stream may follow at most",
+    ),
 }
 
 

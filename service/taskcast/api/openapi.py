@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from taskcast.api import tutorial
+from taskcast.api.celery_progress import GroupProgress, TaskProgress
 from taskcast.api.errors import ErrorBody
 from taskcast.api.responses import json_response
 from taskcast.api.tasks import GroupCancelled, GroupLinks, TaskLinks, app_state
@@ -34,6 +35,8 @@ _PAYLOADS: dict[str, Any] = {
     "GroupCancelled": GroupCancelled,
     "TaskList": TaskList,
     "ErrorBody": ErrorBody,
+    "CeleryProgressTask": TaskProgress,
+    "CeleryProgressGroup": GroupProgress,
 }
 _ID = {
     "name": "task_id",
@@ -261,6 +264,8 @@ def build(
             "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}},
         }
     }
+    paths.update(_stream_paths())
+    paths.update(_celery_progress_paths(refs))
     tutorial_paths = _tutorial_paths(tasks)
     paths.update(tutorial_paths)
     # What each operation needs in this deployment (docs/security.md). Cancelling needs
@@ -280,6 +285,11 @@ def build(
         (("/tasks/{task_id}", "get"), watched),
         (("/task-status/{task_id}", "get"), watched),
         (("/tasks/{task_id}", "delete"), keyed or watched),
+        (("/sse", "get"), watched),
+        (("/sse/tasks/{task_id}", "get"), watched),
+        (("/sse/groups/{group_id}", "get"), watched),
+        (("/celery-progress/{task_id}/", "get"), watched),
+        (("/celery-progress/g/{group_id}/", "get"), watched),
     ]
     for (path, method), security in guards:
         paths[path][method] = _guarded(paths[path][method], security)
@@ -360,6 +370,106 @@ def _tutorial_paths(tasks: Mapping[str, Exposure]) -> dict[str, Any]:
         }
     }
     return paths
+
+
+_EVENTS = {
+    "description": "An event stream (docs/protocol.md, Server-Sent Events): each event's "
+    "data is the WebSocket message (status, group, error), then an end event.",
+    "content": {
+        "text/event-stream": {
+            # One event, as schemathesis and the OpenAPI 3.2 drafts read a stream.
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"enum": ["status", "group", "error", "end"]},
+                    "id": {"type": "string"},
+                    "data": {"type": "string", "contentMediaType": "application/json"},
+                },
+                "required": ["event", "id", "data"],
+            }
+        }
+    },
+}
+_RESUME = {
+    "name": "last_event_id",
+    "in": "query",
+    "required": False,
+    "description": "Resume after this event (as the Last-Event-ID header does).",
+    "schema": {"type": "string"},
+}
+
+
+def _stream_paths() -> dict[str, Any]:
+    """The Server-Sent Events endpoints."""
+    refused = {
+        "204": {"description": "The stream had ended for this client (Last-Event-ID: end)."},
+        "400": _error("Malformed query."),
+        "422": _error("Malformed id."),
+        "503": _error("Too many connections."),
+    }
+    many = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "style": "form",
+            "explode": True,
+            "description": f"A {name} id to follow (repeat it for more; a token follows its id).",
+            "schema": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+        }
+        for name in ("task", "group")
+    ]
+    return {
+        "/sse": {
+            "get": {
+                "summary": "Follow many tasks and groups on one event stream.",
+                "parameters": [*many, _RESUME],
+                "responses": {"200": _EVENTS, **refused},
+            }
+        },
+        "/sse/tasks/{task_id}": {
+            "get": {
+                "summary": "Follow a task on an event stream.",
+                "parameters": [_ID, _RESUME],
+                "responses": {"200": _EVENTS, **refused},
+            }
+        },
+        "/sse/groups/{group_id}": {
+            "get": {
+                "summary": "Follow a group on an event stream.",
+                "parameters": [_GROUP_ID, _RESUME],
+                "responses": {"200": _EVENTS, **refused},
+            }
+        },
+    }
+
+
+def _celery_progress_paths(refs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """celery-progress's endpoints, for its JavaScript."""
+    return {
+        "/celery-progress/{task_id}/": {
+            "get": {
+                "summary": "A task as celery-progress's JSON.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _ok("celery-progress's object.", refs["CeleryProgressTask"]),
+                    "404": _error("Unknown task."),
+                    "422": _error("Malformed task id."),
+                },
+            }
+        },
+        "/celery-progress/g/{group_id}/": {
+            "get": {
+                "summary": "A group as celery-progress's JSON.",
+                "parameters": [_GROUP_ID],
+                "responses": {
+                    "200": _ok("celery-progress's object.", refs["CeleryProgressGroup"]),
+                    "404": _error("Unknown group."),
+                    "422": _error("Malformed group id."),
+                },
+            }
+        },
+    }
 
 
 async def openapi_json(request: Request) -> Response:

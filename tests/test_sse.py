@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,8 +163,8 @@ async def test_many_tasks_and_a_group_on_one_stream(
          "task_id": unknown},
     ]  # fmt: skip
     assert seen[-1].event == "end"
-    # An event's id covers every id on the stream, in the query's order.
-    assert all(len(str(e.id).split(".")) == 5 for e in seen[:-1])
+    # An event's id covers every id on the stream the client has seen a state of.
+    assert len(str(seen[-2].id).split(".")) == 5
 
 
 async def test_an_unknown_group_is_said_and_ends_the_stream(client: httpx.AsyncClient) -> None:
@@ -222,7 +223,18 @@ async def test_with_tokens_on_each_id_needs_its_token_or_a_key() -> None:
         refused = await http.get(f"/sse/tasks/{done}")
         assert refused.status_code == 401
         assert refused.json()["error"] == "unauthorized"
-        wrong = await http.get(f"/sse?task={done}&token={auth.token(done)}&task={other}")
+        # On /sse an id its token does not open is refused alone, as on /ws.
+        async with http.stream(
+            "GET", f"/sse?task={done}&token={auth.token(done)}&task={other}&token=forged"
+        ) as response:
+            assert response.status_code == 200
+            partly = await read_events(response)
+        assert sorted(
+            (e.event, e.message.get("code"), e.message.get("task_id")) for e in partly[:2]
+        ) == [("error", "unauthorized", other), ("status", None, done)]
+        assert partly[-1].event == "end"
+        # With no id it may open, there is no stream.
+        wrong = await http.get(f"/sse?task={other}&token=forged")
         assert wrong.status_code == 401 and other in wrong.json()["detail"]
         for path, headers in (
             (f"/sse/tasks/{done}?token={auth.token(done)}", {}),
@@ -268,38 +280,110 @@ async def test_a_stream_dropped_by_the_server_ends_without_end(
     assert task_id not in hub.watched
 
 
-async def test_a_stream_that_stops_reading_is_ended_and_delays_no_one() -> None:
-    app = create_app(settings_with(slow_client_timeout=0.3))
+def open_stalled_stream(url: str, query: str) -> socket.socket:
+    """A client that asks for ``/sse?query`` and never reads a byte of the answer."""
+    stalled = small_window_socket(url)
+    stalled.setblocking(True)
+    stalled.sendall(f"GET /sse?{query} HTTP/1.1\r\nHost: {url[7:]}\r\n\r\n".encode())
+    stalled.setblocking(False)
+    return stalled
+
+
+async def flood(ids: list[str], until: Callable[[], bool]) -> None:
+    """Large progress events for ``ids`` (bounded) until ``until`` holds."""
+    big = "x" * 3000  # large events fill a stalled client's buffers quickly
+    for current in range(1, 200):
+        await asyncio.to_thread(lambda c=current: [write_progress(t, c, 1000, big) for t in ids])
+        if until():
+            return
+    raise AssertionError("still not so after 200 rounds of progress")
+
+
+async def test_a_stream_that_stops_reading_delays_no_one() -> None:
+    app = create_app(settings_with(slow_client_timeout=60))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
-    big = "x" * 3000  # large events fill the stalled client's buffers quickly
     query = "&".join(f"task={task_id}" for task_id in ids)
     async with (
         running_server(app, send_buffer=4096) as url,
         httpx.AsyncClient(base_url=url) as http,
     ):
         hub: Hub = app.state.taskcast.hub
-        stalled = small_window_socket(url)
-        request = f"GET /sse?{query} HTTP/1.1\r\nHost: {url[7:]}\r\n\r\n"
-        await asyncio.get_running_loop().sock_sendall(stalled, request.encode())
-        async with http.stream("GET", f"/sse?{query}") as fast:
-            reader = Reader(fast)
-            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
-            # The stalled client never reads. Flood it (bounded) until its stream is ended.
-            for current in range(1, 200):
-                await asyncio.to_thread(
-                    lambda c=current: [write_progress(t, c, 1000, big) for t in ids]
-                )
-                if len(hub.connections) == 1:
-                    break
-            assert len(hub.connections) == 1
-            await asyncio.to_thread(lambda: [write_success(t) for t in ids])
-            seen = await reader.events()
-        scraped = (await http.get("/metrics")).text
-        stalled.close()
-    # Ended by the write that waited on it for the slow-client timeout, and counted.
-    assert "taskcast_slow_clients_closed_total 1.0" in scraped
+        stalled = open_stalled_stream(url, query)
+        try:
+            async with http.stream("GET", f"/sse?{query}") as fast:
+                reader = Reader(fast)
+                await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
+                # The stalled client never reads: its subscriber backs up, and waits alone.
+                await flood(ids, lambda: bool(hub.backed_up))
+                await asyncio.to_thread(lambda: [write_success(t) for t in ids])
+                seen = await reader.events()
+            # The fast stream has ended; the stalled one still waits on its client.
+            assert list(hub.connections) == list(hub.backed_up)
+        finally:
+            # (Before the server stops: it waits for every response to end.)
+            stalled.close()
     finals = [e.message["task_id"] for e in seen if e.event == "status" and e.message["final"]]
     assert sorted(finals) == sorted(ids)
     assert seen[-1].event == "end"
+
+
+async def test_a_stream_that_stops_reading_is_ended_and_counted() -> None:
+    app = create_app(settings_with(slow_client_timeout=0.3))
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    for task_id in ids:
+        write_progress(task_id, 0, 1000)
+    query = "&".join(f"task={task_id}" for task_id in ids)
+    async with (
+        running_server(app, send_buffer=4096) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        hub: Hub = app.state.taskcast.hub
+        stalled = open_stalled_stream(url, query)
+        try:
+            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 1), bool)
+            await flood(ids, lambda: not hub.connections)
+            assert not (hub.watched & set(ids))
+            scraped = (await http.get("/metrics")).text
+        finally:
+            stalled.close()
+    # Ended by the write that waited on its client for the slow-client timeout, and counted.
+    assert "taskcast_slow_clients_closed_total 1.0" in scraped
+
+
+async def test_a_stream_holds_one_of_the_process_s_connections() -> None:
+    app = create_app(settings_with(max_connections=1))
+    task_id = str(uuid.uuid4())
+    write_progress(task_id, 1, 10)
+    async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+        async with http.stream("GET", f"/sse/tasks/{task_id}") as first:
+            assert first.status_code == 200
+            refused = await http.get(f"/sse/tasks/{task_id}")
+            assert refused.status_code == 503
+            assert refused.json()["error"] == "too_many_connections"
+            assert refused.headers["retry-after"] == "5"
+        # Released once the server sees the stream's end (a HEAD holds it for no longer
+        # than its answer).
+        head = await eventually(
+            lambda: http.head(f"/sse/tasks/{task_id}"), lambda r: r.status_code == 200
+        )
+        assert head.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_a_stream_reopened_with_one_more_id_is_not_sent_the_others_again(
+    client: httpx.AsyncClient,
+) -> None:
+    running, added = str(uuid.uuid4()), str(uuid.uuid4())
+    write_progress(running, 1, 10)
+    write_progress(added, 5, 10)
+    async with client.stream("GET", f"/sse?task={running}") as response:
+        (first,) = await read_events(response, count=1)
+    query = f"task={running}&task={added}&last_event_id={first.id}"
+    async with client.stream("GET", f"/sse?{query}") as response:
+        reader = Reader(response)
+        (second,) = await reader.events(count=1)
+        write_progress(running, 2, 10)
+        (third,) = await reader.events(count=1)
+    assert (second.message["task_id"], second.message["progress"]["current"]) == (added, 5)
+    assert (third.message["task_id"], third.message["progress"]["current"]) == (running, 2)

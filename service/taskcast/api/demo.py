@@ -6,12 +6,14 @@ package (and so in the wheel and the image) and speak the public API like any cl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -27,11 +29,32 @@ _HEADERS = {
 }
 
 
+# Types for taskcast.js (taskcast.d.ts). The system's MIME table guesses a ".ts" file by
+# its last suffix, as an MPEG transport stream (or, on Debian, a Qt translation file).
+_TYPESCRIPT = "application/typescript; charset=utf-8"
+
+
+class _StaticFiles(StaticFiles):
+    """The static files, TypeScript declarations served as what they are."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if response.status_code == 200 and str(full_path).endswith(".d.ts"):
+            response.headers["content-type"] = _TYPESCRIPT
+        return response
+
+
 async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", headers=_HEADERS)
 
 
 routes = [
     Route("/", index, methods=["GET"]),
-    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    Mount("/static", _StaticFiles(directory=STATIC_DIR), name="static"),
 ]

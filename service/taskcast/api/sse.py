@@ -8,7 +8,7 @@ event's ``data`` is the WebSocket message (``status``, ``group``, ``error``), it
 and the stream's end on shutdown.
 
 Resuming: an event's id says which state of every task and group on the stream the
-client has seen (a short digest of each, in the order the query named them). A
+client has seen (the start of each id, with a short digest of its state). A
 browser sends the last one back when it reconnects (``Last-Event-ID``; a new
 EventSource can pass ``?last_event_id=``), and the stream then sends only what changed
 since: no status twice, and a final missed in the drop is sent again. Once everything
@@ -49,9 +49,13 @@ RETRY_MS = 2000
 # The event that ends a stream, and the id that says so when a browser comes back.
 END_ID = "end"
 _END = ServerSentEvent(orjson.dumps({"type": "end"}).decode(), event="end", id=END_ID).encode()
-# One digest in an event id: 8 hex digits, after an "f" when the state is terminal.
-_VERSION = re.compile(r"f?[0-9a-f]{8}")
+# One part of an event id: the start of an id (8 hex digits), then the digest of the
+# state last sent for it (8 hex digits, after an "f" when the state is terminal).
+_SEEN = re.compile(r"([0-9a-f]{8})(f?[0-9a-f]{8})")
+_ID_PREFIX = 8
 _QUERY_NAMES = frozenset({"task", "group", "token", "last_event_id"})
+# The errors that end an id's part of a stream.
+_ENDING = frozenset({"unknown_task", "unknown_group", "unauthorized"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +86,7 @@ def _frame(text: str) -> _Frame:
     watched_id = message.get("group_id") if kind == "group" else message.get("task_id")
     if watched_id is None:
         watched_id = message.get("group_id")
-    terminal = bool(message.get("final")) or (
-        kind == "error"
-        and message.get("code")
-        in (
-            "unknown_task",
-            "unknown_group",
-        )
-    )
+    terminal = bool(message.get("final")) or (kind == "error" and message.get("code") in _ENDING)
     # The estimates move with the clock; a state whose only change is its ETA has been
     # seen already.
     progress = message.get("progress")
@@ -103,14 +100,25 @@ def _frame(text: str) -> _Frame:
 
 
 def seen_versions(last_event_id: str | None, watched: list[Watched]) -> dict[str, str]:
-    """What a client that last saw ``last_event_id`` had of each id; nothing when the
-    id is not one of this stream's (another stream's, or garbled)."""
+    """What a client that last saw ``last_event_id`` had of each id on this stream. Parts
+    are matched by id, so what another stream's event says of a task counts here too (a
+    client that reopens with one more task is not sent the others again); a garbled id
+    says nothing."""
     if not last_event_id:
         return {}
-    parts = last_event_id.split(".")
-    if len(parts) != len(watched) or not all(not p or _VERSION.fullmatch(p) for p in parts):
-        return {}
-    return {item.id: part for item, part in zip(watched, parts, strict=True) if part}
+    by_prefix: dict[str, str] = {}
+    for part in last_event_id.split("."):
+        found = _SEEN.fullmatch(part)
+        if found is None:
+            return {}
+        by_prefix[found.group(1)] = found.group(2)
+    # (Two ids of a stream sharing a prefix would only have a state sent again: a
+    # digest covers the id, so one id's digest never matches another's state.)
+    return {
+        item.id: by_prefix[item.id[:_ID_PREFIX]]
+        for item in watched
+        if item.id[:_ID_PREFIX] in by_prefix
+    }
 
 
 class EventStream:
@@ -125,11 +133,13 @@ class EventStream:
         watched: list[Watched],
         seen: dict[str, str],
         members: dict[str, tuple[str, ...] | None],
+        refused: set[str],
     ) -> None:
         self.state = state
         self.watched = watched
         self.seen = seen
         self.members = members
+        self.refused = refused
         self.open = {item.id for item in watched}
         self.subscriber = Subscriber(self._send, state.hub.backed_up)
         # The event ready for the writer (and whether it ends the stream), and the
@@ -139,7 +149,11 @@ class EventStream:
         self._room: asyncio.Future[None] | None = None
 
     def _event_id(self) -> str:
-        return ".".join(self.seen.get(item.id, "") for item in self.watched)
+        return ".".join(
+            f"{item.id[:_ID_PREFIX]}{self.seen[item.id]}"
+            for item in self.watched
+            if item.id in self.seen
+        )
 
     async def _send(self, text: str) -> None:
         frame = _frame(text)
@@ -194,11 +208,15 @@ class EventStream:
     def _start(self) -> None:
         hub = self.state.hub
         for item in self.watched:
-            if item.kind == "task":
+            if item.id in self.refused:
+                ids = {f"{item.kind}_id": item.id}
+                refusal = protocol.error_message(
+                    "unauthorized", protocol.UNAUTHORIZED_DETAIL, **ids
+                )
+                self.subscriber.offer(item.id, refusal, Kind.UNKNOWN)
+            elif item.kind == "task":
                 hub.watch(item.id, self.subscriber)
-                continue
-            members = self.members[item.id]
-            if members is None:
+            elif (members := self.members[item.id]) is None:
                 unknown = protocol.unknown_group_message(item.id)
                 self.subscriber.offer(item.id, unknown, Kind.UNKNOWN)
             else:
@@ -229,18 +247,24 @@ class _Response(EventSourceResponse):
             self.state.clients.release(self.client)
 
 
-async def _open(request: Request, watched: list[Watched]) -> Response:
+async def _open(request: Request, watched: list[Watched], many: bool = False) -> Response:
+    """The stream of ``watched``. On ``/sse`` (``many``) an id whose token does not open
+    it is refused alone, with an ``unauthorized`` error event, as ``/ws`` refuses one
+    subscribe (an EventSource cannot read the body of a 401); a stream that opens no id at
+    all is a 401."""
     state = app_state(request)
     credential = bearer(request.headers.get("authorization"))
-    for item in watched:
-        if not state.auth.may_watch(item.id, item.token, credential):
-            raise ApiError(
-                401,
-                "unauthorized",
-                f"{item.kind} {item.id} needs its watch token (?token= after its id) or an "
-                "API key (Authorization: Bearer); tokens expire",
-                {"WWW-Authenticate": 'Bearer realm="taskcast"'},
-            )
+    refused = {
+        item.id for item in watched if not state.auth.may_watch(item.id, item.token, credential)
+    }
+    if refused and (not many or len(refused) == len(watched)):
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"{_first(watched, refused)} needs its watch token (?token= after its id) or an "
+            "API key (Authorization: Bearer); tokens expire",
+            {"WWW-Authenticate": 'Bearer realm="taskcast"'},
+        )
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
@@ -248,15 +272,23 @@ async def _open(request: Request, watched: list[Watched]) -> Response:
         # A browser reconnecting after the end: 204 tells it to stop for good.
         return Response(status_code=204)
     members = {
-        item.id: await state.group_members(item.id) for item in watched if item.kind == "group"
+        item.id: await state.group_members(item.id)
+        for item in watched
+        if item.kind == "group" and item.id not in refused
     }
     client = request.client.host if request.client else ""
-    refused = state.clients.acquire(client)
-    if refused is not None:
-        state.metrics.connections_refused[refused.limit].inc()
-        raise ApiError(503, "too_many_connections", refused.detail, {"Retry-After": "5"})
-    stream = EventStream(state, watched, seen_versions(last_event_id, watched), members)
+    too_many = state.clients.acquire(client)
+    if too_many is not None:
+        state.metrics.connections_refused[too_many.limit].inc()
+        raise ApiError(503, "too_many_connections", too_many.detail, {"Retry-After": "5"})
+    seen = seen_versions(last_event_id, watched)
+    stream = EventStream(state, watched, seen, members, refused)
     return _Response(stream, client)
+
+
+def _first(watched: list[Watched], ids: set[str]) -> str:
+    item = next(item for item in watched if item.id in ids)
+    return f"{item.kind} {item.id}"
 
 
 def _one(request: Request, kind: str) -> Watched:
@@ -302,7 +334,7 @@ def parse_watched(items: list[tuple[str, str]], limit: int) -> list[Watched]:
 
 async def sse_many(request: Request) -> Response:
     limit = app_state(request).settings.max_subscriptions
-    return await _open(request, parse_watched(request.query_params.multi_items(), limit))
+    return await _open(request, parse_watched(request.query_params.multi_items(), limit), many=True)
 
 
 routes = [

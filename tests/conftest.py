@@ -14,6 +14,7 @@ from tests import env  # first: fixes the environment before taskcast is importe
 from taskcast.live.hub import Hub
 from taskcast.state import AppState
 from taskcast_celery.demo.celery import app as celery_app
+from tests.browser import browser, chromium  # noqa: F401 (every test's fixtures)
 from tests.mailtrap_server import FakeMailtrap
 from tests.support import WorkerProcess, running_server
 

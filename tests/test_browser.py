@@ -1,21 +1,16 @@
 """The demo page in a real headless Chromium, against the real service, worker and Redis.
 
-Chromium is Debian's (``/usr/bin/chromium``), installed with apt-get by the first test
-that needs it; Playwright only drives it (its own browser downloads are never used).
-The finished page is saved as ``artifacts/browser/demo.png``; one with a finished group as
-``group.png``, one with a stalled task and group as ``stalled.png``, next to it.
+Chromium is Debian's (``tests.browser``). The finished page is saved as
+``artifacts/browser/demo.png``; one with a finished group as ``group.png``, one with a
+stalled task and group as ``stalled.png``, next to it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,7 +21,6 @@ from playwright.async_api import (
     Page,
     Route,
     WebSocketRoute,
-    async_playwright,
     expect,
 )
 
@@ -34,8 +28,8 @@ from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.live.hub import Hub
 from tests import env
+from tests.browser import ARTIFACTS, WAIT_MS
 from tests.support import (
-    ROOT,
     WorkerProcess,
     eventually,
     running_server,
@@ -43,57 +37,10 @@ from tests.support import (
     task_keys,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # Else Chromium itself keeps a page of a public site (here, one the test serves as
-    # evil.test) from reaching 127.0.0.1: the service must be what refuses it.
-    "--disable-features=LocalNetworkAccessChecks",
-]
-ARTIFACTS = Path(ROOT) / "artifacts" / "browser"
-# How long a DOM condition may take: tasks here last a few seconds at most.
-WAIT_MS = 15_000
-
 # The first test on a fresh machine also installs Chromium (measured: 11 s with most
 # libraries present; allow for a cold download); each test alone takes seconds, and
 # every wait below has its own 15 s limit.
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's Chromium, installed with apt-get if missing."""
-    if not os.path.exists(CHROMIUM):
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package (as root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        # Wait for a dpkg lock held by another install (other test runs on this machine).
-        lock = ["-o", "DPkg::Lock::Timeout=120"]
-        for argv, timeout in (
-            (["apt-get", *lock, "update", "-q"], 90),
-            (["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", "chromium"], 180),
-        ):
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-            if done.returncode != 0:
-                pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 from playwright.async_api import Browser, Page, Route, expect
 
 from taskcast.live.hub import Hub
+from tests.browser import WAIT_MS
 from tests.support import WorkerProcess, submit
-from tests.test_browser import WAIT_MS, browser, chromium  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,7 +49,7 @@ BAR_PAGE = """<!doctype html>
 
 
 @pytest.fixture
-async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:  # noqa: F811
+async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
     """A page of the service's origin whose paths under /celery_progress/ are the
     package's own files, and /bar.html the page above; fails the test on a script error."""
     context = await browser.new_context()

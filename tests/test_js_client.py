@@ -30,8 +30,8 @@ from taskcast.api.demo import _HEADERS as DEMO_HEADERS
 from taskcast.api.demo import STATIC_DIR
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
+from tests.browser import WAIT_MS
 from tests.support import WorkerProcess, eventually, running_server, settings_with
-from tests.test_browser import WAIT_MS, browser, chromium  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,7 +143,7 @@ async def open_harness(context: BrowserContext, base_url: str) -> Harness:
 
 
 @pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:  # noqa: F811
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     context = await browser.new_context()
     yield context
     await context.close()

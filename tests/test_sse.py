@@ -5,6 +5,7 @@ EventSource.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import uuid
@@ -299,8 +300,20 @@ async def flood(ids: list[str], until: Callable[[], bool]) -> None:
     raise AssertionError("still not so after 200 rounds of progress")
 
 
-async def test_a_stream_that_stops_reading_delays_no_one() -> None:
-    app = create_app(settings_with(slow_client_timeout=60))
+@dataclass
+class Stalled:
+    """A served app with running tasks, and a client that asked for them all on /sse
+    and never reads."""
+
+    hub: Hub
+    http: httpx.AsyncClient
+    ids: list[str]
+    query: str
+
+
+@contextlib.asynccontextmanager
+async def stalled_stream(slow_client_timeout: float) -> AsyncIterator[Stalled]:
+    app = create_app(settings_with(slow_client_timeout=slow_client_timeout))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -309,45 +322,38 @@ async def test_a_stream_that_stops_reading_delays_no_one() -> None:
         running_server(app, send_buffer=4096) as url,
         httpx.AsyncClient(base_url=url) as http,
     ):
-        hub: Hub = app.state.taskcast.hub
         stalled = open_stalled_stream(url, query)
         try:
-            async with http.stream("GET", f"/sse?{query}") as fast:
-                reader = Reader(fast)
-                await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
-                # The stalled client never reads: its subscriber backs up, and waits alone.
-                await flood(ids, lambda: bool(hub.backed_up))
-                await asyncio.to_thread(lambda: [write_success(t) for t in ids])
-                seen = await reader.events()
-            # The fast stream has ended; the stalled one still waits on its client.
-            assert list(hub.connections) == list(hub.backed_up)
+            yield Stalled(app.state.taskcast.hub, http, ids, query)
         finally:
             # (Before the server stops: it waits for every response to end.)
             stalled.close()
+
+
+async def test_a_stream_that_stops_reading_delays_no_one() -> None:
+    async with stalled_stream(slow_client_timeout=60) as stalled:
+        hub, ids = stalled.hub, stalled.ids
+        async with stalled.http.stream("GET", f"/sse?{stalled.query}") as fast:
+            reader = Reader(fast)
+            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
+            # The stalled client never reads: its subscriber backs up, and waits alone.
+            await flood(ids, lambda: bool(hub.backed_up))
+            await asyncio.to_thread(lambda: [write_success(t) for t in ids])
+            seen = await reader.events()
+        # The fast stream has ended; the stalled one still waits on its client.
+        assert list(hub.connections) == list(hub.backed_up)
     finals = [e.message["task_id"] for e in seen if e.event == "status" and e.message["final"]]
     assert sorted(finals) == sorted(ids)
     assert seen[-1].event == "end"
 
 
 async def test_a_stream_that_stops_reading_is_ended_and_counted() -> None:
-    app = create_app(settings_with(slow_client_timeout=0.3))
-    ids = [str(uuid.uuid4()) for _ in range(20)]
-    for task_id in ids:
-        write_progress(task_id, 0, 1000)
-    query = "&".join(f"task={task_id}" for task_id in ids)
-    async with (
-        running_server(app, send_buffer=4096) as url,
-        httpx.AsyncClient(base_url=url) as http,
-    ):
-        hub: Hub = app.state.taskcast.hub
-        stalled = open_stalled_stream(url, query)
-        try:
-            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 1), bool)
-            await flood(ids, lambda: not hub.connections)
-            assert not (hub.watched & set(ids))
-            scraped = (await http.get("/metrics")).text
-        finally:
-            stalled.close()
+    async with stalled_stream(slow_client_timeout=0.3) as stalled:
+        hub = stalled.hub
+        await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 1), bool)
+        await flood(stalled.ids, lambda: not hub.connections)
+        assert not (hub.watched & set(stalled.ids))
+        scraped = (await stalled.http.get("/metrics")).text
     # Ended by the write that waited on its client for the slow-client timeout, and counted.
     assert "taskcast_slow_clients_closed_total 1.0" in scraped
 

@@ -28,6 +28,10 @@ from taskcast.live.subscriber import MailboxOverflow, Send, Subscriber
 from taskcast.metrics import Metrics
 from taskcast.state import AppState
 
+# Reads a connection's client frames for its subscriber; returns the close code to end
+# the connection with, or None when the client left.
+Receiver = Callable[[Subscriber], Coroutine[Any, Any, int | None]]
+
 # How long a close frame may wait for a congested socket before the connection is dropped.
 _CLOSE_TIMEOUT = 1.0
 
@@ -133,7 +137,7 @@ async def _serve(
 async def serve_connection(
     websocket: WebSocket,
     send: Send,
-    receive: Callable[[Subscriber], Coroutine[Any, Any, int | None]],
+    receive: Receiver,
     start: Callable[[Subscriber], None],
     *,
     single: bool,
@@ -162,7 +166,7 @@ async def _stream(
     websocket: WebSocket,
     state: AppState,
     send: Send,
-    receive: Callable[[Subscriber], Coroutine[Any, Any, int | None]],
+    receive: Receiver,
     start: Callable[[Subscriber], None],
     single: bool,
 ) -> None:

@@ -1,19 +1,26 @@
-"""Load generators: many WebSocket clients, or HTTP pollers, in processes of their own.
+"""Load generators: many WebSocket or Server-Sent Events clients, or HTTP pollers, in
+processes of their own.
 
 A benchmark client must cost far less than the server it measures, or it measures
 itself. So each socket is the ``websockets`` library's sans-I/O client protocol on a
-bare asyncio transport: no task, no queue, just frame parsing and a counter. Clients
-do not decode frames; they note when the k-th frame of every socket has arrived, and
-the process reports the first and last arrival of each k to the driver.
+bare asyncio transport: no task, no queue, just frame parsing and a counter. An event
+stream (an ``http://`` URL: ``/sse/...``) is as bare: one HTTP/1.1 GET on an asyncio
+transport, its chunked body taken apart with ``bytes.find``, its events split on blank
+lines and only their ``event:`` and ``data:`` fields looked at. Clients do not decode
+messages; they note when the k-th message (WebSocket text frame, or ``status`` event) of
+every socket has arrived, and the process reports the first and last arrival of each k
+to the driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import multiprocessing.connection
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -24,6 +31,9 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import WebSocketURI, parse_uri
+
+# The events an event stream counts, as WebSocket clients count text frames.
+_COUNTED = b"status"
 
 # Sockets a process opens at once: enough to connect thousands quickly, few enough
 # not to overflow the server's listen backlog.
@@ -43,7 +53,9 @@ class _Tally:
         # Whether the server is expected to end the sockets (when their task ends): then
         # each close is counted by its code instead of being an error.
         self.server_closes = server_closes
-        self.close_codes: Counter[int | None] = Counter()
+        # WebSocket close codes; "end" for an event stream that ended with an ``end``
+        # event and the response's last chunk, None for one cut off.
+        self.close_codes: Counter[int | str | None] = Counter()
         self.frames = 0
 
     def received(self, k: int) -> None:
@@ -57,7 +69,7 @@ class _Tally:
             del self.arrivals[k]
             self.report.send(("frame", k, entry[1], entry[2]))
 
-    def closed(self, code: int | None, frames: int, why: str) -> None:
+    def closed(self, code: int | str | None, frames: int, why: str) -> None:
         if not self.server_closes:
             self.failed(why)
             return
@@ -118,6 +130,98 @@ class _Socket(asyncio.Protocol):
                 self.transport.write_eof()
 
 
+class _EventStream(asyncio.Protocol):
+    """One Server-Sent Events client (HTTP/1.1 GET) that counts the ``status`` events it
+    receives. Minimal by design: a ``200`` with a chunked or a plain body, fields split
+    on ``\n`` or ``\r\n`` (not on a lone ``\r``), no decoding of the data."""
+
+    def __init__(self, host: str, port: int, target: str, tally: _Tally) -> None:
+        self.request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        ).encode()
+        self.tally = tally
+        self.frames = 0
+        self.head = True
+        self.chunked = False
+        self.raw = b""  # received, not yet taken apart (the head, or part of a chunk)
+        self.text = b""  # the body, after the last complete event
+        self.ended = False  # an ``end`` event came
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.raw:
+            data = self.raw + data
+            self.raw = b""
+        if self.head:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.raw = data
+                return
+            head = data[:end].lower()
+            if not head.startswith((b"http/1.1 200", b"http/1.0 200")):
+                status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+                self.tally.failed(f"stream refused: {status}")
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            self.head = False
+            data = data[end + 4 :]
+        if not self.chunked:
+            self._events(data)
+            return
+        # Chunks: "<size in hex>\r\n<size bytes>\r\n"; one per event, as a rule.
+        position, size_of = 0, len(data)
+        while position < size_of:
+            eol = data.find(b"\r\n", position)
+            if eol < 0:
+                break
+            size = int(data[position:eol].split(b";", 1)[0], 16)
+            end = eol + 2 + size
+            if end + 2 > size_of:
+                break
+            if size == 0:  # the last chunk: the response is over, as a browser closes
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self._events(data[eol + 2 : end])
+            position = end + 2
+        if position < size_of:
+            self.raw = data[position:]
+
+    def _events(self, body: bytes) -> None:
+        text = self.text + body if self.text else body
+        if b"\r" in text:
+            text = text.replace(b"\r\n", b"\n")
+        blocks = text.split(b"\n\n")
+        self.text = blocks.pop()  # the part after the last blank line: not an event yet
+        for block in blocks:
+            kind = b"message"
+            data = False
+            for line in block.split(b"\n"):
+                if line.startswith(b"data"):
+                    data = data or len(line) == 4 or line[4] == 58  # "data" or "data:..."
+                elif line.startswith(b"event:"):
+                    kind = line[7:] if line[6:7] == b" " else line[6:]
+            if not data:
+                continue  # a comment (": ping"), the retry field, an empty event
+            if kind == _COUNTED:
+                self.frames += 1
+                self.tally.received(self.frames)
+            elif kind == b"end":
+                self.ended = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        code = "end" if self.ended else None
+        self.tally.closed(code, self.frames, f"a stream closed early ({exc!r})")
+
+
 async def _run_sockets(
     report: Connection, urls: Sequence[str], server_closes: bool, sends: Sequence[str]
 ) -> None:
@@ -130,11 +234,18 @@ async def _run_sockets(
     transports: list[asyncio.BaseTransport] = []
 
     async def open_one(url: str) -> None:
-        uri = parse_uri(url)
+        factory: Callable[[], asyncio.Protocol]
+        if url.startswith("http://"):
+            address = urllib.parse.urlsplit(url)
+            host, port = address.hostname or "", address.port or 80
+            target = address.path + (f"?{address.query}" if address.query else "")
+            factory = functools.partial(_EventStream, host, port, target, tally)
+        else:
+            uri = parse_uri(url)
+            host, port = uri.host, uri.port
+            factory = functools.partial(_Socket, uri, tally, sends)
         async with gate:
-            transport, _ = await loop.create_connection(
-                lambda: _Socket(uri, tally, sends), uri.host, uri.port
-            )
+            transport, _ = await loop.create_connection(factory, host, port)
         transports.append(transport)
 
     try:
@@ -154,12 +265,14 @@ def _sockets_main(
 
 
 class Sockets:
-    """WebSocket clients to ``urls``, spread over ``processes`` processes.
+    """WebSocket clients (``ws://`` URLs) or Server-Sent Events clients (``http://``) to
+    ``urls``, spread over ``processes`` processes.
 
     Every socket's first frame (the snapshot, or the baseline's greeting) means it is
     connected and subscribed; the context manager returns once all of them have it.
+    For an event stream a "frame" is a ``status`` event.
     With ``server_closes``, the server ending a socket is expected (see ``closed``).
-    Each socket sends the text frames ``sends`` (subscribes on ``/ws``) once connected.
+    Each WebSocket sends the text frames ``sends`` (subscribes on ``/ws``) once connected.
     """
 
     def __init__(
@@ -214,14 +327,15 @@ class Sockets:
         )
         return min(report[2] for report in reports), max(report[3] for report in reports)
 
-    def closed(self, timeout: float) -> tuple[Counter[int | None], int]:
-        """Wait until the server has closed every socket: the close codes, and frames seen."""
+    def closed(self, timeout: float) -> tuple[Counter[int | str | None], int]:
+        """Wait until the server has closed every socket: the close codes (``"end"`` for a
+        stream that ended with its ``end`` event), and frames seen."""
         reports = self._one_each(
             lambda message: message[0] == "closed",
             timeout,
             f"sockets still open after {timeout} s",
         )
-        codes: Counter[int | None] = Counter()
+        codes: Counter[int | str | None] = Counter()
         for report in reports:
             codes.update(report[1])
         return codes, sum(report[2] for report in reports)

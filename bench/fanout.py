@@ -6,7 +6,13 @@ client has the new frame. The ceiling is ``bench.ceiling``: a bare Starlette end
 on the same uvicorn settings that sends the same pre-encoded frame to the same number
 of clients in a plain loop. Both run in the same run, each size in alternating order.
 
+The same again over Server-Sent Events: N streams on ``/sse/tasks/{id}`` (each an
+HTTP/1.1 GET whose events the client parses, counting ``status`` events as the
+WebSocket clients count frames), against the ceiling's bare streaming endpoint; each
+taskcast SSE row also reads as a ratio to taskcast's WebSocket row of the same size.
+
     uv run python -m bench.fanout [--small] [--sizes 1000 5000 10000] [--rounds 10]
+        [--transports websocket sse]
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import uuid
 from collections.abc import Callable
 
 from bench.clients import Sockets
-from bench.stack import Server, Stack, machine, parser, table, write_progress
+from bench.stack import Stack, machine, parser, table, write_progress
 
 TOTAL = 1_000_000
 
@@ -40,12 +46,19 @@ def _rounds(urls: list[str], rounds: int, prepare: Change) -> list[float]:
     return spans
 
 
+TRANSPORTS = {"websocket": "WebSocket", "sse": "SSE"}
+
+
 def main() -> None:
     arguments = parser(__doc__ or "")
     arguments.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
     arguments.add_argument("--rounds", type=int, default=10)
+    arguments.add_argument(
+        "--transports", nargs="+", choices=list(TRANSPORTS), default=list(TRANSPORTS)
+    )
     args = arguments.parse_args()
     sizes, rounds = ([200, 1000], 3) if args.small else (args.sizes, args.rounds)
+    transports = [TRANSPORTS[name] for name in TRANSPORTS if name in args.transports]
 
     with Stack() as stack:
         taskcast = stack.serve("taskcast", "taskcast")
@@ -68,46 +81,68 @@ def main() -> None:
             # Only the write is timed, as a worker's update_state would make it.
             return lambda: write_progress(task_id, r, TOTAL)
 
-        def to_ceiling(r: int) -> Callable[[], object]:
-            # The frame taskcast sends for this change, encoded before the clock starts.
-            frame = status_message(decode_status(task_id, write(r))).encode()
-            request = urllib.request.Request(ceiling.url("/broadcast"), data=frame)
-            return lambda: urllib.request.urlopen(request).close()
+        def to_ceiling(path: str) -> Change:
+            def prepare(r: int) -> Callable[[], object]:
+                # The frame taskcast sends for this change, encoded before the clock starts.
+                frame = status_message(decode_status(task_id, write(r))).encode()
+                request = urllib.request.Request(ceiling.url(path), data=frame)
+                return lambda: urllib.request.urlopen(request).close()
+
+            return prepare
 
         write(0)
-        targets: dict[str, tuple[Server, str, Change]] = {
-            "ceiling": (ceiling, "/ws", to_ceiling),
-            "taskcast": (taskcast, f"/ws/tasks/{task_id}", to_taskcast),
+        # (server, transport) -> where its clients connect, and how a change is made.
+        targets: dict[tuple[str, str], tuple[str, Change]] = {
+            ("ceiling", "WebSocket"): (ceiling.url("/ws", "ws"), to_ceiling("/broadcast")),
+            ("taskcast", "WebSocket"): (
+                taskcast.url(f"/ws/tasks/{task_id}", "ws"),
+                to_taskcast,
+            ),
+            ("taskcast", "SSE"): (taskcast.url(f"/sse/tasks/{task_id}"), to_taskcast),
+            ("ceiling", "SSE"): (ceiling.url("/sse"), to_ceiling("/sse/broadcast")),
         }
+        scenarios = [target for target in targets if target[1] in transports]
         rows = []
         for i, size in enumerate(sizes):
-            order = ["ceiling", "taskcast"] if i % 2 == 0 else ["taskcast", "ceiling"]
-            results: dict[str, list[float]] = {}
-            for name in order:
-                server, path, change = targets[name]
-                results[name] = _rounds([server.url(path, "ws")] * size, rounds, change)
-            for name in ("ceiling", "taskcast"):
-                spans = results[name]
-                rate = size * len(spans) / sum(spans)
-                ceiling_rate = size * rounds / sum(results["ceiling"])
-                rows.append(
-                    [
-                        f"{size:,}",
-                        name,
-                        f"{rate:,.0f}",
-                        f"{statistics.median(spans) * 1000:.1f}",
-                        f"{max(spans) * 1000:.1f}",
-                        f"{rate / ceiling_rate:.2f}",
-                    ]
-                )
+            # Each size in the other order: the two taskcast rows stay side by side.
+            order = scenarios if i % 2 == 0 else scenarios[::-1]
+            rates: dict[tuple[str, str], float] = {}
+            results: dict[tuple[str, str], list[float]] = {}
+            for target in order:
+                url, change = targets[target]
+                results[target] = _rounds([url] * size, rounds, change)
+                rates[target] = size * rounds / sum(results[target])
+            for transport in transports:
+                for name in ("ceiling", "taskcast"):
+                    spans = results[name, transport]
+                    rate = rates[name, transport]
+                    # Over SSE, the same server's rate as a fraction of its WebSocket rate.
+                    websocket = rates.get((name, "WebSocket"))
+                    versus = ""
+                    if transport == "SSE" and websocket is not None:
+                        versus = f"{rate / websocket:.2f}"
+                    rows.append(
+                        [
+                            f"{size:,}",
+                            transport,
+                            name,
+                            f"{rate:,.0f}",
+                            f"{statistics.median(spans) * 1000:.1f}",
+                            f"{max(spans) * 1000:.1f}",
+                            f"{rate / rates['ceiling', transport]:.2f}",
+                            versus,
+                        ]
+                    )
     print(f"fan-out, {rounds} changes per size ({machine()})")
     headers = [
         "subscribers",
+        "transport",
         "server",
         "messages/s",
         "change -> last receipt, median ms",
         "max ms",
         "x ceiling",
+        "SSE / WebSocket",
     ]
     print(table(headers, rows))
 

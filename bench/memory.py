@@ -5,12 +5,17 @@ its RSS is read, then N clients (in processes of their own) connect and subscrib
 and once every one has its snapshot the RSS is read again. The bare Starlette
 endpoint of ``bench.ceiling`` shows what an idle WebSocket costs this stack at all.
 
-    uv run python -m bench.memory [--small] [--subscribers 10000]
+Each scenario runs over WebSocket and again over Server-Sent Events (the same task on
+``/sse/tasks/{id}``, against the ceiling's bare streaming endpoint): the memory of an
+idle event stream, as a ratio to an idle WebSocket's.
+
+    uv run python -m bench.memory [--small] [--subscribers 10000] [--transports websocket sse]
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from bench.clients import Sockets
 from bench.stack import Server, Stack, machine, parser, table
@@ -29,11 +34,18 @@ def _grows_by(server: Server, urls: list[str]) -> int:
     return after - before
 
 
+TRANSPORTS = {"websocket": "WebSocket", "sse": "SSE"}
+
+
 def main() -> None:
     arguments = parser(__doc__ or "")
     arguments.add_argument("--subscribers", type=int, default=10_000)
+    arguments.add_argument(
+        "--transports", nargs="+", choices=list(TRANSPORTS), default=list(TRANSPORTS)
+    )
     args = arguments.parse_args()
     n = 500 if args.small else args.subscribers
+    transports = [TRANSPORTS[name] for name in TRANSPORTS if name in args.transports]
 
     with Stack() as stack:
         from taskcast_celery.demo.celery import app as celery_app
@@ -43,19 +55,56 @@ def main() -> None:
         for task_id in task_ids:
             celery_app.backend.record_sent(task_id, None)
 
-        scenarios = [
-            ("ceiling (bare Starlette)", "bench.ceiling", lambda i: "/ws"),
-            ("taskcast, all on one task", "taskcast", lambda i: f"/ws/tasks/{task_ids[0]}"),
-            ("taskcast, one task each", "taskcast", lambda i: f"/ws/tasks/{task_ids[i]}"),
+        # A server, and the URL of client i on each transport.
+        scenarios: list[tuple[str, str, Callable[[Server, int], dict[str, str]]]] = [
+            (
+                "ceiling (bare Starlette)",
+                "bench.ceiling",
+                lambda server, i: {
+                    "WebSocket": server.url("/ws", "ws"),
+                    "SSE": server.url("/sse"),
+                },
+            ),
+            (
+                "taskcast, all on one task",
+                "taskcast",
+                lambda server, i: {
+                    "WebSocket": server.url(f"/ws/tasks/{task_ids[0]}", "ws"),
+                    "SSE": server.url(f"/sse/tasks/{task_ids[0]}"),
+                },
+            ),
+            (
+                "taskcast, one task each",
+                "taskcast",
+                lambda server, i: {
+                    "WebSocket": server.url(f"/ws/tasks/{task_ids[i]}", "ws"),
+                    "SSE": server.url(f"/sse/tasks/{task_ids[i]}"),
+                },
+            ),
         ]
         rows = []
-        for i, (name, module, path) in enumerate(scenarios):
-            server = stack.serve(f"server-{i}", module)
-            grown = _grows_by(server, [server.url(path(j), "ws") for j in range(n)])
-            per = grown / n / 1024
-            rows.append([name, f"{n:,}", f"{grown / 2**20:.1f}", f"{per:.1f}"])
+        for name, module, urls in scenarios:
+            per: dict[str, float] = {}
+            for transport in transports:
+                # A fresh process for each: nothing left over from the other transport.
+                server = stack.serve(f"server-{len(rows)}", module)
+                grown = _grows_by(server, [urls(server, j)[transport] for j in range(n)])
+                per[transport] = grown / n / 1024
+                versus = ""
+                if transport == "SSE" and "WebSocket" in per:
+                    versus = f"{per[transport] / per['WebSocket']:.2f}"
+                row = [name, transport, f"{n:,}", f"{grown / 2**20:.1f}", f"{per[transport]:.1f}"]
+                rows.append([*row, versus])
     print(f"memory per idle subscriber ({machine()}); target <= {TARGET_KIB} KiB for taskcast")
-    print(table(["server", "subscribers", "RSS growth MiB", "KiB per subscriber"], rows))
+    headers = [
+        "server",
+        "transport",
+        "subscribers",
+        "RSS growth MiB",
+        "KiB per subscriber",
+        "SSE / WebSocket",
+    ]
+    print(table(headers, rows))
 
 
 if __name__ == "__main__":

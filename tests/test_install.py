@@ -18,9 +18,10 @@ from celery._state import get_current_app
 
 import taskcast
 from taskcast.app import create_app
-from taskcast.served import AppError
+from taskcast.redis_pool import sentinel_hosts
+from taskcast.served import AppError, serve_app
 from taskcast_celery import keys
-from taskcast_celery.backend import TaskcastRedisBackend
+from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.install import InstallError, installation
 from tests import env, installed_app
 from tests.installed_app import PREFIX, add, beating, flaky, report, tsum, upload
@@ -182,6 +183,10 @@ def test_install_again_changes_nothing() -> None:
             {"backend": "redis://h/0", "config": {"result_compression": "gzip"}},
             "result_compression",
         ),
+        (
+            {"backend": "sentinel://h:26379/0;sentinel://h2:26379/0"},
+            "result_backend_transport_options['master_name']",
+        ),
     ],
 )
 def test_install_says_which_setting_taskcast_cannot_work_with(
@@ -212,3 +217,27 @@ def test_the_service_refuses_an_app_that_is_not_ready_naming_why() -> None:
     changed.conf.result_backend = "rpc://"
     with pytest.raises(AppError, match="result_backend is 'rpc://'"):
         create_app(celery_app=changed)
+
+
+def test_an_app_on_sentinels_gets_the_sentinel_backend_and_the_service_its_master() -> None:
+    app = Celery(
+        "watched",
+        set_as_current=False,
+        backend="sentinel://:secret@h1:26379/3;sentinel://h2:26380/3",
+    )
+    app.conf.result_backend_transport_options = {
+        "master_name": "mymaster",
+        "sentinel_kwargs": {"password": "sentinels-own"},
+    }
+    taskcast.install(app)
+    assert isinstance(app.backend, TaskcastSentinelBackend)
+    served = serve_app(app, "watched")
+    assert (served.sentinel_master, served.sentinel_options) == (
+        "mymaster",
+        {"password": "sentinels-own"},
+    )
+    assert "secret" not in served.redacted_url()
+    assert sentinel_hosts(served.redis_url) == (
+        [("h1", 26379), ("h2", 26380)],
+        {"db": 3, "password": "secret"},
+    )

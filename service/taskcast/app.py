@@ -9,9 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from celery import Celery
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,17 +21,13 @@ from taskcast.dispatch import Dispatcher
 from taskcast.limits import ClientConnections, InRequestJobs, default_max_connections
 from taskcast.live.hub import Hub
 from taskcast.metrics import Metrics
+from taskcast.redis_pool import connect
 from taskcast.served import load_app, serve_app
 from taskcast.serverlogs import filter_server_logs
 from taskcast.settings import Settings
 from taskcast.state import AppState
 from taskcast.store import ResultStore
 
-# Redis connections one service process may open (the hub's reads, its pub/sub, REST
-# reads and group lookups in flight), and how long a request waits for a free one before
-# it is answered 503.
-_REDIS_CONNECTIONS = 100
-_REDIS_CONNECTION_WAIT = 5.0
 _DAY = 86_400
 _VANISH_GRACE = 30.0
 
@@ -64,18 +57,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # A blocking pool: a burst of requests (a hundred clients subscribing to one group
-        # at once, say) waits a moment for a connection instead of failing on the 101st.
-        pool = BlockingConnectionPool.from_url(
-            served.redis_url,
-            max_connections=_REDIS_CONNECTIONS,
-            timeout=_REDIS_CONNECTION_WAIT,
-            # After Redis restarts, every idle pooled connection is dead, and the first
-            # command on each failed (a 503, a hub restart: readiness flapped). A command
-            # that fails on a connection error is sent again once, on a new connection.
-            retry=Retry(NoBackoff(), 1),
-        )
-        redis = Redis.from_pool(pool)
+        redis = connect(served)
         store = ResultStore(redis, served.key_prefix)
         app_metrics = Metrics(served.tasks)
         hub = Hub(

@@ -8,14 +8,14 @@ same way as any other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from celery import Celery
 from celery.app.utils import find_app
 from kombu.utils.url import maybe_sanitize_url
 
-from taskcast_celery.backend import TaskcastRedisBackend
+from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.expose import ExposeError, Exposure, exposed_tasks
 from taskcast_celery.install import InstallError, check_app, installation
 
@@ -31,7 +31,8 @@ class ServedApp:
     celery: Celery
     # How it was named (``proj.celery:app``), for messages.
     name: str
-    # Where its records are: the result backend's Redis URL, and its key prefix.
+    # Where its records are: the result backend's Redis URL (or its Sentinels', with the
+    # name of their master and their own options), and its key prefix.
     redis_url: str
     key_prefix: str
     # Seconds its records live (0: for ever).
@@ -40,6 +41,8 @@ class ServedApp:
     heartbeat_interval: float
     # Its exposed tasks, by the name clients use.
     tasks: dict[str, Exposure]
+    sentinel_master: str | None = None
+    sentinel_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def backend(self) -> TaskcastRedisBackend:
@@ -47,8 +50,8 @@ class ServedApp:
         return cast("TaskcastRedisBackend", self.celery.backend)
 
     def redacted_url(self) -> str:
-        """The Redis URL without its password, for banners and logs."""
-        return str(maybe_sanitize_url(self.redis_url))
+        """The Redis URL (each Sentinel's) without its password, for banners and logs."""
+        return ";".join(str(maybe_sanitize_url(part)) for part in self.redis_url.split(";"))
 
 
 def load_app(name: str) -> ServedApp:
@@ -81,6 +84,8 @@ def serve_app(app: Celery, name: str) -> ServedApp:
     except (InstallError, ExposeError) as exc:
         raise AppError(f"the Celery app {name!r}: {exc}") from exc
     backend = cast("TaskcastRedisBackend", app.backend)
+    options = app.conf.result_backend_transport_options or {}
+    sentinel = isinstance(backend, TaskcastSentinelBackend)
     return ServedApp(
         celery=app,
         name=name,
@@ -89,6 +94,9 @@ def serve_app(app: Celery, name: str) -> ServedApp:
         result_expires=int(backend.expires or 0),
         heartbeat_interval=installed.heartbeat_interval,
         tasks=tasks,
+        # As the app's own backend reads them (Celery's convention).
+        sentinel_master=options["master_name"] if sentinel else None,
+        sentinel_options=dict(options.get("sentinel_kwargs") or {}) if sentinel else {},
     )
 
 

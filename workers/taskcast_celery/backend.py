@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
 from redis import Redis
 from redis.commands.core import Script
@@ -162,6 +162,12 @@ class TaskcastRedisBackend(RedisBackend):
         ttl = int(self.expires or 0)
         self.ensure(self._store_script, ([key], [self.encode(meta), ttl]))
         return result
+
+
+class TaskcastSentinelBackend(TaskcastRedisBackend, SentinelBackend):
+    """The same, on a Redis that Sentinels watch (``sentinel://host:26379;sentinel://...``
+    with ``result_backend_transport_options["master_name"]``): every write goes to the
+    master the Sentinels name, found again after a failover."""
 
 
 def configured_url(result_backend: Any) -> str:

@@ -38,14 +38,17 @@ from pydantic import PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskcast_celery import keys
-from taskcast_celery.backend import TaskcastRedisBackend
+from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 
-# URL schemes of Celery's plain Redis result backend (``socket`` is a Unix socket).
+# URL schemes of Celery's plain Redis result backend (``socket`` is a Unix socket), and
+# of its Sentinel one.
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "socket"})
+_SENTINEL_SCHEME = "sentinel"
 _BACKEND = f"{TaskcastRedisBackend.__module__}:{TaskcastRedisBackend.__name__}"
+_SENTINEL_BACKEND = f"{TaskcastSentinelBackend.__module__}:{TaskcastSentinelBackend.__name__}"
 
 
 class InstallError(Exception):
@@ -156,16 +159,18 @@ def install(
     options = dict(app.conf.result_backend_transport_options or {})
     if "retry_policy" not in options:
         # Through a Redis restart rather than failing the tasks running meanwhile: a
-        # state write is tried again every 2 s at most, for that long in all.
+        # state write is tried again every second at most (a Sentinel failover takes 2 to
+        # 3 s), for that long in all.
         options["retry_policy"] = {
             "max_retries": None,
             "interval_start": 0,
             "interval_step": 0.5,
-            "interval_max": 2.0,
+            "interval_max": 1.0,
             "timeout": redis_retry_seconds or settings.redis_retry_seconds,
         }
         app.conf.result_backend_transport_options = options
-    app.backend_cls = _BACKEND
+    sentinel = str(app.conf.result_backend).startswith(f"{_SENTINEL_SCHEME}://")
+    app.backend_cls = _SENTINEL_BACKEND if sentinel else _BACKEND
     # A backend built before now would be Celery's own: the next use builds ours.
     app._backend_cache = None  # type: ignore[attr-defined]
     vars(app._local).pop("backend", None)  # type: ignore[attr-defined]
@@ -189,7 +194,9 @@ def check_app(app: Celery) -> None:
     if isinstance(configured, str):
         scheme, _, _ = configured.partition("://")
         backend_class = scheme.split("+", 1)[0] if "+" in scheme else None
-        redis = (backend_class is None and scheme in _REDIS_SCHEMES) or backend_class == _BACKEND
+        redis = (
+            backend_class is None and scheme in (*_REDIS_SCHEMES, _SENTINEL_SCHEME)
+        ) or backend_class in (_BACKEND, _SENTINEL_BACKEND)
     else:
         redis = False
     if not redis:
@@ -201,8 +208,15 @@ def check_app(app: Celery) -> None:
         )
         raise InstallError(
             f"taskcast needs a Redis result backend, and the app's result_backend is "
-            f"{shown!r}: set result_backend to a redis://, rediss:// or socket:// URL "
-            "(the broker may stay as it is)"
+            f"{shown!r}: set result_backend to a redis://, rediss://, socket:// or "
+            "sentinel:// URL (the broker may stay as it is)"
+        )
+    options = app.conf.result_backend_transport_options or {}
+    if str(configured).startswith(f"{_SENTINEL_SCHEME}://") and not options.get("master_name"):
+        raise InstallError(
+            "the app's result backend is a list of Sentinels: name the master they watch "
+            "in result_backend_transport_options['master_name'] (for the demo app: "
+            "TASKCAST_REDIS_SENTINEL_MASTER)"
         )
     serializer = app.conf.result_serializer
     if serializer != "json":

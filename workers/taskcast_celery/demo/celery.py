@@ -41,9 +41,17 @@ def create_demo_app(
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         enable_utc=True,
     )
-    if settings.key_prefix:
-        app.conf.broker_transport_options["global_keyprefix"] = settings.key_prefix
-        app.conf.result_backend_transport_options = {"global_keyprefix": settings.key_prefix}
+    backend_options: dict[str, object] = {}
+    for options in (app.conf.broker_transport_options, backend_options):
+        if settings.key_prefix:
+            options["global_keyprefix"] = settings.key_prefix
+        if settings.redis_sentinel_master:
+            # Read by kombu and Celery only where a URL names Sentinels.
+            options["master_name"] = settings.redis_sentinel_master
+        if settings.redis_sentinel_password is not None:
+            password = settings.redis_sentinel_password.get_secret_value()
+            options["sentinel_kwargs"] = {"password": password}
+    app.conf.result_backend_transport_options = backend_options
     install(app)
     add_tasks(app, mail or MailSettings())
     return app

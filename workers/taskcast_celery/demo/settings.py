@@ -6,7 +6,7 @@ taskcast takes the broker, the result backend, the key prefix and the queue from
 
 from __future__ import annotations
 
-from pydantic import NonNegativeInt, PositiveInt, model_validator
+from pydantic import NonNegativeInt, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -21,6 +21,10 @@ class DemoSettings(BaseSettings):
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str = ""
     result_backend_url: str = ""
+    # With URLs of Sentinels (sentinel://host:26379;sentinel://host:26380/0), the name of
+    # the master they watch, and their own password where they have one.
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: SecretStr | None = None
     # A prefix for every Redis key and channel, to share a Redis with others.
     key_prefix: str = ""
     queue: str = "celery"

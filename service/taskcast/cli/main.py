@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     task_help = (
         "a task the service exposes (taskcast tasks lists them); "
-        "'taskcast %(prog)s NAME --help' lists its parameters"
+        "'%(prog)s NAME --help' lists its parameters"
     )
     for name, what in (
         ("submit", "start a task and print its id"),

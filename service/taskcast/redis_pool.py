@@ -31,6 +31,16 @@ CONNECTION_WAIT = 5.0
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Connections to the master the Sentinels name, from a pool that blocks when full."""
 
+    async def aclose(self) -> None:
+        """Close the master's connections and the clients that asked the Sentinels.
+
+        The pool is the only owner of its ``Sentinel`` (``connect`` keeps no other
+        reference), so closing the service's client must close that too, or each
+        Sentinel's socket is left for the collector to find open.
+        """
+        await super().aclose()
+        await self.sentinel_manager.aclose()
+
 
 def connect(served: ServedApp) -> Redis:
     """A client of the served app's Redis (or of its Sentinels' master)."""

@@ -232,6 +232,38 @@ async def test_after_a_reconnect_the_repeated_snapshot_is_not_yielded_again(
         await client.delete(f"/tasks/{task_id}")
 
 
+async def test_after_a_reconnect_a_snapshot_new_only_in_its_estimates_is_not_yielded(
+    redis_client: redis.Redis,
+) -> None:
+    """The new server (another replica, behind a balancer) measures rate and eta_s afresh:
+    its snapshot is the last status yielded with null estimates, which says nothing new."""
+    port = free_port()
+    task_id = str(uuid.uuid4())
+    key = keys.task_meta_key(env.KEY_PREFIX, task_id)
+
+    def record(status: str, current: int) -> None:
+        meta = {"status": status, "result": {"current": current, "total": 5}, "task_id": task_id}
+        redis_client.set(key, json.dumps(meta))
+
+    record("PROGRESS", 1)
+    async with running_server(create_app(), port=port) as url:
+        follower = Follower(url, task_id)
+        await follower.until(bool)
+        record("PROGRESS", 2)
+        await follower.until(lambda seen: seen[-1]["progress"]["current"] == 2)
+        assert follower.seen[-1]["progress"]["rate"] is not None
+    second = create_app()
+    async with running_server(second, port=port):
+        hub: Hub = second.state.taskcast.hub
+        # The new server has sent the watch its snapshot (2 of 5, rate null) ...
+        await eventually(lambda: asyncio.sleep(0, hub.stats().frames_sent), bool)
+        record("SUCCESS", 5)
+        statuses = await follower.finish()
+    # ... which was not yielded again.
+    assert [s["state"] for s in statuses] == ["PROGRESS", "PROGRESS", "SUCCESS"], statuses
+    assert [s["progress"]["current"] for s in statuses[:2]] == [1, 2]
+
+
 async def test_a_final_status_of_megabytes_reaches_the_client_and_the_command(
     base_url: str, redis_client: redis.Redis
 ) -> None:

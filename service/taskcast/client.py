@@ -304,6 +304,17 @@ async def submit_group(
     return reply
 
 
+def _without_estimates(status: dict[str, Any]) -> dict[str, Any]:
+    """A status as compared for "the same one again": ``rate`` and ``eta_s`` are
+    estimates that the replica sending them measures for each connection afresh (null in
+    a new connection's first status), so a status that differs only in them says
+    nothing new."""
+    progress = status.get("progress")
+    if not isinstance(progress, dict):
+        return status
+    return {**status, "progress": {**progress, "rate": None, "eta_s": None}}
+
+
 def _raise_for_error(subject: _Subject, message: dict[str, Any]) -> None:
     detail = str(message.get("detail", "error"))
     error = subject.errors.get(str(message.get("code")))
@@ -342,8 +353,9 @@ def watch(
     legitimately counts again from 1): the service sends them in the order the result
     backend held them, and a new connection's snapshot is read (from the same Redis,
     whichever replica answers) after the last message of the one before, so it is never
-    older than anything yielded. It can be the same status again: an exact repeat of
-    the last one yielded is skipped.
+    older than anything yielded. It can be the same status again: a repeat of the last
+    one yielded is skipped, also one that differs from it only in ``rate`` and
+    ``eta_s`` (estimates the new connection's replica measures afresh, null at first).
 
     ``token`` (the task's watch token) or ``api_key`` go in the handshake's
     ``Authorization`` header, where the service wants one.
@@ -375,9 +387,9 @@ def watch_group(
 
     It follows ``/ws/groups/{id}``, and behaves as ``watch`` does: it reconnects after
     the same backoff, the new connection's first message is the group as it is then,
-    an exact repeat of the last group status yielded is skipped, ``token`` (the group's
-    watch token) or ``api_key`` go in the ``Authorization`` header, and closing the
-    generator stops it.
+    a repeat of the last group status yielded (estimates aside) is skipped, ``token``
+    (the group's watch token) or ``api_key`` go in the ``Authorization`` header, and
+    closing the generator stops it.
 
     Raises GroupNotFound, InvalidGroupId or Unauthorized as the service reports them,
     and ServiceUnavailable after ``give_up_after`` seconds without a working connection
@@ -426,7 +438,7 @@ async def _follow(
                         continue
                     message.pop("type")
                     delivered = True
-                    if message == last:
+                    if last is not None and _without_estimates(message) == _without_estimates(last):
                         continue
                     last = message
                     yield message

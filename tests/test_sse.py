@@ -281,6 +281,35 @@ async def test_a_stream_dropped_by_the_server_ends_without_end(
     assert task_id not in hub.watched
 
 
+async def test_a_stopping_server_ends_its_streams_without_end_and_head_has_no_body() -> None:
+    task_id = str(uuid.uuid4())
+    write_progress(task_id, 1, 10)
+    serving = running_server(create_app(settings_with()))
+    url = await serving.__aenter__()
+    stopped = False
+    try:
+        async with httpx.AsyncClient(base_url=url) as http:
+            head = await http.head(f"/sse/tasks/{task_id}")
+            assert head.status_code == 200, head.text
+            assert head.headers["content-type"].startswith("text/event-stream")
+            assert head.content == b""
+            async with http.stream("GET", f"/sse/tasks/{task_id}") as response:
+                reader = Reader(response)
+                (first,) = await reader.events(count=1)
+                # As SIGTERM does: uvicorn waits for open responses before it stops, so
+                # a stream that did not end would hold the server up for ever.
+                stopping = asyncio.create_task(serving.__aexit__(None, None, None))
+                stopped = True
+                rest = await reader.events()
+                async with asyncio.timeout(10):
+                    await stopping
+    finally:
+        if not stopped:
+            await serving.__aexit__(None, None, None)
+    # No end event: the task has not ended, and the browser should come back (elsewhere).
+    assert first.event == "status" and rest == []
+
+
 def open_stalled_stream(url: str, query: str) -> socket.socket:
     """A client that asks for ``/sse?query`` and never reads a byte of the answer."""
     stalled = small_window_socket(url)

@@ -4,8 +4,7 @@ WebSockets (some proxies, some mobile carriers).
 ``GET /sse/tasks/{id}``, ``GET /sse/groups/{id}``, and ``GET /sse?task=..&group=..`` for
 many on one stream (a browser opens about six HTTP/1.1 connections per origin). Each
 event's ``data`` is the WebSocket message (``status``, ``group``, ``error``), its
-``event`` the message's type. sse-starlette does the framing, the keep-alive comments
-and the stream's end on shutdown.
+``event`` the message's type. sse-starlette's ``ServerSentEvent`` does the framing.
 
 Resuming: an event's id says which state of every task and group on the stream the
 client has seen (the start of each id, with a short digest of its state). A
@@ -14,25 +13,53 @@ EventSource can pass ``?last_event_id=``), and the stream then sends only what c
 since: no status twice, and a final missed in the drop is sent again. Once everything
 on the stream has ended, an ``end`` event closes it; a browser that reconnects anyway
 is answered 204, which tells it to stop.
+
+How an event reaches the client: as a WebSocket frame does (``taskcast.live.subscriber``).
+The hub hands each message to every stream's ``Subscriber``, whose send writes the event
+at once, from the hub's own call, while the socket has room: uvicorn's HTTP send only
+suspends while that one connection's buffer is full, and a send that would wait is
+finished by the stream's sender task, with the mailbox keeping the newest frame per
+task behind it and the hub's reaper cancelling it when the client stopped reading. No
+task switch, no timer and nothing that outlives the call per event and stream.
+
+This is why the response is a small one of our own and not sse-starlette's
+``EventSourceResponse`` (docs/benchmarks.md, "Server-Sent Events next to WebSocket",
+has the measurements): that one pulls every event out of a generator in a task of its
+own (a task switch per event and stream), puts a cancel scope and a timer around every
+send (its ``send_timeout``), and runs four tasks per stream (the stream, its pings, a
+shutdown watcher, a disconnect listener). What it gave is provided here instead:
+
+- The headers (``Cache-Control: no-store``, ``Connection: keep-alive``,
+  ``X-Accel-Buffering: no``, ``text/event-stream``), and HEAD answered without a stream.
+- Client disconnect: the request's own task waits on ``receive()`` for
+  ``http.disconnect``, which uvicorn also returns once the response is complete.
+- The ``: ping`` comment every ``PING_SECONDS``, and the end of every stream when the
+  server stops (uvicorn waits for open responses before it shuts the app down): one
+  task per process and event loop (``_Keeper``), not one per stream.
+- A client that stops reading: the hub's reaper cancels the sender whose send waited
+  ``TASKCAST_SLOW_CLIENT_TIMEOUT``, and counts it; the stream then ends at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import re
+import signal
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import orjson
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
+from sse_starlette import ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from taskcast.api.errors import ApiError
 from taskcast.api.tasks import app_state
@@ -56,6 +83,37 @@ _ID_PREFIX = 8
 _QUERY_NAMES = frozenset({"task", "group", "token", "last_event_id"})
 # The errors that end an id's part of a stream.
 _ENDING = frozenset({"unknown_task", "unknown_group", "unauthorized"})
+
+# What EventSourceResponse sent, in its order.
+_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+_START: Message = {"type": "http.response.start", "status": 200, "headers": _HEADERS}
+# The ASGI messages every stream sends alike, made once. A message is never changed on
+# its way out (Starlette's send wrappers and uvicorn only read it), so one serves all.
+_RETRY: Message = {
+    "type": "http.response.body",
+    "body": ServerSentEvent(comment="taskcast", retry=RETRY_MS).encode(),
+    "more_body": True,
+}
+_PING: Message = {
+    "type": "http.response.body",
+    "body": ServerSentEvent(comment="ping").encode(),
+    "more_body": True,
+}
+_ENDED: Message = {"type": "http.response.body", "body": _END, "more_body": False}
+_CLOSED: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+# How often the keeper looks for a stopping server, and how long the last write of a
+# stream may wait on the client when the server stops.
+_TICK = 0.2
+_CLOSE_TIMEOUT = 1.0
+# Streams pinged before the keeper lets others run.
+_PING_BATCH = 500
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +157,17 @@ def _frame(text: str) -> _Frame:
     return _Frame(kind, watched_id, version, terminal)
 
 
+@functools.lru_cache(maxsize=64)
+def _event(text: str, kind: str, event_id: str, ends: bool) -> Message:
+    """One event as the ASGI message that writes it (with the end event, and the end of
+    the response, when it is the stream's last). Cached, as ``_frame`` is: every stream
+    of a task that has seen the same states gets the same event, encoded once."""
+    event = ServerSentEvent(text, event=kind, id=event_id).encode()
+    if ends:
+        return {"type": "http.response.body", "body": event + _END, "more_body": False}
+    return {"type": "http.response.body", "body": event, "more_body": True}
+
+
 def seen_versions(last_event_id: str | None, watched: list[Watched]) -> dict[str, str]:
     """What a client that last saw ``last_event_id`` had of each id on this stream. Parts
     are matched by id, so what another stream's event says of a task counts here too (a
@@ -122,10 +191,26 @@ def seen_versions(last_event_id: str | None, watched: list[Watched]) -> dict[str
 
 
 class EventStream:
-    """One stream's events: a Subscriber of the hub whose frames become events, handed to
-    sse-starlette one at a time. A frame waits while the one before it is still being
-    written, so the subscriber backs up, keeps only the newest per task, and is reaped
+    """One stream's events: a Subscriber of the hub whose frames are written as events,
+    by the hub's own call while the socket has room (see the module's docstring). A
+    frame that would wait is finished by the subscriber's sender, the frames after it
+    wait in its mailbox (the newest per task), and the hub's reaper cancels the sender
     if its client stops reading: the same rules as a WebSocket's."""
+
+    __slots__ = (
+        "_closing",
+        "_finished",
+        "_send_asgi",
+        "_timeout",
+        "members",
+        "open",
+        "ping_at",
+        "refused",
+        "seen",
+        "state",
+        "subscriber",
+        "watched",
+    )
 
     def __init__(
         self,
@@ -141,12 +226,17 @@ class EventStream:
         self.members = members
         self.refused = refused
         self.open = {item.id for item in watched}
-        self.subscriber = Subscriber(self._send, state.hub.backed_up)
-        # The event ready for the writer (and whether it ends the stream), and the
-        # futures of a writer waiting for one and of a frame waiting for room.
-        self._ready: tuple[bytes, bool] | None = None
-        self._writer: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
+        self.subscriber: Subscriber | None = None
+        self._send_asgi: Send | None = None
+        # While the request waits on its client: what interrupts it (the stream's sender
+        # ended, or the server is stopping).
+        self._timeout: asyncio.Timeout | None = None
+        # Whether the response is complete (its last message is written or on its way),
+        # and whether the server asked the stream to end.
+        self._finished = False
+        self._closing = False
+        # Loop time of the stream's next keep-alive comment (kept by the _Keeper).
+        self.ping_at = 0.0
 
     def _event_id(self) -> str:
         return ".".join(
@@ -155,96 +245,219 @@ class EventStream:
             if item.id in self.seen
         )
 
-    async def _send(self, text: str) -> None:
+    def _message(self, text: str) -> Message | None:
+        """The message that writes this hub message to the client; None for none."""
         frame = _frame(text)
         watched_id = frame.watched_id
         if watched_id is None or watched_id not in self.open:
-            return  # an answer to nothing this stream asked (there is no client request)
+            return None  # an answer to nothing this stream asked (there is no client request)
         if frame.terminal:
             self.open.discard(watched_id)
         ends = not self.open
+        if ends:
+            self._finished = True
         if self.seen.get(watched_id) == frame.version:
-            if not ends:
-                return  # the client has this state already
-            chunk = b""
+            # The client has this state already.
+            return _ENDED if ends else None
+        self.seen[watched_id] = frame.version
+        if len(self.watched) == 1:
+            event_id = f"{self.watched[0].id[:_ID_PREFIX]}{frame.version}"
         else:
-            self.seen[watched_id] = frame.version
-            chunk = ServerSentEvent(text, event=frame.type, id=self._event_id()).encode()
-        while self._ready is not None:
-            self._room = asyncio.get_running_loop().create_future()
-            await self._room
-        self._ready = (chunk + _END if ends else chunk, ends)
-        if self._writer is not None and not self._writer.done():
-            self._writer.set_result(None)
+            event_id = self._event_id()
+        return _event(text, frame.type, event_id, ends)
 
-    async def events(self) -> AsyncIterator[bytes | ServerSentEvent]:
-        """The stream, for sse-starlette: the reconnect delay, then every event."""
-        yield ServerSentEvent(comment="taskcast", retry=RETRY_MS)
+    async def _send(self, text: str) -> None:
+        """The subscriber's send: the hub calls it for each frame (and drives it without
+        awaiting: see ``Subscriber``); it suspends only while the socket's buffer is full."""
+        message = self._message(text)
+        if message is not None:
+            assert self._send_asgi is not None
+            await self._send_asgi(message)
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """The stream, once its response has started: until its end event, the client
+        leaving, the client no longer reading, or the server stopping."""
+        self._send_asgi = send
         hub = self.state.hub
-        sender = asyncio.create_task(self.subscriber.run())
-        hub.connect(self.subscriber, sender)
+        subscriber = self.subscriber = Subscriber(self._send, hub.backed_up)
+        sender = asyncio.create_task(subscriber.run())
+        hub.connect(subscriber, sender)
+        # The sender ends only when the hub's reaper cancels it (the client stopped
+        # reading) or a send failed: either way the stream is over.
+        sender.add_done_callback(self._interrupt)
+        keeper = _Keeper.of_this_loop()
+        keeper.add(self)
         try:
-            self._start()
-            while True:
-                while self._ready is None:
-                    self._writer = asyncio.get_running_loop().create_future()
-                    # The sender ends only when the hub's reaper cancels it (the client
-                    # stopped reading) or a send failed: either way the stream is over.
-                    await asyncio.wait((self._writer, sender), return_when="FIRST_COMPLETED")
-                    if sender.done():
-                        return
-                chunk, ends = self._ready
-                self._ready = None
-                if self._room is not None and not self._room.done():
-                    self._room.set_result(None)
-                if chunk:
-                    yield chunk
-                if ends:
-                    return
+            async with asyncio.timeout(None) as self._timeout:
+                self._start()
+                # uvicorn answers http.disconnect when the client leaves, and once the
+                # response is complete (the end event is its last message).
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        except TimeoutError:
+            pass  # interrupted (see _interrupt)
         finally:
-            hub.disconnect(self.subscriber)
+            self._timeout = None
+            keeper.discard(self)
+            hub.disconnect(subscriber)
             sender.cancel()
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            # (uvicorn's send does not raise for a client that left: this is a bug.)
+            logger.error("an event stream's send failed", exc_info=sender.exception())
+        if not self._finished:
+            # Interrupted: by the server stopping, so that the client reconnects (to
+            # this service started again, or to another instance) and resumes; or by
+            # the sender's end. Not with the end event: its tasks have not ended. A client
+            # that does not read even this is dropped (uvicorn closes a response left
+            # unfinished), as a WebSocket's close frame is given up on.
+            self._finished = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await send(_CLOSED)
+
+    def _interrupt(self, _: object = None) -> None:
+        """End the wait on the client (the response ends, or is dropped)."""
+        timeout = self._timeout
+        if timeout is not None and not timeout.expired():
+            timeout.reschedule(-1.0)  # in the past: at once
+
+    def close(self) -> None:
+        """Called by the keeper when the server stops."""
+        self._closing = True
+        self._interrupt()
+
+    def ping(self) -> None:
+        """Write a keep-alive comment if the socket has room; never wait for it (a
+        stream whose send waits has bytes on their way already)."""
+        subscriber = self.subscriber
+        if self._finished or subscriber is None or subscriber.sending_since is not None:
+            return
+        assert self._send_asgi is not None
+        send = cast(Coroutine[Any, Any, None], self._send_asgi(_PING))
+        try:
+            send.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client is gone: the stream ends
+            self._interrupt()
+            return
+        send.close()  # the buffer is full: no ping needed
 
     def _start(self) -> None:
         hub = self.state.hub
+        subscriber = self.subscriber
+        assert subscriber is not None
         for item in self.watched:
             if item.id in self.refused:
                 ids = {f"{item.kind}_id": item.id}
                 refusal = protocol.error_message(
                     "unauthorized", protocol.UNAUTHORIZED_DETAIL, **ids
                 )
-                self.subscriber.offer(item.id, refusal, Kind.UNKNOWN)
+                subscriber.offer(item.id, refusal, Kind.UNKNOWN)
             elif item.kind == "task":
-                hub.watch(item.id, self.subscriber)
+                hub.watch(item.id, subscriber)
             elif (members := self.members[item.id]) is None:
                 unknown = protocol.unknown_group_message(item.id)
-                self.subscriber.offer(item.id, unknown, Kind.UNKNOWN)
+                subscriber.offer(item.id, unknown, Kind.UNKNOWN)
             else:
-                hub.watch_group(item.id, members, self.subscriber)
+                hub.watch_group(item.id, members, subscriber)
 
 
-class _Response(EventSourceResponse):
+def _server_stopping() -> bool:
+    """Whether the server is shutting down, as sse-starlette tells it: its ``AppStatus``
+    (set by the handler it installs on uvicorn's ``Server.handle_exit``, so by SIGTERM or
+    SIGINT), or the ``should_exit`` of the uvicorn server whose handler SIGTERM calls
+    (a server told to stop by code, as tests and embedding programs do)."""
+    if AppStatus.should_exit:
+        return True
+    if not AppStatus.enable_automatic_graceful_drain:
+        return False
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return bool(getattr(server, "should_exit", False))
+
+
+class _Keeper:
+    """The open streams of one event loop, for what is done to all of them on a clock:
+    a ``: ping`` comment to each every ``PING_SECONDS`` (at its own time, counted from
+    its start, so that the pings of 10,000 streams are spread out), and their end when
+    the server stops. One task for the loop, running while any stream is open: where
+    sse-starlette ran two per stream (a ping loop, a shutdown watcher)."""
+
+    # (Removed by its task when it ends: a keeper refers to its loop.)
+    _by_loop: ClassVar[dict[asyncio.AbstractEventLoop, _Keeper]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # In the order of their next ping: a pinged stream moves to the end.
+        self.streams: dict[EventStream, None] = {}
+        self.task = loop.create_task(self._run(), name="taskcast-sse-keeper")
+
+    @classmethod
+    def of_this_loop(cls) -> _Keeper:
+        loop = asyncio.get_running_loop()
+        keeper = cls._by_loop.get(loop)
+        if keeper is None:
+            keeper = cls._by_loop[loop] = cls(loop)
+        return keeper
+
+    def add(self, stream: EventStream) -> None:
+        stream.ping_at = self.loop.time() + PING_SECONDS
+        self.streams[stream] = None
+
+    def discard(self, stream: EventStream) -> None:
+        self.streams.pop(stream, None)
+
+    async def _run(self) -> None:
+        try:
+            while self.streams:
+                await asyncio.sleep(_TICK)
+                if _server_stopping():
+                    for stream in list(self.streams):
+                        stream.close()
+                    continue
+                await self._ping()
+        finally:
+            if self._by_loop.get(self.loop) is self:
+                del self._by_loop[self.loop]
+
+    async def _ping(self) -> None:
+        now = self.loop.time()
+        due = []
+        for stream in self.streams:
+            if stream.ping_at > now:
+                break
+            due.append(stream)
+        for i, stream in enumerate(due, 1):
+            if stream not in self.streams:
+                continue  # ended meanwhile
+            stream.ping()
+            # To the end of the line, due again in PING_SECONDS.
+            del self.streams[stream]
+            self.streams[stream] = None
+            stream.ping_at = now + PING_SECONDS
+            if i % _PING_BATCH == 0:
+                await asyncio.sleep(0)
+
+
+class _Response(Response):
     """The event stream, holding one of the client's connections while it lasts."""
 
     def __init__(self, stream: EventStream, client: str) -> None:
-        super().__init__(
-            stream.events(),
-            ping=PING_SECONDS,
-            ping_message_factory=lambda: ServerSentEvent(comment="ping"),
-            # A write that waits this long on the client ends the stream: the client
-            # stopped reading (as the hub's reaper decides for a WebSocket).
-            send_timeout=stream.state.settings.slow_client_timeout,
-        )
+        # (Not Response.__init__: there is no body to render, nor its length to say.)
+        self.stream = stream
         self.client = client
-        self.state = stream.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            self.state.metrics.slow_clients_closed.inc()
+            await send(_START)
+            if scope["method"] == "HEAD":
+                # The headers alone: a stream would never end.
+                await send(_CLOSED)
+                return
+            await send(_RETRY)
+            await self.stream.serve(receive, send)
         finally:
-            self.state.clients.release(self.client)
+            self.stream.state.clients.release(self.client)
 
 
 async def _open(request: Request, watched: list[Watched], many: bool = False) -> Response:

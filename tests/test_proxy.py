@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import redis
 from playwright.async_api import Browser
 
 import taskcast
+from bench.proxy import NGINX, REPLICA_ENV, SHIPPED, Nginx, render
 from taskcast.api.sse import PING_SECONDS
 from taskcast.cli.devstack import free_port
 from taskcast.settings import Settings
@@ -56,57 +56,6 @@ from tests.test_js_client import FOLLOW_SUBMITTED, check_followed, open_harness
 
 # The first test may wait for apt-get to install nginx.
 pytestmark = pytest.mark.timeout(120)
-
-NGINX = "/usr/sbin/nginx"
-SHIPPED = Path(ROOT) / "deploy" / "nginx" / "taskcast.conf"
-# What each replica is told: the host name it answers to (the one the clients use, as
-# nginx passes it on) and the proxy it believes X-Forwarded-* from (uvicorn's variable;
-# 127.0.0.1 is also its default).
-REPLICA_ENV = {"TASKCAST_ALLOWED_HOSTS": "127.0.0.1", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
-
-# nginx's own part of its configuration, around the shipped file: foreground, every path
-# in the test's directory, and an access log that says where each request went.
-MAIN_CONF = """daemon off;
-{user}
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log notice;
-events {{
-    worker_connections 512;
-}}
-http {{
-    log_format upstreams escape=json '{{"uri": "$request_uri", "status": "$status", '
-        '"upstream": "$upstream_addr", "upstream_status": "$upstream_status"}}';
-    access_log {dir}/access.log upstreams;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    include {dir}/taskcast.conf;
-}}
-"""
-
-
-def render(listen: str, replicas: list[str], timeout: str | None = None) -> str:
-    """The shipped configuration, listening on ``listen``, in front of ``replicas``
-    (``host:port`` each, with the parameters of the shipped servers); ``timeout``
-    replaces its read and send timeouts."""
-    text = SHIPPED.read_text()
-    servers = re.compile(r"^( *)server +(\S+:\d+)((?: +[^;]+)?);\n", re.MULTILINE)
-    found = list(servers.finditer(text))
-    assert len(found) >= 2, "the shipped upstream lists its replicas one per line"
-    indent, parameters = found[0].group(1), found[0].group(3)
-    lines = "".join(f"{indent}server {replica}{parameters};\n" for replica in replicas)
-    text = text[: found[0].start()] + lines + servers.sub("", text[found[0].start() :])
-    text, listens = re.subn(r"^( *)listen +80;$", rf"\1listen {listen};", text, flags=re.M)
-    assert listens == 1
-    if timeout is not None:
-        text, timeouts = re.subn(
-            r"^( *)(proxy_(?:read|send)_timeout) +\S+;$", rf"\1\2 {timeout};", text, flags=re.M
-        )
-        assert timeouts == 2
-    return text
 
 
 @pytest.fixture(scope="session")
@@ -129,66 +78,6 @@ def nginx_binary() -> str:
             if done.returncode != 0:
                 pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return NGINX
-
-
-class Nginx:
-    """One nginx in the foreground, with everything of its own in ``directory``."""
-
-    def __init__(self, binary: str, directory: Path, site: str, port: int) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.url = f"http://127.0.0.1:{port}"
-        # A master run by root runs its workers as nobody, who could not reach their
-        # temporary files in the test's private directory: root here, as the test is.
-        user = "user root;" if os.geteuid() == 0 else ""
-        (directory / "taskcast.conf").write_text(site)
-        (directory / "nginx.conf").write_text(MAIN_CONF.format(user=user, dir=directory))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        conf, errors = self.directory / "nginx.conf", self.directory / "error.log"
-        argv = [self.binary, "-p", f"{self.directory}/", "-c", str(conf), "-e", str(errors)]
-        with open(self.directory / "output.log", "wb") as output:
-            self.process = subprocess.Popen(
-                argv, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    async def wait_ready(self) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
-
-            async def answers() -> int | str:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"nginx exited:\n{self.errors()}")
-                try:
-                    return (await http.get("/healthz")).status_code
-                except httpx.HTTPError as exc:
-                    return repr(exc)
-
-            await eventually(answers, lambda status: status == 200, within=20)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.terminate()  # nginx's fast shutdown: open sockets are not waited
-        try:
-            self.process.wait(10)
-        finally:
-            # Its workers, should the master have died before them.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def errors(self) -> str:
-        logs = [self.directory / name for name in ("output.log", "error.log")]
-        return "".join(path.read_text() for path in logs if path.exists())
-
-    def access_log(self) -> list[dict[str, str]]:
-        path = self.directory / "access.log"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 class Replica:
@@ -302,7 +191,7 @@ async def proxied(
             await replica.start()
         nginx.start()
         await asyncio.gather(*(replica.wait_healthy() for replica in replicas))
-        await nginx.wait_ready()
+        await asyncio.to_thread(nginx.wait_ready)
         yield Proxy(nginx, replicas)
     finally:
         nginx.stop()

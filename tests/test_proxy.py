@@ -364,10 +364,12 @@ async def test_the_python_client_moves_to_another_replica_when_its_own_dies(
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as http:
         task_id = await submit(http, "progress", total=5, step_seconds=1.0)
     statuses: list[dict[str, Any]] = []
+    arrivals: list[float] = []
 
     async def follow() -> None:
         async for status in taskcast.Client(proxy.url).watch(task_id, give_up_after=15):
             statuses.append(status)
+            arrivals.append(time.monotonic())
 
     watching = asyncio.create_task(follow())
 
@@ -384,11 +386,17 @@ async def test_the_python_client_moves_to_another_replica_when_its_own_dies(
         )
         doomed = await proxy.holding_the_socket()
         doomed.kill()
+        killed_at = time.monotonic()
         before = list(statuses)
         await asyncio.wait_for(watching, 20)
     finally:
         watching.cancel()
     assert not any(status["final"] for status in before), before
+    after = [at - killed_at for at in arrivals[len(before) :]]
+    print(
+        f"python client through nginx: replica killed, next status {after[0]:.2f} s later; "
+        f"{len(statuses)} statuses, {len(after)} after the kill"
+    )
     check_statuses(statuses)
     await check_moved(proxy, f"/ws/tasks/{task_id}", doomed)
 
@@ -410,8 +418,17 @@ async def test_taskcast_js_moves_to_another_replica_when_its_own_dies(
         )
         doomed = await proxy.holding_the_socket()
         doomed.kill()
+        killed_at = time.monotonic()
         assert await harness.run("count('final')") == 0
+        await harness.until(
+            """() => window.connections.some((c) => c.state === 'reconnecting')
+                && window.connections.at(-1).state === 'open'"""
+        )
+        reopened = time.monotonic() - killed_at
         await harness.until("() => count('final') >= 1")
+        print(
+            f"taskcast.js through nginx: replica killed, socket open again {reopened:.2f} s later"
+        )
         log = await harness.log()
         connections: list[dict[str, Any]] = await harness.run("window.connections")
         assert not harness.errors, harness.errors

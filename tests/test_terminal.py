@@ -23,6 +23,7 @@ from rich.console import Console
 from taskcast import client as taskcast
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
+from taskcast.cli.main import watch_target
 from taskcast.cli.terminal import Exit, format_eta, group_line, group_summary, show, status_line
 from taskcast_celery import keys
 from tests import env
@@ -149,6 +150,44 @@ async def test_submit_and_watch_until_success(base_url: str) -> None:
     assert sum(line.startswith("SUCCESS") for line in changes) == 1
     # The last step's 100% is said once, by the final line (it was a line of its own).
     assert sum("100.0%" in line for line in changes) == 1
+
+
+async def test_watch_follows_the_links_submit_printed_without_url(base_url: str) -> None:
+    code, out, _ = await run_cli(
+        "submit", "progress", "--total", "2", "--step-seconds", "0.05", "--url", base_url
+    )
+    assert code == Exit.SUCCESS
+    status_url, ws_url = (line.split()[1] for line in out.splitlines()[1:3])
+    group_code, group_out, _ = await run_cli(
+        "submit-group", "sleep", "--count", "2", "--seconds", "0", "--url", base_url
+    )
+    assert group_code == Exit.SUCCESS
+    group_ws_url = group_out.splitlines()[2].split()[1]
+    # Somewhere else by default: only the link can have named the service.
+    elsewhere = {**os.environ, "TASKCAST_URL": f"http://127.0.0.1:{free_port()}"}
+    results = await asyncio.gather(
+        *(run_cli("watch", link, env=elsewhere) for link in (ws_url, status_url, group_ws_url))
+    )
+    for link, (code, out, err) in zip((ws_url, status_url, group_ws_url), results, strict=True):
+        assert (code, err) == (Exit.SUCCESS, ""), link
+        assert out.splitlines()[-1].startswith("SUCCESS"), (link, out)
+    code, out, err = await run_cli("watch", f"{base_url}/healthz", env=elsewhere)
+    assert (code, out) == (Exit.REJECTED, "")
+    assert err.startswith(f"taskcast: {base_url}/healthz is not a task id nor a link"), err
+
+
+def test_a_link_names_its_service_its_id_and_whether_a_group() -> None:
+    default = "http://127.0.0.1:8000"
+    assert watch_target("abc", default) == (default, "abc", False)
+    assert watch_target("wss://tasks.example.com/ws/tasks/abc", default) == (
+        "https://tasks.example.com",
+        "abc",
+        False,
+    )
+    # A service mounted under a path keeps it; a trailing slash is fine.
+    assert watch_target("http://h:81/api/groups/abc/", default) == ("http://h:81/api", "abc", True)
+    for not_a_link in ("ftp://h/tasks/abc", "http://h/tasks/", "http:///tasks/abc", "http://h/x"):
+        assert watch_target(not_a_link, default) is None, not_a_link
 
 
 async def test_version_is_printed() -> None:

@@ -15,8 +15,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from taskcast.cli import terminal
 
@@ -96,14 +98,45 @@ def run_dev(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# A link the service answers a dispatch with (status_url, ws_url, their group forms, and
+# the same under a path prefix the service is mounted at): what comes before the last
+# ``/tasks/`` or ``/groups/`` (less a ``/ws``) is the service's URL.
+_LINK = re.compile(r"^(?P<base>.*?)(?:/ws)?/(?P<kind>tasks|groups)/(?P<id>[^/?#]+)/?$")
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+def watch_target(argument: str, url: str) -> tuple[str, str, bool] | None:
+    """What ``taskcast watch ARGUMENT`` follows: (service URL, id, whether a group). An
+    id is followed at ``url``; a link the service printed (``status_url``, ``ws_url``)
+    names its own service. None for a URL that is not such a link."""
+    if "://" not in argument:
+        return url, argument, False
+    parts = urlsplit(argument)
+    found = _LINK.match(parts.path)
+    if parts.scheme not in _SCHEMES or not parts.netloc or found is None:
+        return None
+    base = f"{_SCHEMES[parts.scheme]}://{parts.netloc}{found['base']}"
+    return base, found["id"], found["kind"] == "groups"
+
+
 def run_watch(args: argparse.Namespace) -> int:
     """Show a task's (or with --group a group's) progress live until it ends; the exit
     code says how it ended."""
-    group = args.group is not None
-    watched_id = args.group if group else args.task_id
+    if args.group is not None:
+        url, watched_id, group = args.url, args.group, True
+    else:
+        target = watch_target(args.task_id, args.url)
+        if target is None:
+            print(
+                f"taskcast: {args.task_id} is not a task id nor a link the service gave "
+                "(http://HOST/tasks/ID, ws://HOST/ws/tasks/ID, or the same with groups)",
+                file=sys.stderr,
+            )
+            return terminal.Exit.REJECTED
+        url, watched_id, group = target
     return terminal.run(
         lambda console: terminal.watch_task(
-            console, args.url, watched_id, args.give_up, args.token, args.api_key, group
+            console, url, watched_id, args.give_up, args.token, args.api_key, group
         )
     )
 
@@ -338,7 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         "watch", help="show a task's (or a group's) progress live until it ends", epilog=exits
     )
     watched = watch.add_mutually_exclusive_group(required=True)
-    watched.add_argument("task_id", metavar="TASK_ID", nargs="?", help="the task to follow")
+    watched.add_argument(
+        "task_id",
+        metavar="TASK_ID",
+        nargs="?",
+        help="the task to follow, or a link the service gave for it or a group (its "
+        "status_url or ws_url, which names the service: --url is then not needed)",
+    )
     watched.add_argument(
         "--group", metavar="GROUP_ID", help="follow this group (from submit-group) instead"
     )

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from taskcast.app import create_app
 from tests import env
-from tests.support import eventually, final, task_keys, wait_for_state
+from tests.support import eventually, final, running_server, task_keys, wait_for_state
 
 
 async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncClient) -> None:
@@ -50,6 +50,31 @@ async def test_progress_task_reports_percent_then_succeeds(client: httpx.AsyncCl
         "eta_s": 0.0,
     }
     assert done["error"] is None
+
+
+async def test_links_keep_the_root_path_a_proxy_serves_the_service_under() -> None:
+    # As behind a proxy that serves the service at /api/ and strips the prefix
+    # (uvicorn --root-path /api): links must point at /api/... on the same host.
+    async with (
+        running_server(create_app(), root_path="/api") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        response = await http.post("/tasks/sleep", json={"seconds": 0})
+        assert response.status_code == 202, response.text
+        links = response.json()
+        host = url.removeprefix("http://")
+        assert links["status_url"] == f"{url}/api/tasks/{links['task_id']}"
+        assert links["ws_url"] == f"ws://{host}/api/ws/tasks/{links['task_id']}"
+        # https at the proxy (X-Forwarded-Proto, from a trusted address): wss.
+        response = await http.post(
+            "/groups/sleep",
+            json={"count": 1, "params": {"seconds": 0}},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert response.status_code == 202, response.text
+        group = response.json()
+        assert group["status_url"] == f"https://{host}/api/groups/{group['group_id']}"
+        assert group["ws_url"] == f"wss://{host}/api/ws/groups/{group['group_id']}"
 
 
 async def test_sleep_task_returns_the_tutorial_message(client: httpx.AsyncClient) -> None:

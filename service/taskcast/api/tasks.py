@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Annotated, NotRequired
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from starlette.routing import Route
 # pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
+from taskcast.api import paths
 from taskcast.api.errors import ApiError
 from taskcast.api.responses import json_response
 from taskcast.api.validation import parse_group, parse_params, parse_task_id, read_body
@@ -116,21 +118,26 @@ class GroupCancelled(GroupLinks):
     revoked: list[Annotated[str, _UUID_FORMAT]]
 
 
-def _links(request: Request, route: str, watched_id: str, **path: str) -> tuple[str, str, str]:
-    """A task's or group's REST and WebSocket URLs, with its watch token (in both URLs,
-    and returned third: "" when tokens are off)."""
+def _links(request: Request, status_path: str, ws_path: str, **ids: str) -> tuple[str, str, str]:
+    """A task's or group's REST and WebSocket URLs (as ``url_for`` would make them: the
+    request's scheme, host and root path), with its watch token (in both URLs, and
+    returned third: "" when tokens are off). The ids are checked UUIDs: nothing in them
+    needs quoting."""
+    (watched_id,) = ids.values()
     token = app_state(request).auth.token(watched_id)
-    query = {} if token is None else {"token": token}
-    status_url = request.url_for(f"{route}_status", **path).include_query_params(**query)
-    ws_url = request.url_for(f"ws_{route}", **path).include_query_params(**query)
-    ws_url = ws_url.replace(scheme="wss" if ws_url.scheme == "https" else "ws")
-    return str(status_url), str(ws_url), token or ""
+    query = "" if token is None else "?" + urlencode({"token": token})
+    base = request.base_url
+    root = f"{base.netloc}{base.path.rstrip('/')}"
+    ws_scheme = "wss" if base.scheme == "https" else "ws"
+    status_url = f"{base.scheme}://{root}{status_path.format(**ids)}{query}"
+    ws_url = f"{ws_scheme}://{root}{ws_path.format(**ids)}{query}"
+    return status_url, ws_url, token or ""
 
 
 def task_links(request: Request, task_id: str) -> TaskLinks:
     """Where a client reads a task's status once (REST) and follows it live (WebSocket),
     with its watch token (in the reply, and in both URLs) when tokens are on."""
-    status_url, ws_url, token = _links(request, "task", task_id, task_id=task_id)
+    status_url, ws_url, token = _links(request, paths.TASK_STATUS, paths.WS_TASK, task_id=task_id)
     links: TaskLinks = {"task_id": task_id, "status_url": status_url, "ws_url": ws_url}
     if token:
         links["token"] = token
@@ -165,7 +172,9 @@ async def read_status(request: Request, task_id: str) -> Status:
 
 def group_links(request: Request, group_id: str, task_ids: list[str]) -> GroupLinks:
     """A group's REST and WebSocket URLs, with its watch token when tokens are on."""
-    status_url, ws_url, token = _links(request, "group", group_id, group_id=group_id)
+    status_url, ws_url, token = _links(
+        request, paths.GROUP_STATUS, paths.WS_GROUP, group_id=group_id
+    )
     links: GroupLinks = {
         "group_id": group_id,
         "task_ids": task_ids,
@@ -326,11 +335,11 @@ async def readyz(request: Request) -> Response:
 routes = [
     Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/{name}", submit, methods=["POST"]),
-    Route("/tasks/{task_id}", task_status, methods=["GET"], name="task_status"),
-    Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+    Route(paths.TASK_STATUS, task_status, methods=["GET"]),
+    Route(paths.TASK_STATUS, cancel_task, methods=["DELETE"]),
     Route("/groups/{name}", submit_group, methods=["POST"]),
-    Route("/groups/{group_id}", group_status, methods=["GET"], name="group_status"),
-    Route("/groups/{group_id}", cancel_group, methods=["DELETE"]),
+    Route(paths.GROUP_STATUS, group_status, methods=["GET"]),
+    Route(paths.GROUP_STATUS, cancel_group, methods=["DELETE"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]

@@ -19,6 +19,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket
 
+from taskcast.api import paths
 from taskcast.auth import bearer
 from taskcast.ids import is_task_id
 from taskcast.limits import TokenBucket
@@ -324,6 +325,6 @@ def _limit_rate(subscribes: TokenBucket, now: float, command: Subscribe, metrics
 
 routes = [
     WebSocketRoute("/ws", ws_multiplexed),
-    WebSocketRoute("/ws/tasks/{task_id}", ws_task, name="ws_task"),
-    WebSocketRoute("/ws/groups/{group_id}", ws_group, name="ws_group"),
+    WebSocketRoute(paths.WS_TASK, ws_task),
+    WebSocketRoute(paths.WS_GROUP, ws_group),
 ]

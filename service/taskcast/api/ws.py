@@ -174,28 +174,54 @@ async def _stream(
     hub = state.hub
     subscriber = Subscriber(send, hub.backed_up, single=single)
     sender = asyncio.create_task(subscriber.run())
-    receiver = asyncio.create_task(receive(subscriber))
     hub.connect(subscriber, sender)
     start(subscriber)
+    # Client frames are read here, in the connection's own task: no second task and no
+    # asyncio.wait per connection (their futures, sets and callbacks live as long as the
+    # socket, memory every idle subscriber pays). The sender ends only when a terminal
+    # frame went out (single), a send failed (the client is gone) or the hub's reaper
+    # cancelled it (the client stopped reading): it then interrupts the read.
+    interrupt = _Interrupt()
+    sender.add_done_callback(interrupt)
+    code: int | None = None
     try:
-        await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        async with asyncio.timeout(None) as interrupt.timeout:
+            code = await receive(subscriber)
+    except TimeoutError:
+        pass  # interrupted by the sender's end
+    except Exception:
+        # A client that leaves ends the read quietly; anything else is a bug here.
+        logger.exception("WebSocket receiver failed")
     finally:
+        interrupt.timeout = None
         hub.disconnect(subscriber)
         sender.cancel()
-        receiver.cancel()
-        outcomes = await asyncio.gather(sender, receiver, return_exceptions=True)
-    if isinstance(outcomes[1], Exception):
-        # A client that leaves ends the receiver quietly; anything else is a bug here.
-        logger.error("WebSocket receiver failed", exc_info=outcomes[1])
-    if sender.cancelled() and not receiver.done():
-        # Cancelled by the hub's reaper: the client stopped reading.
-        code: int | None = protocol.CLOSE_SLOW_CLIENT
-    else:
-        code = next((outcome for outcome in outcomes if isinstance(outcome, int)), None)
+        (outcome,) = await asyncio.gather(sender, return_exceptions=True)
+    if code is None and interrupt.fired:
+        if isinstance(outcome, int):
+            code = outcome  # the terminal frame went out
+        elif isinstance(outcome, asyncio.CancelledError):
+            code = protocol.CLOSE_SLOW_CLIENT  # reaped: the client stopped reading
     if code is not None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await websocket.close(code)
+
+
+class _Interrupt:
+    """The sender's done callback: ends the connection's wait on client frames, once."""
+
+    __slots__ = ("fired", "timeout")
+
+    def __init__(self) -> None:
+        self.timeout: asyncio.Timeout | None = None
+        self.fired = False
+
+    def __call__(self, _: object) -> None:
+        timeout = self.timeout
+        if timeout is not None and not timeout.expired():
+            self.fired = True
+            timeout.reschedule(-1.0)  # in the past: at once
 
 
 def client_frame(message: Message, limit: int) -> str | int | None:

@@ -23,35 +23,11 @@ from collections import Counter
 import psutil
 
 from bench.redis_commands import commands
+from bench.rest import keep_alive
 from bench.stack import Stack, machine, parser, table
 
 CONNECTIONS = 50
 BODY = b'{"seconds": 0}'
-
-
-async def _connection(address: str, stop: float, task_ids: list[str]) -> None:
-    """Dispatches on one keep-alive connection until ``stop`` (loop time)."""
-    host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    request = (
-        f"POST /tasks/sleep HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
-    loop = asyncio.get_running_loop()
-    try:
-        while loop.time() < stop:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 202"):
-                raise RuntimeError(f"not 202: {head[:40]!r} {body[:200]!r}")
-            task_ids.append(json.loads(body)["task_id"])
-    finally:
-        writer.close()
 
 
 async def dispatch(address: str, connections: int, seconds: float) -> tuple[list[str], float]:
@@ -60,7 +36,17 @@ async def dispatch(address: str, connections: int, seconds: float) -> tuple[list
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     stop = loop.time() + seconds
-    await asyncio.gather(*(_connection(address, stop, task_ids) for _ in range(connections)))
+    request = (
+        f"POST /tasks/sleep HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+
+    def queued(body: bytes) -> None:
+        task_ids.append(json.loads(body)["task_id"])
+
+    await asyncio.gather(
+        *(keep_alive(address, request, stop, b"202", queued) for _ in range(connections))
+    )
     return task_ids, time.perf_counter() - started
 
 

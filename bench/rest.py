@@ -18,17 +18,28 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 
 from bench.stack import Stack, machine, parser, table, write_progress
 
 CONNECTIONS = 50
 
 
-async def _connection(host: str, port: int, request: bytes, stop: float) -> int:
-    """Requests answered on one keep-alive connection until ``stop`` (loop time)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def keep_alive(
+    address: str,
+    request: bytes,
+    stop: float,
+    expect: bytes = b"200",
+    on_body: Callable[[bytes], None] | None = None,
+) -> int:
+    """Send ``request`` on one keep-alive connection, again as soon as each answer is
+    read, until ``stop`` (loop time); each answer must have status ``expect``, and its
+    body goes to ``on_body``. Returns how many were answered."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
     loop = asyncio.get_running_loop()
     answered = 0
+    status_line = b"HTTP/1.1 " + expect
     try:
         while loop.time() < stop:
             writer.write(request)
@@ -38,8 +49,10 @@ async def _connection(host: str, port: int, request: bytes, stop: float) -> int:
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             body = await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"not 200: {head[:40]!r} {body[:80]!r}")
+            if not head.startswith(status_line):
+                raise RuntimeError(f"not {expect.decode()}: {head[:40]!r} {body[:200]!r}")
+            if on_body is not None:
+                on_body(body)
             answered += 1
     finally:
         writer.close()
@@ -48,16 +61,13 @@ async def _connection(host: str, port: int, request: bytes, stop: float) -> int:
 
 async def load(address: str, paths: list[str], seconds: float) -> float:
     """Requests a second that keep-alive clients, one per path, get answered."""
-    host, port = address.rsplit(":", 1)
     requests = [f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode() for path in paths]
     loop = asyncio.get_running_loop()
     # A short warm-up on every connection first (first allocations, caches), not counted.
-    await asyncio.gather(
-        *(_connection(host, int(port), request, loop.time() + 0.5) for request in requests)
-    )
+    await asyncio.gather(*(keep_alive(address, request, loop.time() + 0.5) for request in requests))
     started = time.perf_counter()
     answered = await asyncio.gather(
-        *(_connection(host, int(port), request, loop.time() + seconds) for request in requests)
+        *(keep_alive(address, request, loop.time() + seconds) for request in requests)
     )
     return sum(answered) / (time.perf_counter() - started)
 

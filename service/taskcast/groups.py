@@ -22,7 +22,7 @@ from pydantic import Field
 # pydantic reads TypedDicts (for their JSON Schema) only from typing_extensions on 3.11.
 from typing_extensions import TypedDict
 
-from taskcast.status import Number, Status, TaskError, kept_progress
+from taskcast.status import Number, Status, TaskError, UuidText, kept_progress
 from taskcast_celery import states
 
 # While a group runs, its status lists at most this many failures (and stalled members):
@@ -50,7 +50,7 @@ class GroupProgress(TypedDict):
 class GroupFailure(TypedDict):
     """A member that failed or was cancelled."""
 
-    task_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    task_id: UuidText
     state: str
     error: TaskError
 
@@ -58,7 +58,7 @@ class GroupFailure(TypedDict):
 class GroupStatus(TypedDict):
     """A group's status: ``GET /groups/{id}``, and every WebSocket group message."""
 
-    group_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    group_id: UuidText
     state: Annotated[
         str,
         Field(
@@ -81,7 +81,7 @@ class GroupStatus(TypedDict):
         ),
     ]
     stalled_tasks: Annotated[
-        list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]],
+        list[UuidText],
         Field(description=f"members whose worker went silent (the first {RUNNING_LIST_LIMIT})"),
     ]
 

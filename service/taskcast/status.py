@@ -65,10 +65,14 @@ class TaskError(TypedDict):
     message: str
 
 
+# A task's or group's id in the JSON Schemas of /openapi.json.
+UuidText = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+
+
 class Status(TypedDict):
     """A task's status: ``GET /tasks/{id}``, and every WebSocket status message."""
 
-    task_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    task_id: UuidText
     state: Annotated[
         str,
         Field(

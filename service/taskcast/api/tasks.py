@@ -25,7 +25,7 @@ from taskcast.dispatch import DispatchError
 from taskcast.groups import GroupStatus, GroupTally
 from taskcast.liveness import is_stalled
 from taskcast.state import AppState
-from taskcast.status import Status, decode_status, encode_status
+from taskcast.status import Status, UuidText, decode_status, encode_status
 from taskcast_celery.expose import Exposure
 
 
@@ -85,7 +85,6 @@ def watch_token(request: Request, watched_id: str) -> dict[str, str]:
     return {} if token is None else {"token": token}
 
 
-_UUID_FORMAT = Field(json_schema_extra={"format": "uuid"})
 _TOKEN = Field(
     description="the watch token, present when the service signs them (TASKCAST_SECRET); "
     "status_url and ws_url carry it too"
@@ -95,7 +94,7 @@ _TOKEN = Field(
 class TaskLinks(TypedDict):
     """Where a started (or cancelled) task is read once (REST) and followed (WebSocket)."""
 
-    task_id: Annotated[str, _UUID_FORMAT]
+    task_id: UuidText
     status_url: str
     ws_url: str
     token: NotRequired[Annotated[str, _TOKEN]]
@@ -104,8 +103,8 @@ class TaskLinks(TypedDict):
 class GroupLinks(TypedDict):
     """Where a started group is read once (REST) and followed (WebSocket), and its members."""
 
-    group_id: Annotated[str, _UUID_FORMAT]
-    task_ids: list[Annotated[str, _UUID_FORMAT]]
+    group_id: UuidText
+    task_ids: list[UuidText]
     status_url: str
     ws_url: str
     token: NotRequired[Annotated[str, _TOKEN]]
@@ -115,7 +114,7 @@ class GroupCancelled(GroupLinks):
     """A cancelled group: its links, and the members that were cancelled (those that had
     not ended)."""
 
-    revoked: list[Annotated[str, _UUID_FORMAT]]
+    revoked: list[UuidText]
 
 
 def _links(request: Request, status_path: str, ws_path: str, **ids: str) -> tuple[str, str, str]:

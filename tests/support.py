@@ -318,3 +318,26 @@ async def submit(client: httpx.AsyncClient, name: str, **params: Any) -> str:
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
+
+
+def read_output(process: asyncio.subprocess.Process) -> tuple[list[str], asyncio.Task[None]]:
+    """Keep reading a child's stdout, line by line, into the list returned (a full pipe
+    would block the child's logging); the task ends when the child closes it."""
+    output: list[str] = []
+
+    async def pump() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            output.append(line.decode(errors="replace"))
+
+    return output, asyncio.create_task(pump())
+
+
+async def dev_banner(process: asyncio.subprocess.Process, output: list[str]) -> str:
+    """What `taskcast dev` printed once it says it is ready, or once it exited."""
+    text: str = await eventually(
+        lambda: asyncio.sleep(0, "".join(output)),
+        lambda text: "taskcast dev is ready" in text or process.returncode is not None,
+        within=60,
+    )
+    return text

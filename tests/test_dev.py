@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 from taskcast.cli.devstack import free_port
-from tests.support import ROOT, eventually, final, wait_for_state
+from tests.support import ROOT, dev_banner, eventually, final, read_output, wait_for_state
 
 
 async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
@@ -26,24 +26,10 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
         "--local-redis", f"redis://127.0.0.1:{free_port()}/0",
         env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    assert process.stdout is not None
-    output: list[str] = []
-
-    async def pump() -> None:
-        # Keep reading: a full pipe would block the worker's logging.
-        assert process.stdout is not None
-        async for line in process.stdout:
-            output.append(line.decode(errors="replace"))
-
-    reader = asyncio.create_task(pump())
+    output, reader = read_output(process)
     descendants: list[psutil.Process] = []
     try:
-        await eventually(
-            lambda: asyncio.sleep(0, "".join(output)),
-            lambda text: "taskcast dev is ready" in text or process.returncode is not None,
-            within=60,
-        )
-        text = "".join(output)
+        text = await dev_banner(process, output)
         assert "taskcast dev is ready" in text, text
         assert "(embedded, nothing kept on disk)" in text
         assert f"http://127.0.0.1:{port}/tasks/{{name}}" in text

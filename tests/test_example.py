@@ -24,7 +24,9 @@ from tests import env
 from tests.support import (
     ROOT,
     WorkerProcess,
+    dev_banner,
     eventually,
+    read_output,
     read_until_closed,
     recv_json,
     service_process,
@@ -184,21 +186,9 @@ async def test_dev_runs_the_project_app_on_its_own_redis(project_env: dict[str, 
         env=project_env, cwd=EXAMPLES,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    assert process.stdout is not None
-    output: list[str] = []
-
-    async def pump() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            output.append(line.decode(errors="replace"))
-
-    reader = asyncio.create_task(pump())
+    output, reader = read_output(process)
     try:
-        text = await eventually(
-            lambda: asyncio.sleep(0, "".join(output)),
-            lambda text: "taskcast dev is ready" in text or process.returncode is not None,
-            within=60,
-        )
+        text = await dev_banner(process, output)
         assert "taskcast dev is ready" in text, text
         assert "  App        myproj\n" in text
         assert "(the result backend of myproj)" in text

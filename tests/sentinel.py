@@ -12,12 +12,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from types import TracebackType
 
 import redis
 
-from taskcast.cli.devstack import free_port, redis_server_binary
+from taskcast.cli.devstack import free_port, redis_server_binary, wait_until
 
 MASTER_NAME = "taskcast-test"
 # How long a silent master may be before a Sentinel calls it down: short, so a failover
@@ -71,7 +70,8 @@ class SentinelCluster:
             self._sentinel(port)
         # Ready when every Sentinel knows the replica and the two other Sentinels (they
         # find each other through the master within seconds): a failover needs them.
-        self.wait(self._all_know_each_other, 30, "the Sentinels did not find each other")
+        if not wait_until(self._all_know_each_other, timeout=30, interval=0.1):
+            raise RuntimeError("the Sentinels did not find each other")
         return self
 
     def __exit__(
@@ -124,12 +124,3 @@ class SentinelCluster:
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(10)
         return port
-
-    @staticmethod
-    def wait(condition: object, within: float, failure: str) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if callable(condition) and condition():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(failure)

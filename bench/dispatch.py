@@ -20,11 +20,9 @@ import os
 import time
 from collections import Counter
 
-import psutil
-
 from bench.redis_commands import commands
 from bench.rest import keep_alive
-from bench.stack import Stack, machine, parser, table
+from bench.stack import Stack, cpu_seconds, machine, parser, table
 
 CONNECTIONS = 50
 BODY = b'{"seconds": 0}'
@@ -48,12 +46,6 @@ async def dispatch(address: str, connections: int, seconds: float) -> tuple[list
         *(keep_alive(address, request, stop, b"202", queued) for _ in range(connections))
     )
     return task_ids, time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 def per(counted: Counter[str], count: int) -> str:
@@ -82,11 +74,11 @@ def main() -> None:
         prefix = celery_app.backend.key_prefix
         # A warm-up, not counted (first imports and allocations on the dispatch path).
         warm_up, _ = asyncio.run(dispatch(server.address, args.connections, 0.5))
-        before, cpu_before = commands(redis), cpu_seconds(server.pid)
+        before, cpu_before = commands(redis), cpu_seconds([server.pid])
         task_ids, took = asyncio.run(dispatch(server.address, args.connections, seconds))
         by_service = commands(redis)
         by_service.subtract(before)
-        service_cpu = cpu_seconds(server.pid) - cpu_before
+        service_cpu = cpu_seconds([server.pid]) - cpu_before
 
         queued = len(warm_up) + len(task_ids)
         every_key = [keys.task_meta_key(prefix, task_id) for task_id in warm_up + task_ids]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.stack import ROOT
 
@@ -131,16 +132,8 @@ class Nginx:
     def pids(self) -> list[int]:
         """The master's and its workers' process ids."""
         assert self.process is not None
-        master = self.process.pid
-        children = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    # The parent's id is the second field after the command's ")".
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                        children.append(int(entry))
-        return [master, *sorted(children)]
+        master = psutil.Process(self.process.pid)
+        return [master.pid, *sorted(child.pid for child in master.children())]
 
     def stop(self) -> None:
         if self.process is None:

@@ -43,36 +43,27 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from bench.clients import Sockets
 from bench.proxy import NGINX, REPLICA_ENV, Nginx, render
 from bench.redis_commands import commands
-from bench.stack import Server, Stack, machine, parser, table
+from bench.stack import Server, Stack, cpu_seconds, machine, parser, table
 from taskcast.cli.devstack import free_port
 
 SAMPLE_EVERY = 5.0
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User and system CPU time the processes ``pids`` used so far, in seconds."""
-    ticks = 0
-    for pid in pids:
-        # After the command's ")": state is field 3 of the line, utime 14, stime 15.
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / _TICKS
 
 
 def open_files(pids: Sequence[int]) -> int:
     """File descriptors the processes ``pids`` hold now."""
-    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+    return sum(psutil.Process(pid).num_fds() for pid in pids)
 
 
-def machine_busy() -> tuple[int, int]:
-    """The machine's busy and total CPU time so far, in ticks (/proc/stat)."""
-    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return sum(ticks) - idle, sum(ticks)
+def machine_busy() -> tuple[float, float]:
+    """The machine's busy and total CPU time so far, in seconds."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - times.iowait, total
 
 
 def websockets_held(server: Server) -> int:

@@ -8,7 +8,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -98,6 +98,13 @@ class Server:
     def rss(self) -> int:
         """Resident memory of the server process, in bytes."""
         return int(psutil.Process(self.pid).memory_info().rss)
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User and system CPU time the processes ``pids`` used so far, in seconds."""
+    return sum(
+        times.user + times.system for times in (psutil.Process(pid).cpu_times() for pid in pids)
+    )
 
 
 def write_progress(task_id: str, current: int, total: int) -> None:

@@ -66,7 +66,7 @@ from taskcast.api.tasks import app_state
 from taskcast.api.validation import parse_task_id
 from taskcast.auth import bearer
 from taskcast.live import protocol
-from taskcast.live.subscriber import Kind, Subscriber
+from taskcast.live.subscriber import Interrupt, Kind, Subscriber
 from taskcast.state import AppState
 
 # Seconds between keep-alive comments: under the idle timeout of common proxies (60 s).
@@ -198,10 +198,9 @@ class EventStream:
     if its client stops reading: the same rules as a WebSocket's."""
 
     __slots__ = (
-        "_closing",
         "_finished",
+        "_interrupt",
         "_send_asgi",
-        "_timeout",
         "members",
         "open",
         "ping_at",
@@ -228,13 +227,11 @@ class EventStream:
         self.open = {item.id for item in watched}
         self.subscriber: Subscriber | None = None
         self._send_asgi: Send | None = None
-        # While the request waits on its client: what interrupts it (the stream's sender
-        # ended, or the server is stopping).
-        self._timeout: asyncio.Timeout | None = None
-        # Whether the response is complete (its last message is written or on its way),
-        # and whether the server asked the stream to end.
+        # Ends the request's wait on its client: the stream's sender ended, or the
+        # server is stopping.
+        self._interrupt = Interrupt()
+        # Whether the response is complete (its last message is written or on its way).
         self._finished = False
-        self._closing = False
         # Loop time of the stream's next keep-alive comment (kept by the _Keeper).
         self.ping_at = 0.0
 
@@ -288,16 +285,16 @@ class EventStream:
         keeper = _Keeper.of_this_loop()
         keeper.add(self)
         try:
-            async with asyncio.timeout(None) as self._timeout:
+            async with asyncio.timeout(None) as self._interrupt.timeout:
                 self._start()
                 # uvicorn answers http.disconnect when the client leaves, and once the
                 # response is complete (the end event is its last message).
                 while (await receive())["type"] != "http.disconnect":
                     pass
         except TimeoutError:
-            pass  # interrupted (see _interrupt)
+            pass  # interrupted
         finally:
-            self._timeout = None
+            self._interrupt.timeout = None
             keeper.discard(self)
             hub.disconnect(subscriber)
             sender.cancel()
@@ -315,15 +312,8 @@ class EventStream:
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await send(_CLOSED)
 
-    def _interrupt(self, _: object = None) -> None:
-        """End the wait on the client (the response ends, or is dropped)."""
-        timeout = self._timeout
-        if timeout is not None and not timeout.expired():
-            timeout.reschedule(-1.0)  # in the past: at once
-
     def close(self) -> None:
         """Called by the keeper when the server stops."""
-        self._closing = True
         self._interrupt()
 
     def ping(self) -> None:

@@ -25,7 +25,7 @@ from taskcast.ids import is_task_id
 from taskcast.limits import TokenBucket
 from taskcast.live import protocol
 from taskcast.live.protocol import Ping, ProtocolError, Subscribe, Unsubscribe, parse_command
-from taskcast.live.subscriber import MailboxOverflow, Send, Subscriber
+from taskcast.live.subscriber import Interrupt, MailboxOverflow, Send, Subscriber
 from taskcast.metrics import Metrics
 from taskcast.state import AppState
 
@@ -176,12 +176,8 @@ async def _stream(
     sender = asyncio.create_task(subscriber.run())
     hub.connect(subscriber, sender)
     start(subscriber)
-    # Client frames are read here, in the connection's own task: no second task and no
-    # asyncio.wait per connection (their futures, sets and callbacks live as long as the
-    # socket, memory every idle subscriber pays). The sender ends only when a terminal
-    # frame went out (single), a send failed (the client is gone) or the hub's reaper
-    # cancelled it (the client stopped reading): it then interrupts the read.
-    interrupt = _Interrupt()
+    # Client frames are read here, in the connection's own task, until the sender ends.
+    interrupt = Interrupt()
     sender.add_done_callback(interrupt)
     code: int | None = None
     try:
@@ -206,22 +202,6 @@ async def _stream(
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await websocket.close(code)
-
-
-class _Interrupt:
-    """The sender's done callback: ends the connection's wait on client frames, once."""
-
-    __slots__ = ("fired", "timeout")
-
-    def __init__(self) -> None:
-        self.timeout: asyncio.Timeout | None = None
-        self.fired = False
-
-    def __call__(self, _: object) -> None:
-        timeout = self.timeout
-        if timeout is not None and not timeout.expired():
-            self.fired = True
-            timeout.reschedule(-1.0)  # in the past: at once
 
 
 def client_frame(message: Message, limit: int) -> str | int | None:

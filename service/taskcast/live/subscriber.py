@@ -209,3 +209,25 @@ class Subscriber:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+
+class Interrupt:
+    """Ends a connection's wait on its client once its sender has ended (a terminal frame
+    sent, a failed send, the hub's reaper), or whenever called. The connection waits
+    inside ``async with asyncio.timeout(None) as interrupt.timeout`` (which then raises
+    TimeoutError) and sets ``timeout`` back to None after; ``fired`` says whether the
+    wait was cut short. Given to the sender as its done callback: no second task and no
+    ``asyncio.wait`` per connection, whose futures, sets and callbacks would live as
+    long as the socket."""
+
+    __slots__ = ("fired", "timeout")
+
+    def __init__(self) -> None:
+        self.timeout: asyncio.Timeout | None = None
+        self.fired = False
+
+    def __call__(self, _: object = None) -> None:
+        timeout = self.timeout
+        if timeout is not None and not timeout.expired():
+            self.fired = True
+            timeout.reschedule(-1.0)  # in the past: at once

@@ -24,6 +24,7 @@ import redis
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast_celery import keys
+from taskcast_celery.demo import keys as demo_keys
 from taskcast_celery.demo.celery import app as celery_app
 from tests import env
 from tests.mailtrap_server import FakeMailtrap
@@ -123,7 +124,7 @@ async def test_email_is_sent_with_the_exact_request(
     assert request.headers["content-type"] == "application/json"
     assert request.body == expected_request("ada@example.com", task_id)
     # Recorded, so that no later run of this task sends it again.
-    sent = redis_client.get(keys.email_sent_key(env.KEY_PREFIX, task_id))
+    sent = redis_client.get(demo_keys.email_sent_key(env.KEY_PREFIX, task_id))
     assert sent is not None and json.loads(sent) == ["msg-1"]
 
 
@@ -250,7 +251,7 @@ async def test_connection_refused_is_retried_then_fails_clearly(
         "message": f"could not reach Mailtrap at {closed}: Connection refused; "
         "gave up after 3 attempts",
     }
-    assert redis_client.get(keys.email_sent_key(env.KEY_PREFIX, task_id)) is None
+    assert redis_client.get(demo_keys.email_sent_key(env.KEY_PREFIX, task_id)) is None
     assert env.MAILTRAP_TOKEN not in read_log(log)
 
 
@@ -260,7 +261,7 @@ async def test_a_redelivered_task_that_had_sent_does_not_send_again(
     # The worker died after Mailtrap accepted the e-mail and the record was written,
     # but before the task ended: the broker redelivers its message.
     task_id = str(uuid.uuid4())
-    redis_client.set(keys.email_sent_key(env.KEY_PREFIX, task_id), json.dumps(["msg-earlier"]))
+    redis_client.set(demo_keys.email_sent_key(env.KEY_PREFIX, task_id), json.dumps(["msg-earlier"]))
     _, records = await run_email("ada@example.com", task_id=task_id)
     assert records[-1]["status"] == "SUCCESS"
     assert records[-1]["result"] == {"status": "sent", "message_ids": ["msg-earlier"]}

@@ -24,6 +24,7 @@ from typing_extensions import TypedDict
 
 from taskcast.status import Number, Status, TaskError, UuidText, kept_progress
 from taskcast_celery import states
+from taskcast_celery.states import WAITING_STATES
 
 # While a group runs, its status lists at most this many failures (and stalled members):
 # a frame goes out on every member's change, and a group of 1,000 whose members all fail
@@ -198,8 +199,8 @@ class GroupTally:
                 state = states.REVOKED
             else:
                 state = states.SUCCESS
-        elif all(state in _QUEUED for state in self.states):
-            state = "SENT"
+        elif all(state in WAITING_STATES for state in self.states):
+            state = states.SENT
         else:
             state = "PROGRESS"
         percent = 100.0 if final else round(self._fraction * 100.0 / max(self.size, 1), 2)
@@ -223,10 +224,6 @@ class GroupTally:
             ),
             "stalled_tasks": [] if final else list(_first(self._stalled, RUNNING_LIST_LIMIT)),
         }
-
-
-# Members in these states have not started: a group of only these has not either.
-_QUEUED = frozenset({"SENT", states.PENDING, states.RECEIVED})
 
 
 def _member(status: Status | None, raw: bytes | None) -> _Member:

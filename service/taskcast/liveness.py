@@ -11,10 +11,11 @@ beat: with no signal there is nothing to judge by, so it is not called stalled.
 from __future__ import annotations
 
 from taskcast_celery import states
-from taskcast_celery.states import FINAL_STATES, SENT
+from taskcast_celery.states import FINAL_STATES, WAITING_STATES
 
-# States in which no process is running the task, so no heartbeat is expected.
-_NOT_RUNNING = frozenset({SENT, states.PENDING, states.RETRY, states.RECEIVED, "UNREADABLE"})
+# States in which no process is running the task, so no heartbeat is expected: not
+# started, waiting for its retry, or a record that says nothing (UNREADABLE).
+_NOT_RUNNING = WAITING_STATES | {states.RETRY, "UNREADABLE"}
 
 
 def can_stall(state: str) -> bool:

@@ -2,7 +2,7 @@
 
 A worker that dies outright (SIGKILL, a lost machine) takes its task with it, and the
 task's record keeps saying STARTED or PROGRESS until the broker hands the message to
-another worker (``TASKCAST_VISIBILITY_TIMEOUT``, two hours by default). The heartbeat
+another worker (the broker's visibility timeout: an hour by default on Redis). The heartbeat
 tells the service that nobody is running it meanwhile: while a task runs, a daemon
 thread of the process running it writes Redis's own clock into the task's heartbeat
 key every ``TASKCAST_HEARTBEAT_INTERVAL`` seconds. The service compares that time with

@@ -22,3 +22,6 @@ REVOKED = "REVOKED"
 IGNORED = "IGNORED"
 # Celery's READY_STATES: a task in one of these has ended, for good.
 FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+# Not started: recorded, queued, or taken by a worker that has not begun it. A group of
+# members only in these has not started either; celery-progress shows them as pending.
+WAITING_STATES = frozenset({SENT, PENDING, RECEIVED})

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from taskcast.api.responses import json_response
 from taskcast.api.tasks import app_state
-from taskcast_celery import keys
+from taskcast_celery.demo import keys
 
 
 async def dev_outbox(request: Request) -> Response:

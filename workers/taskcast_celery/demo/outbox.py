@@ -15,7 +15,7 @@ from email.utils import formataddr
 
 from redis import Redis
 
-from taskcast_celery import keys
+from taskcast_celery.demo import keys
 from taskcast_celery.demo.mail import MailSettings, OutgoingMail
 
 logger = logging.getLogger(__name__)

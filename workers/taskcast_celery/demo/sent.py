@@ -15,7 +15,7 @@ from typing import cast
 
 from redis import Redis
 
-from taskcast_celery import keys
+from taskcast_celery.demo import keys
 
 
 class SentRecord:

@@ -64,7 +64,7 @@ def main() -> None:
         taskcast = stack.serve("taskcast", "taskcast")
         ceiling = stack.serve("ceiling", "bench.ceiling")
 
-        from taskcast.live.protocol import status_message
+        from taskcast.live.protocol import status_update
         from taskcast.status import decode_status
         from taskcast_celery.demo.celery import app as celery_app
 
@@ -84,7 +84,8 @@ def main() -> None:
         def to_ceiling(path: str) -> Change:
             def prepare(r: int) -> Callable[[], object]:
                 # The frame taskcast sends for this change, encoded before the clock starts.
-                frame = status_message(decode_status(task_id, write(r))).encode()
+                raw = write(r)
+                frame = status_update(decode_status(task_id, raw), raw).text.encode()
                 request = urllib.request.Request(ceiling.url(path), data=frame)
                 return lambda: urllib.request.urlopen(request).close()
 

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
-from taskcast.live.subscriber import Kind, Subscriber
+from taskcast.live.protocol import Kind, Update
+from taskcast.live.subscriber import Subscriber
 from tests.support import (
     WorkerProcess,
     eventually,
@@ -129,15 +130,16 @@ async def test_a_replaced_pending_frame_counts_as_coalesced() -> None:
     readable = asyncio.Event()
     delivered: list[str] = []
 
-    async def send(frame: str) -> None:
-        await readable.wait()
-        delivered.append(frame)
+    class Waiting(Subscriber):
+        async def write(self, update: Update) -> None:
+            await readable.wait()
+            delivered.append(update.text)
 
-    subscriber = Subscriber(send, set())
+    subscriber = Waiting(set())
     sender = asyncio.create_task(subscriber.run())
     try:
         for frame in ("1", "2", "3"):  # 1 stalls; 2 waits in the mailbox; 3 replaces it
-            subscriber.offer("task", frame, Kind.STATUS)
+            subscriber.offer(Update("task", Kind.STATUS, "status", frame))
         readable.set()
         await eventually(lambda: asyncio.sleep(0, delivered), lambda d: d == ["1", "3"])
         assert (subscriber.frames_sent, subscriber.frames_coalesced) == (2, 1)

@@ -237,20 +237,18 @@ def kept_progress(raw: bytes) -> Progress | None:
     return _progress(last) if isinstance(last, dict) else None
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """Encode a JSON message once, for every client that receives it."""
-    return orjson.dumps(message)
+class UnsendableError(ValueError):
+    """A message that neither orjson nor Python's json can write."""
 
 
-def encode_status(status: Status, **first: str) -> bytes:
-    """The status as JSON (after ``first``, such as ``type="status"``), encoded once.
+def encode(message: Any) -> bytes:
+    """Encode a JSON message once, for every client that receives it.
 
-    orjson writes neither integers past 64 bits nor nesting past 254 levels, which a
-    task's result may hold (Celery stores both): such a status is written by Python's
-    json instead. One that cannot be written at all keeps its state (a final one still
-    ends its watch), with its result left out and the reason in its ``error``.
+    orjson writes neither integers past 64 bits, nor nesting past 254 levels, nor text
+    holding a lone surrogate (Celery stores an undecodable file name that way), all of
+    which a task's result may hold: such a message is written by Python's json instead.
+    Raises ``UnsendableError`` when neither can (NaN, nesting past Python's recursion limit).
     """
-    message = {**first, **status}
     try:
         return orjson.dumps(message)
     except TypeError:
@@ -259,8 +257,22 @@ def encode_status(status: Status, **first: str) -> bytes:
         return json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
     except (ValueError, TypeError, RecursionError) as exc:
         reason = type(exc).__name__ if isinstance(exc, RecursionError) else str(exc)
-        unsent: TaskError = {
+        raise UnsendableError(reason) from None
+
+
+def encode_status(status: Status, **first: str) -> bytes:
+    """The status as JSON (after ``first``, such as ``type="status"``), encoded once.
+
+    A status whose result cannot be written at all is marked, in place, so that every
+    transport that reads it after carries the same: its state kept (a final one still
+    ends its watch), its result left out, and the reason in its ``error``.
+    """
+    try:
+        return encode({**first, **status})
+    except UnsendableError as exc:
+        status["result"] = None
+        status["error"] = {
             "type": "UnsendableResult",
-            "message": f"the task's result cannot be sent as JSON ({reason})",
+            "message": f"the task's result cannot be sent as JSON ({exc})",
         }
-        return orjson.dumps({**message, "result": None, "error": unsent})
+        return orjson.dumps({**first, **status})

@@ -33,4 +33,3 @@ def heartbeat_key(prefix: str, task_id: str) -> str:
 def group_meta_key(prefix: str, group_id: str) -> str:
     """The result-backend key of a group's member ids."""
     return f"{prefix}{GROUP_META}{group_id}"
-

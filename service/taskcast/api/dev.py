@@ -7,10 +7,9 @@ from typing import cast
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from taskcast.api.guards import app_state, guarded
 from taskcast.api.responses import json_response
-from taskcast.api.tasks import app_state
 from taskcast_celery.demo import keys
 
 
@@ -22,4 +21,4 @@ async def dev_outbox(request: Request) -> Response:
     return json_response({"messages": [orjson.loads(entry) for entry in entries]})
 
 
-routes = [Route("/dev/outbox", dev_outbox, methods=["GET"])]
+routes = [guarded("/dev/outbox", dev_outbox)]

@@ -13,13 +13,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from taskcast.api import tutorial
-from taskcast.api.celery_progress import GroupProgress, TaskProgress
+from taskcast.api.dispatching import GroupCancelled, GroupLinks, TaskLinks
 from taskcast.api.errors import ErrorBody
+from taskcast.api.guards import Guard, app_state, guarded
+from taskcast.api.queries import EmailQuery, ProgressQuery, SleepQuery
 from taskcast.api.responses import json_response
-from taskcast.api.tasks import GroupCancelled, GroupLinks, TaskLinks, app_state
+from taskcast.bars import GroupProgress, TaskProgress
 from taskcast.catalog import TaskList
 from taskcast.groups import GroupStatus
 from taskcast.status import Status
@@ -135,14 +136,16 @@ def _group_request(params_ref: dict[str, Any], params_required: bool, most: int)
 
 def build(
     tasks: Mapping[str, Exposure],
+    routes: list[BaseRoute],
     *,
     dev: bool = False,
     keys: bool = False,
     tokens: bool = False,
     max_group_size: int = 1000,
 ) -> dict[str, Any]:
-    """The document for an app exposing ``tasks``, in its mode: dev, which credentials
-    it wants (API keys, watch tokens) and its group size cap."""
+    """The document for an app exposing ``tasks`` on ``routes``, in its mode: dev, which
+    credentials it wants (API keys, watch tokens) and its group size cap. Each route's
+    security comes from the guard it declares (``taskcast.api.guards``)."""
     refs, components = _schemas(tasks)
     paths: dict[str, Any] = {}
     paths["/tasks"] = {
@@ -268,31 +271,40 @@ def build(
     paths.update(_celery_progress_paths(refs))
     tutorial_paths = _tutorial_paths(tasks)
     paths.update(tutorial_paths)
-    # What each operation needs in this deployment (docs/security.md). Cancelling needs
-    # an API key when keys are set (which also reads any task); else what reading needs.
+    # What each operation needs in this deployment (docs/security.md), from the guard
+    # its route declares. Cancelling needs an API key when keys are set (which also
+    # reads any task); else what reading needs.
     keyed: _Security = [{"bearer": []}] if keys else []
     watched: _Security = [{"watchToken": []}, {"bearer": []}] if tokens else []
-    guards = [
-        *(((f"/tasks/{name}", "post"), keyed) for name in tasks),
-        *(((f"/groups/{name}", "post"), keyed) for name in tasks),
-        (("/groups/{group_id}", "get"), watched),
-        (("/groups/{group_id}", "delete"), keyed or watched),
-        *(
-            ((path, method.lower()), keyed)
-            for path, method in tutorial.DISPATCH
-            if path in tutorial_paths
-        ),
-        (("/tasks/{task_id}", "get"), watched),
-        (("/task-status/{task_id}", "get"), watched),
-        (("/tasks/{task_id}", "delete"), keyed or watched),
-        (("/sse", "get"), watched),
-        (("/sse/tasks/{task_id}", "get"), watched),
-        (("/sse/groups/{group_id}", "get"), watched),
-        (("/celery-progress/{task_id}/", "get"), watched),
-        (("/celery-progress/g/{group_id}/", "get"), watched),
-    ]
-    for (path, method), security in guards:
-        paths[path][method] = _guarded(paths[path][method], security)
+    security = {
+        Guard.OPEN: [],
+        Guard.WORK: keyed,
+        Guard.WATCH: watched,
+        Guard.WATCH_EACH: watched,
+        Guard.CANCEL: keyed or watched,
+    }
+    documented: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, Route) or not route.include_in_schema:
+            continue
+        guard = getattr(route, "guard", Guard.OPEN)
+        # One route per exposed task's name in the document: each has its own parameters.
+        route_paths = (
+            [route.path.replace("{name}", name) for name in tasks]
+            if "{name}" in route.path
+            else [route.path]
+        )
+        for path in route_paths:
+            for method in sorted(route.methods or ()):
+                if method == "HEAD":
+                    continue
+                operation = paths.get(path, {}).get(method.lower())
+                if operation is None:
+                    raise LookupError(f"{method} {path} is served but not described")
+                documented.setdefault(path, {})[method.lower()] = _guarded(
+                    operation, security[guard]
+                )
+    paths = documented
     if dev:
         paths["/dev/outbox"] = {
             "get": {
@@ -310,7 +322,7 @@ def build(
 
 def _tutorial_paths(tasks: Mapping[str, Exposure]) -> dict[str, Any]:
     """The tutorial's paths this app serves (those of the tasks it exposes)."""
-    sleep_query = _query(tutorial.SleepQuery)
+    sleep_query = _query(SleepQuery)
     queued = {"200": _ok("Queued.", {"type": "object"}), "422": _error("Bad query.")}
     paths: dict[str, Any] = {}
     if "sleep" in tasks:
@@ -336,7 +348,7 @@ def _tutorial_paths(tasks: Mapping[str, Exposure]) -> dict[str, Any]:
         paths["/process-and-email/"] = {
             "post": {
                 "summary": "Tutorial: queue the e-mail job; the JSON body is the data to process.",
-                "parameters": _query(tutorial.EmailQuery),
+                "parameters": _query(EmailQuery),
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": data}},
@@ -354,7 +366,7 @@ def _tutorial_paths(tasks: Mapping[str, Exposure]) -> dict[str, Any]:
         paths["/process-data-with-status/"] = {
             "post": {
                 "summary": "Tutorial: queue a job that reports progress.",
-                "parameters": _query(tutorial.ProgressQuery),
+                "parameters": _query(ProgressQuery),
                 "responses": queued,
             }
         }
@@ -478,6 +490,7 @@ async def openapi_json(request: Request) -> Response:
         # Made at the first request (it depends only on the app): a start-up need not wait.
         state.openapi = build(
             state.served.tasks,
+            request.app.routes,
             dev=state.settings.dev,
             keys=state.auth.keys_required,
             tokens=state.auth.tokens_required,
@@ -486,4 +499,4 @@ async def openapi_json(request: Request) -> Response:
     return json_response(state.openapi)
 
 
-routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
+routes = [guarded("/openapi.json", openapi_json, include_in_schema=False)]

@@ -1,20 +1,17 @@
-"""JSON responses encoded with orjson (and, for what orjson cannot write, Python's json)."""
+"""JSON responses, written by the one encoder every message uses (``taskcast.status.encode``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
 from starlette.responses import Response
+
+from taskcast.status import encode
 
 
 def json_response(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    try:
-        body = orjson.dumps(content)
-    except TypeError:
-        # An integer past 64 bits or nesting past 254 levels, from a task's result.
-        body = json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
-    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+    return Response(
+        encode(content), status_code=status_code, headers=headers, media_type="application/json"
+    )

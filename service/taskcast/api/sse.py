@@ -15,10 +15,10 @@ on the stream has ended, an ``end`` event closes it; a browser that reconnects a
 is answered 204, which tells it to stop.
 
 How an event reaches the client: as a WebSocket frame does (``taskcast.live.subscriber``).
-The hub hands each message to every stream's ``Subscriber``, whose send writes the event
+The hub hands each update to every stream (a ``Connection``), whose write makes the event
 at once, from the hub's own call, while the socket has room: uvicorn's HTTP send only
 suspends while that one connection's buffer is full, and a send that would wait is
-finished by the stream's sender task, with the mailbox keeping the newest frame per
+finished by the stream's sender task, with the mailbox keeping the newest update per
 task behind it and the hub's reaper cancelling it when the client stopped reading. No
 task switch, no timer and nothing that outlives the call per event and stream.
 
@@ -44,11 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import signal
-import zlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -58,15 +56,14 @@ from sse_starlette import ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from taskcast.api.connection import CLOSE_TIMEOUT, Connection
 from taskcast.api.errors import ApiError
-from taskcast.api.tasks import app_state
+from taskcast.api.guards import CHALLENGE, Guard, app_state, guarded, may_watch, watch_refused
 from taskcast.api.validation import parse_task_id
-from taskcast.auth import bearer
 from taskcast.live import protocol
-from taskcast.live.subscriber import Interrupt, Kind, Subscriber
+from taskcast.live.protocol import Update
 from taskcast.state import AppState
 
 # Seconds between keep-alive comments: under the idle timeout of common proxies (60 s).
@@ -81,8 +78,6 @@ _END = ServerSentEvent(orjson.dumps({"type": "end"}).decode(), event="end", id=E
 _SEEN = re.compile(r"([0-9a-f]{8})(f?[0-9a-f]{8})")
 _ID_PREFIX = 8
 _QUERY_NAMES = frozenset({"task", "group", "token", "last_event_id"})
-# The errors that end an id's part of a stream.
-_ENDING = frozenset({"unknown_task", "unknown_group", "unauthorized"})
 
 # What EventSourceResponse sent, in its order.
 _HEADERS = [
@@ -106,10 +101,8 @@ _PING: Message = {
 }
 _ENDED: Message = {"type": "http.response.body", "body": _END, "more_body": False}
 _CLOSED: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-# How often the keeper looks for a stopping server, and how long the last write of a
-# stream may wait on the client when the server stops.
+# How often the keeper looks for a stopping server.
 _TICK = 0.2
-_CLOSE_TIMEOUT = 1.0
 # Streams pinged before the keeper lets others run.
 _PING_BATCH = 500
 
@@ -125,44 +118,10 @@ class Watched:
     token: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Frame:
-    """What the stream needs to know of one hub message."""
-
-    type: str
-    watched_id: str | None
-    version: str
-    terminal: bool
-
-
-@functools.lru_cache(maxsize=16)
-def _frame(text: str) -> _Frame:
-    """Read one hub message. Cached: the hub hands the same message to every subscriber
-    of a task in a row, so a change is read once, not once per stream."""
-    message: dict[str, Any] = orjson.loads(text)
-    kind = str(message.get("type"))
-    watched_id = message.get("group_id") if kind == "group" else message.get("task_id")
-    if watched_id is None:
-        watched_id = message.get("group_id")
-    terminal = bool(message.get("final")) or (kind == "error" and message.get("code") in _ENDING)
-    # The estimates move with the clock; a state whose only change is its ETA has been
-    # seen already.
-    progress = message.get("progress")
-    if isinstance(progress, dict):
-        message["progress"] = {k: v for k, v in progress.items() if k not in ("rate", "eta_s")}
-    digest = zlib.crc32(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
-    # A terminal state's digest never equals a running one's: no final can be taken for
-    # a state the client had.
-    version = f"{'f' if terminal else ''}{digest:08x}"
-    return _Frame(kind, watched_id, version, terminal)
-
-
-@functools.lru_cache(maxsize=64)
-def _event(text: str, kind: str, event_id: str, ends: bool) -> Message:
-    """One event as the ASGI message that writes it (with the end event, and the end of
-    the response, when it is the stream's last). Cached, as ``_frame`` is: every stream
-    of a task that has seen the same states gets the same event, encoded once."""
-    event = ServerSentEvent(text, event=kind, id=event_id).encode()
+def _event(update: Update, event_id: str, ends: bool) -> Message:
+    """One update as the ASGI message that writes its event (with the end event, and the
+    end of the response, when it is the stream's last)."""
+    event = ServerSentEvent(update.text, event=update.type, id=event_id).encode()
     if ends:
         return {"type": "http.response.body", "body": event + _END, "more_body": False}
     return {"type": "http.response.body", "body": event, "more_body": True}
@@ -190,50 +149,49 @@ def seen_versions(last_event_id: str | None, watched: list[Watched]) -> dict[str
     }
 
 
-class EventStream:
-    """One stream's events: a Subscriber of the hub whose frames are written as events,
-    by the hub's own call while the socket has room (see the module's docstring). A
-    frame that would wait is finished by the subscriber's sender, the frames after it
+class EventStream(Connection):
+    """One stream's events: a connection of the hub whose updates are written as events,
+    by the hub's own call while the socket has room (see the module's docstring). An
+    update that would wait is finished by the connection's sender, the updates after it
     wait in its mailbox (the newest per task), and the hub's reaper cancels the sender
     if its client stops reading: the same rules as a WebSocket's."""
 
     __slots__ = (
         "_finished",
-        "_interrupt",
+        "_receive",
         "_send_asgi",
         "members",
         "open",
         "ping_at",
         "refused",
         "seen",
-        "state",
-        "subscriber",
         "watched",
     )
 
     def __init__(
         self,
         state: AppState,
+        client: str,
         watched: list[Watched],
         seen: dict[str, str],
         members: dict[str, tuple[str, ...] | None],
         refused: set[str],
     ) -> None:
-        self.state = state
+        super().__init__(state, client)
         self.watched = watched
         self.seen = seen
         self.members = members
         self.refused = refused
         self.open = {item.id for item in watched}
-        self.subscriber: Subscriber | None = None
+        self._receive: Receive | None = None
         self._send_asgi: Send | None = None
-        # Ends the request's wait on its client: the stream's sender ended, or the
-        # server is stopping.
-        self._interrupt = Interrupt()
         # Whether the response is complete (its last message is written or on its way).
         self._finished = False
         # Loop time of the stream's next keep-alive comment (kept by the _Keeper).
         self.ping_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<EventStream of {len(self.watched)} ({len(self.open)} open) from {self.client}>"
 
     def _event_id(self) -> str:
         return ".".join(
@@ -242,65 +200,46 @@ class EventStream:
             if item.id in self.seen
         )
 
-    def _message(self, text: str) -> Message | None:
-        """The message that writes this hub message to the client; None for none."""
-        frame = _frame(text)
-        watched_id = frame.watched_id
+    def _message(self, update: Update) -> Message | None:
+        """The message that writes this update to the client; None for none."""
+        watched_id = update.watched_id
         if watched_id is None or watched_id not in self.open:
             return None  # an answer to nothing this stream asked (there is no client request)
-        if frame.terminal:
+        if update.kind.terminal:
             self.open.discard(watched_id)
         ends = not self.open
         if ends:
             self._finished = True
-        if self.seen.get(watched_id) == frame.version:
+        version = update.version
+        if self.seen.get(watched_id) == version:
             # The client has this state already.
             return _ENDED if ends else None
-        self.seen[watched_id] = frame.version
-        if len(self.watched) == 1:
-            event_id = f"{self.watched[0].id[:_ID_PREFIX]}{frame.version}"
-        else:
-            event_id = self._event_id()
-        return _event(text, frame.type, event_id, ends)
+        self.seen[watched_id] = version
+        if len(self.watched) > 1:
+            return _event(update, self._event_id(), ends)
+        # One id: every stream of it writes this update alike, framed once for them all.
+        if update.event is None:
+            update.event = _event(update, f"{watched_id[:_ID_PREFIX]}{version}", ends)
+        return update.event
 
-    async def _send(self, text: str) -> None:
-        """The subscriber's send: the hub calls it for each frame (and drives it without
-        awaiting: see ``Subscriber``); it suspends only while the socket's buffer is full."""
-        message = self._message(text)
+    async def write(self, update: Update) -> None:
+        """The hub calls it for each update (and drives it without awaiting: see
+        ``Subscriber``); it suspends only while the socket's buffer is full."""
+        message = self._message(update)
         if message is not None:
             assert self._send_asgi is not None
             await self._send_asgi(message)
 
-    async def serve(self, receive: Receive, send: Send) -> None:
+    async def stream(self, receive: Receive, send: Send) -> None:
         """The stream, once its response has started: until its end event, the client
         leaving, the client no longer reading, or the server stopping."""
-        self._send_asgi = send
-        hub = self.state.hub
-        subscriber = self.subscriber = Subscriber(self._send, hub.backed_up)
-        sender = asyncio.create_task(subscriber.run())
-        hub.connect(subscriber, sender)
-        # The sender ends only when the hub's reaper cancels it (the client stopped
-        # reading) or a send failed: either way the stream is over.
-        sender.add_done_callback(self._interrupt)
+        self._receive, self._send_asgi = receive, send
         keeper = _Keeper.of_this_loop()
         keeper.add(self)
         try:
-            async with asyncio.timeout(None) as self._interrupt.timeout:
-                self._start()
-                # uvicorn answers http.disconnect when the client leaves, and once the
-                # response is complete (the end event is its last message).
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-        except TimeoutError:
-            pass  # interrupted
+            await self.serve()
         finally:
-            self._interrupt.timeout = None
             keeper.discard(self)
-            hub.disconnect(subscriber)
-            sender.cancel()
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            # (uvicorn's send does not raise for a client that left: this is a bug.)
-            logger.error("an event stream's send failed", exc_info=sender.exception())
         if not self._finished:
             # Interrupted: by the server stopping, so that the client reconnects (to
             # this service started again, or to another instance) and resumes; or by
@@ -309,18 +248,21 @@ class EventStream:
             # unfinished), as a WebSocket's close frame is given up on.
             self._finished = True
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
                     await send(_CLOSED)
 
-    def close(self) -> None:
-        """Called by the keeper when the server stops."""
-        self._interrupt()
+    async def receive_client(self) -> int | None:
+        # uvicorn answers http.disconnect when the client leaves, and once the response
+        # is complete (the end event is its last message).
+        assert self._receive is not None
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        return None
 
     def ping(self) -> None:
         """Write a keep-alive comment if the socket has room; never wait for it (a
         stream whose send waits has bytes on their way already)."""
-        subscriber = self.subscriber
-        if self._finished or subscriber is None or subscriber.sending_since is not None:
+        if self._finished or self.sending_since is not None:
             return
         assert self._send_asgi is not None
         send = cast(Coroutine[Any, Any, None], self._send_asgi(_PING))
@@ -329,28 +271,22 @@ class EventStream:
         except StopIteration:
             return
         except Exception:  # the client is gone: the stream ends
-            self._interrupt()
+            self.interrupt()
             return
         send.close()  # the buffer is full: no ping needed
 
-    def _start(self) -> None:
+    def on_connect(self) -> None:
         hub = self.state.hub
-        subscriber = self.subscriber
-        assert subscriber is not None
         for item in self.watched:
             if item.id in self.refused:
                 ids = {f"{item.kind}_id": item.id}
-                refusal = protocol.error_message(
-                    "unauthorized", protocol.UNAUTHORIZED_DETAIL, **ids
-                )
-                subscriber.offer(item.id, refusal, Kind.UNKNOWN)
+                self.offer(protocol.unauthorized(item.id, watch_refused(item.kind), **ids))
             elif item.kind == "task":
-                hub.watch(item.id, subscriber)
+                hub.watch(item.id, self)
             elif (members := self.members[item.id]) is None:
-                unknown = protocol.unknown_group_message(item.id)
-                subscriber.offer(item.id, unknown, Kind.UNKNOWN)
+                self.offer(protocol.unknown_group(item.id))
             else:
-                hub.watch_group(item.id, members, subscriber)
+                hub.watch_group(item.id, members, self)
 
 
 def _server_stopping() -> bool:
@@ -403,7 +339,7 @@ class _Keeper:
                 await asyncio.sleep(_TICK)
                 if _server_stopping():
                     for stream in list(self.streams):
-                        stream.close()
+                        stream.interrupt()
                     continue
                 await self._ping()
         finally:
@@ -432,10 +368,9 @@ class _Keeper:
 class _Response(Response):
     """The event stream, holding one of the client's connections while it lasts."""
 
-    def __init__(self, stream: EventStream, client: str) -> None:
+    def __init__(self, stream: EventStream) -> None:
         # (Not Response.__init__: there is no body to render, nor its length to say.)
         self.stream = stream
-        self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -445,9 +380,9 @@ class _Response(Response):
                 await send(_CLOSED)
                 return
             await send(_RETRY)
-            await self.stream.serve(receive, send)
+            await self.stream.stream(receive, send)
         finally:
-            self.stream.state.clients.release(self.client)
+            self.stream.release()
 
 
 async def _open(request: Request, watched: list[Watched], many: bool = False) -> Response:
@@ -456,18 +391,11 @@ async def _open(request: Request, watched: list[Watched], many: bool = False) ->
     subscribe (an EventSource cannot read the body of a 401); a stream that opens no id at
     all is a 401."""
     state = app_state(request)
-    credential = bearer(request.headers.get("authorization"))
-    refused = {
-        item.id for item in watched if not state.auth.may_watch(item.id, item.token, credential)
-    }
+    refused = {item.id for item in watched if not may_watch(request, item.id, item.token)}
     if refused and (not many or len(refused) == len(watched)):
-        raise ApiError(
-            401,
-            "unauthorized",
-            f"{_first(watched, refused)} needs its watch token (?token= after its id) or an "
-            "API key (Authorization: Bearer); tokens expire",
-            {"WWW-Authenticate": 'Bearer realm="taskcast"'},
-        )
+        first = next(item for item in watched if item.id in refused)
+        detail = f"{first.kind} {first.id}: {watch_refused(first.kind)}"
+        raise ApiError(401, "unauthorized", detail, CHALLENGE)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
@@ -480,18 +408,12 @@ async def _open(request: Request, watched: list[Watched], many: bool = False) ->
         if item.kind == "group" and item.id not in refused
     }
     client = request.client.host if request.client else ""
-    too_many = state.clients.acquire(client)
-    if too_many is not None:
-        state.metrics.connections_refused[too_many.limit].inc()
-        raise ApiError(503, "too_many_connections", too_many.detail, {"Retry-After": "5"})
     seen = seen_versions(last_event_id, watched)
-    stream = EventStream(state, watched, seen, members, refused)
-    return _Response(stream, client)
-
-
-def _first(watched: list[Watched], ids: set[str]) -> str:
-    item = next(item for item in watched if item.id in ids)
-    return f"{item.kind} {item.id}"
+    stream = EventStream(state, client, watched, seen, members, refused)
+    too_many = stream.admit()
+    if too_many is not None:
+        raise ApiError(503, "too_many_connections", too_many.detail, {"Retry-After": "5"})
+    return _Response(stream)
 
 
 def _one(request: Request, kind: str) -> Watched:
@@ -541,7 +463,7 @@ async def sse_many(request: Request) -> Response:
 
 
 routes = [
-    Route("/sse", sse_many, methods=["GET"]),
-    Route("/sse/tasks/{task_id}", sse_task, methods=["GET"]),
-    Route("/sse/groups/{group_id}", sse_group, methods=["GET"]),
+    guarded("/sse", sse_many, guard=Guard.WATCH_EACH),
+    guarded("/sse/tasks/{task_id}", sse_task, guard=Guard.WATCH),
+    guarded("/sse/groups/{group_id}", sse_group, guard=Guard.WATCH),
 ]

@@ -11,46 +11,19 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from taskcast.api.dispatching import dispatch_task, watch_token
 from taskcast.api.errors import ApiError
+from taskcast.api.guards import Guard, GuardedRoute, app_state, guarded, read_status
+from taskcast.api.queries import EmailQuery, ProgressQuery, SleepQuery
 from taskcast.api.responses import json_response
-from taskcast.api.tasks import (
-    app_state,
-    authorize_work,
-    dispatch_task,
-    read_status,
-    require_watch,
-    watch_token,
-)
 from taskcast.api.validation import check_params, decode_json, parse_query, parse_task_id, read_body
 from taskcast.limits import LimitReached
-from taskcast.status import Status
+from taskcast.status import Status, encode_status
 from taskcast_celery import states
 from taskcast_celery.expose import Exposure
-
-
-class _Query(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SleepQuery(_Query):
-    seconds: float = Field(10.0, ge=0, le=60, description="How long the job takes.")
-
-
-# The tutorial's job runs a second per step: at most an hour, as for every demo task.
-MAX_TIME = 3600
-
-
-class ProgressQuery(_Query):
-    time: int = Field(100, ge=1, le=MAX_TIME, description="Seconds the job runs, one step each.")
-
-
-class EmailQuery(_Query):
-    email: EmailStr = Field(description="Where the e-mail goes.")
 
 
 def _task(request: Request, name: str) -> Exposure:
@@ -70,8 +43,6 @@ async def sync_process(request: Request) -> Response:
     of them held every thread that dispatch needs, and a POST waited seconds for one.
     Over the limit the answer is 503 at once, rather than a request queued for minutes.
     """
-    # Keyed like a dispatch: it holds a thread for up to a minute.
-    authorize_work(request)
     query = parse_query(SleepQuery, request)
     state = app_state(request)
     task = state.served.celery.tasks[_task(request, "sleep").task_name]
@@ -86,7 +57,6 @@ async def sync_process(request: Request) -> Response:
 
 
 async def async_process(request: Request) -> Response:
-    authorize_work(request)
     query = parse_query(SleepQuery, request)
     task_id = await _dispatch(request, "sleep", {"seconds": query.seconds})
     reply = {"task_id": task_id, "status": "Task started"}
@@ -94,7 +64,6 @@ async def async_process(request: Request) -> Response:
 
 
 async def process_data_with_status(request: Request) -> Response:
-    authorize_work(request)
     query = parse_query(ProgressQuery, request)
     task_id = await _dispatch(request, "progress", {"total": query.time, "step_seconds": 1.0})
     reply = {"message": "Processing started", "task_id": task_id}
@@ -103,7 +72,6 @@ async def process_data_with_status(request: Request) -> Response:
 
 async def process_and_email(request: Request) -> Response:
     """Queue the e-mail job: the address in the query, the data as the JSON body."""
-    authorize_work(request)
     query = parse_query(EmailQuery, request)
     body = await read_body(request, app_state(request).settings.max_body_bytes)
     values: dict[str, Any] = {"to": query.email}
@@ -140,11 +108,14 @@ def tutorial_shape(status: Status) -> dict[str, Any]:
 
 async def task_status(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
-    require_watch(request, task_id)
-    return json_response(tutorial_shape(await read_status(request, task_id)))
+    status = await read_status(request, task_id)
+    # Marks a result that cannot be sent, as every transport does, before it is shaped.
+    encode_status(status)
+    return json_response(tutorial_shape(status))
 
 
-# Each path that starts work, with the exposed task it starts.
+# Each path that starts work, with the exposed task it starts (each is guarded like a
+# dispatch; GET /sync-process/ too: it holds a thread for up to a minute).
 DISPATCH = {
     ("/sync-process/", "GET"): ("sleep", sync_process),
     ("/async-process/", "GET"): ("sleep", async_process),
@@ -153,12 +124,12 @@ DISPATCH = {
 }
 
 
-def routes(tasks: Mapping[str, Exposure]) -> list[Route]:
+def routes(tasks: Mapping[str, Exposure]) -> list[GuardedRoute]:
     """The tutorial's paths: each one that starts a task where the app exposes a task of
     that name (the demo app exposes all three), and its status path always."""
     present = [
-        Route(path, endpoint, methods=[method])
+        guarded(path, endpoint, method, Guard.WORK)
         for (path, method), (name, endpoint) in DISPATCH.items()
         if name in tasks
     ]
-    return [*present, Route("/task-status/{task_id}", task_status, methods=["GET"])]
+    return [*present, guarded("/task-status/{task_id}", task_status, guard=Guard.WATCH)]

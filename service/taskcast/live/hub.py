@@ -3,21 +3,22 @@
 It knows which task ids have subscribers, reads their result-backend keys in batches
 (MGET, one round trip per 1,000 keys, however many clients watch each task), compares
 the raw bytes with the last ones seen, and only then decodes and encodes, once per
-change, handing the frame to every subscriber (see ``taskcast.live.subscriber``: written at
-once to a socket with room, else kept in that connection's mailbox; never awaited).
-Seeing every change of a task, it also measures its pace (``taskcast.live.eta``) and puts
-the rate and time left into that one frame.
+change, delivering one typed update (``taskcast.live.protocol.Update``: what it is
+about, its kind, its status, its text) to every subscriber (see
+``taskcast.live.subscriber``: written at once to a socket with room, else kept in that
+connection's mailbox; never awaited). Seeing every change of a task, it also measures
+its pace (``taskcast.live.eta``) and puts the rate and time left into that one update.
 
 Liveness: on each poll the hub also reads the heartbeats of the running tasks it
 watches (in the same MGET as their records), measures their age on Redis's clock (read
-with TIME every few seconds, ``taskcast.store.RedisClock``), and flips
+with TIME every 10 seconds, ``taskcast.store.RedisClock``), and flips
 a task's ``stalled`` flag when its worker has been silent for ``stall_after`` seconds
 (``taskcast.liveness``); a new record from the task is itself a sign of life and clears
 it.
 
 Groups: a watched group is a tally (``taskcast.groups``) fed by its members, which the
 hub watches like any task (their keys join the same MGET and the same channels), with
-the group as their listener. A group's frame goes out at most every 100 ms, however
+the group as their listener. A group's update goes out at most every 100 ms, however
 many members changed meanwhile (its final one at once).
 
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
@@ -42,8 +43,8 @@ from redis.asyncio.client import PubSub
 
 from taskcast.groups import GroupTally
 from taskcast.live.eta import Countdown, EtaEstimator
-from taskcast.live.protocol import group_message, status_message, unknown_task_message
-from taskcast.live.subscriber import Kind, Subscriber
+from taskcast.live.protocol import Update, group_update, status_update, unknown_task
+from taskcast.live.subscriber import Subscriber
 from taskcast.liveness import can_stall, is_stalled, silent
 from taskcast.metrics import HubStats, Metrics
 from taskcast.status import Status, decode_status
@@ -73,8 +74,8 @@ class _Watch:
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
     loaded: bool = False
     raw: bytes | None = None
-    frame: str | None = None
-    kind: Kind = Kind.STATUS
+    # The last update made of it, for a new subscriber (None: nothing to tell yet).
+    update: Update | None = None
     eta: EtaEstimator = field(default_factory=EtaEstimator)
     # Running by its record (so its heartbeat is read on each poll), and stalled by it.
     running: bool = False
@@ -88,21 +89,20 @@ class _Watch:
 
 @dataclass(slots=True, eq=False)
 class _GroupWatch:
-    """One watched group: its subscribers, its tally, and the last frame made of it."""
+    """One watched group: its subscribers, its tally, and the last update made of it."""
 
     tally: GroupTally
     members: tuple[str, ...]
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
-    frame: str | None = None
-    kind: Kind = Kind.STATUS
+    update: Update | None = None
     eta: EtaEstimator = field(default_factory=EtaEstimator)
     countdown: Countdown = field(default_factory=Countdown)
-    # Loop time of its last frame, for the group frame interval.
+    # Loop time of its last update, for the group update interval.
     sent_at: float = -math.inf
 
 
 class Hub:
-    """Watches the tasks that have subscribers and hands their changes out."""
+    """Watches the tasks that have subscribers and delivers their changes."""
 
     def __init__(
         self,
@@ -150,7 +150,14 @@ class Hub:
         self._frames_sent = 0
         self._frames_coalesced = 0
 
-    # -- called by the WebSocket endpoints (synchronous: no await between check and act)
+    def __repr__(self) -> str:
+        return (
+            f"<Hub {'healthy' if self.healthy else 'degraded'} "
+            f"connections={len(self.connections)} tasks={len(self._watches)} "
+            f"groups={len(self._groups)}>"
+        )
+
+    # -- called by the connections (synchronous: no await between check and act)
 
     @property
     def watched(self) -> frozenset[str]:
@@ -205,8 +212,8 @@ class Hub:
         watch = self._task_watch(task_id)
         watch.subscribers[subscriber] = None
         subscriber.watching.add(task_id)
-        if watch.frame is not None:
-            subscriber.offer(task_id, watch.frame, watch.kind)
+        if watch.update is not None:
+            subscriber.offer(watch.update)
 
     def watch_group(self, group_id: str, members: tuple[str, ...], subscriber: Subscriber) -> None:
         """Subscribe to a group whose member ids are ``members``; its current status
@@ -226,8 +233,8 @@ class Hub:
                 self._refresh_group(group, asyncio.get_running_loop().time())
         group.subscribers[subscriber] = None
         subscriber.watching.add(group_id)
-        if group.frame is not None:
-            subscriber.offer(group_id, group.frame, group.kind)
+        if group.update is not None:
+            subscriber.offer(group.update)
 
     def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
         """Unsubscribe from a task or a group."""
@@ -244,6 +251,16 @@ class Hub:
         watch.subscribers.pop(subscriber, None)
         if not watch.subscribers and not watch.groups:
             self._forget(watched_id)
+
+    def worker_alive(self, beat: bytes | None, redis_now_ms: int) -> bool:
+        """Whether a task's worker still beats for it (``beat`` fresher than the stall
+        threshold, or the vanish grace): its missing record will be written again. REST
+        asks the same, so that both wait for such a record rather than call it unknown."""
+        return beat is not None and not silent(beat, redis_now_ms, self._beat_fresh)
+
+    @property
+    def _beat_fresh(self) -> float:
+        return self.stall_after or self.vanish_grace
 
     def _task_watch(self, task_id: str) -> _Watch:
         watch = self._watches.get(task_id)
@@ -346,15 +363,18 @@ class Hub:
 
     def _heartbeats_to_read(self, ids: list[str], polling: bool) -> list[str]:
         """Whose heartbeat to read with these records: a task read for the first time
-        (its first status must say whether it is stalled) and, on a poll, every task
-        running by its last record. A changed record needs none: it is a sign of life."""
-        if not self.stall_after:
-            return []
+        (its first status must say whether it is stalled, and a missing record whether
+        its worker still runs it), one whose record vanished (whether to wait for it)
+        and, on a poll with stall detection on, every task running by its last record.
+        A changed record needs none: it is a sign of life."""
         watches = self._watches
+        stalls = polling and bool(self.stall_after)
         return [
             task_id
             for task_id in ids
-            if not (watch := watches[task_id]).loaded or (polling and watch.running)
+            if not (watch := watches[task_id]).loaded
+            or watch.vanished_at is not None
+            or (stalls and watch.running)
         ]
 
     def _apply_all(self, ids: list[str], beat_ids: list[str], reading: Reading, now: float) -> None:
@@ -366,7 +386,11 @@ class Hub:
             watch = self._watches.get(task_id)
             if watch is None:
                 continue  # unwatched meanwhile
-            if raw is None and watch.loaded:
+            if raw is None and (
+                watch.loaded or self.worker_alive(beats.get(task_id), redis_now_ms)
+            ):
+                # Gone after it was read, or missing while its worker beats: wait for it.
+                watch.loaded = True
                 self._vanished(
                     task_id, watch, beats.get(task_id), redis_now_ms, now, changed_groups
                 )
@@ -380,17 +404,17 @@ class Hub:
                     if stalled != watch.stalled and (judging or not stalled):
                         watch.stalled = stalled
                         status = decode_status(task_id, raw)
-                        self._publish(task_id, watch, status, now, changed_groups)
+                        self._deliver_status(task_id, watch, status, now, changed_groups)
                 continue
             watch.vanished_at = None
             first_read = not watch.loaded
             watch.loaded, watch.raw = True, raw
             if raw is None:
-                watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
+                watch.update = unknown_task(task_id)
                 for group in watch.groups or ():
                     group.tally.update(task_id, None)
                     changed_groups[group] = None
-                self._hand_out(task_id, watch)
+                self._deliver(task_id, watch)
                 continue
             status = decode_status(task_id, raw)
             watch.running = can_stall(status["state"])
@@ -403,9 +427,9 @@ class Hub:
                 and is_stalled(status["state"], beat, redis_now_ms, self.stall_after)
             )
             if status["progress"] is not None and not status["final"]:
-                # Once per change, however many subscribers: part of the one frame.
+                # Once per change, however many subscribers: part of the one update.
                 watch.eta.observe(now, status["progress"]["current"], status["progress"]["total"])
-            self._publish(task_id, watch, status, now, changed_groups)
+            self._deliver_status(task_id, watch, status, now, changed_groups)
         for group in changed_groups:
             if group.tally.complete and self._groups.get(group.tally.group_id) is group:
                 self._group_changed(group, now)
@@ -420,24 +444,23 @@ class Hub:
         changed_groups: dict[_GroupWatch, None],
     ) -> None:
         """The record of a task the hub had read is gone (a Redis restart without
-        persistence, a failover, a deletion). Its last frame is no longer handed to new
+        persistence, a failover, a deletion). Its last update is no longer handed to new
         subscribers (REST says 404 meanwhile); its worker may write again, and while it
         beats the hub waits for that; with neither a record nor a beat for
         ``vanish_grace``, the subscribers are told the task is unknown, as REST does."""
         if watch.vanished_at is None:
-            watch.vanished_at, watch.raw, watch.frame = now, None, None
+            watch.vanished_at, watch.raw, watch.update = now, None, None
             return
-        fresh = self.stall_after or self.vanish_grace
-        if beat is not None and not silent(beat, redis_now_ms, fresh):
+        if self.worker_alive(beat, redis_now_ms):
             watch.vanished_at = now  # its worker is alive: the record will come back
             return
         if now - watch.vanished_at < self.vanish_grace:
             return
-        watch.frame, watch.kind = unknown_task_message(task_id), Kind.UNKNOWN
+        watch.update = unknown_task(task_id)
         for group in watch.groups or ():
             group.tally.update(task_id, None)
             changed_groups[group] = None
-        self._hand_out(task_id, watch)
+        self._deliver(task_id, watch)
 
     def _status_of(self, task_id: str, watch: _Watch) -> Status | None:
         """A loaded watch's status, decoded again from its raw record (None: no record)."""
@@ -447,7 +470,7 @@ class Hub:
         status["stalled"] = watch.stalled
         return status
 
-    def _publish(
+    def _deliver_status(
         self,
         task_id: str,
         watch: _Watch,
@@ -455,31 +478,31 @@ class Hub:
         now: float,
         changed_groups: dict[_GroupWatch, None],
     ) -> None:
-        """Make a task's frame from its status and hand it to its subscribers and groups."""
+        """Make a task's update from its status and deliver it to its subscribers and groups."""
         status["stalled"] = watch.stalled
         progress = status["progress"]
         if progress is not None and not status["final"]:
             progress["rate"], progress["eta_s"] = watch.eta.estimate(now)
             if watch.stalled:
                 progress["eta_s"] = None  # nobody is working on it: no time left to tell
-        watch.frame = status_message(status)
-        watch.kind = Kind.FINAL if status["final"] else Kind.STATUS
+        assert watch.raw is not None
+        watch.update = status_update(status, watch.raw)
         for group in watch.groups or ():
             group.tally.update(task_id, status, watch.raw)
             changed_groups[group] = None
-        self._hand_out(task_id, watch)
+        self._deliver(task_id, watch)
 
-    def _hand_out(self, task_id: str, watch: _Watch) -> None:
-        frame, kind = watch.frame, watch.kind
-        assert frame is not None
+    def _deliver(self, task_id: str, watch: _Watch) -> None:
+        update = watch.update
+        assert update is not None
         for subscriber in watch.subscribers:
-            subscriber.offer(task_id, frame, kind)
-        if kind.terminal:
+            subscriber.offer(update)
+        if update.kind.terminal:
             # Handed out to everyone watching, groups included: the watch is over.
             self._forget(task_id)
 
     def _group_changed(self, group: _GroupWatch, now: float) -> None:
-        """Send a changed group's frame now, or once the group frame interval has passed."""
+        """Deliver a changed group's update now, or once the group interval has passed."""
         if group.tally.final or now >= group.sent_at + _GROUP_FRAME_INTERVAL:
             self._groups_due.pop(group, None)
             self._refresh_group(group, now)
@@ -493,16 +516,15 @@ class Hub:
                 self._refresh_group(group, now)
 
     def _refresh_group(self, group: _GroupWatch, now: float) -> None:
-        """Make a group's frame from its tally and hand it out (ending it when final)."""
+        """Make a group's update from its tally and deliver it (ending it when final)."""
         group.sent_at = now
         tally = group.tally
         group.eta.observe(now, tally.fraction_done, tally.size)
         estimate = None if tally.final or tally.stalled else group.eta.estimate(now).eta_s
         eta_s = group.countdown.show(now, estimate)
-        group.frame = group_message(tally.status(eta_s))
-        group.kind = Kind.FINAL if tally.final else Kind.STATUS
+        update = group.update = group_update(tally.status(eta_s))
         for subscriber in group.subscribers:
-            subscriber.offer(tally.group_id, group.frame, group.kind)
+            subscriber.offer(update)
         if tally.final:
             self._forget_group(tally.group_id)
 

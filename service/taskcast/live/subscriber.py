@@ -1,4 +1,5 @@
-"""A WebSocket connection as the hub sees it: how each frame reaches that one client.
+"""A connection as the hub sees it (a WebSocket or an event stream): how each update
+reaches that one client.
 
 A frame for an idle connection (nothing pending, no send in progress) is written at
 once, by whoever produced it: the hub, or the connection's own receiver for a reply.
@@ -15,28 +16,12 @@ for its task, so nothing can replace it: it is delivered exactly once.
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import types
-from collections.abc import Callable, Coroutine, Generator, Hashable
+from collections.abc import Coroutine, Generator, Hashable
 from typing import Any
 
-from taskcast.live.protocol import CLOSE_NORMAL, CLOSE_UNKNOWN_TASK
-
-Send = Callable[[str], Coroutine[Any, Any, None]]
-
-
-class Kind(enum.Enum):
-    """What a frame means for the subscription it belongs to."""
-
-    STATUS = ("status", False)  # a non-final status: more may follow
-    FINAL = ("final", True)  # the final status: the subscription ends
-    UNKNOWN = ("unknown", True)  # no such task: the subscription ends
-    REPLY = ("reply", False)  # an answer to the client (pong, error, unsubscribed)
-
-    def __init__(self, label: str, terminal: bool) -> None:
-        # A plain attribute, not a property: it is read once per client per change.
-        self.terminal = terminal
+from taskcast.live.protocol import CLOSE_NORMAL, CLOSE_UNKNOWN_TASK, Kind, Update
 
 
 class MailboxOverflow(Exception):
@@ -56,7 +41,10 @@ def _finish(send: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, 
 
 
 class Subscriber:
-    """One connection: its pending frames, its live subscriptions, and its sender."""
+    """One connection: its pending updates, its live subscriptions, and its sender.
+
+    A transport says how one update goes out by overriding ``write``.
+    """
 
     __slots__ = (
         "_backed_up",
@@ -65,7 +53,6 @@ class Subscriber:
         "_loop",
         "_pending",
         "_replies",
-        "_send",
         "_unfinished",
         "_wakeup",
         "close_code",
@@ -79,20 +66,18 @@ class Subscriber:
 
     def __init__(
         self,
-        send: Send,
         backed_up: set[Subscriber],
         *,
         single: bool = False,
         max_replies: int = 256,
     ) -> None:
-        self._send = send
         # Shared by every connection: those whose send waits on the client right now,
         # so the hub's slow-client reaper looks at them and not at everyone.
         self._backed_up = backed_up
         self._loop = asyncio.get_running_loop()
         # Status frames are keyed by task id (the newest replaces the older); replies by
         # a counter (never coalesced). Dicts keep insertion order.
-        self._pending: dict[Hashable, tuple[str, Kind]] = {}
+        self._pending: dict[Hashable, Update] = {}
         self._replies = itertools.count()
         self._wakeup: asyncio.Future[None] | None = None
         # A send that found the socket's buffer full, for the sender to finish.
@@ -115,31 +100,43 @@ class Subscriber:
         self.frames_sent = 0
         self.frames_coalesced = 0
 
-    def offer(self, task_id: str, frame: str, kind: Kind) -> None:
-        """Called by the hub with a task's newest frame."""
-        if kind.terminal:
-            self.watching.discard(task_id)
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} watching={len(self.watching)} "
+            f"pending={len(self._pending)} backed_up={self.sending_since is not None}>"
+        )
+
+    def write(self, update: Update) -> Coroutine[Any, Any, None]:
+        """The send of one update to the client: the transport's own (a coroutine the
+        subscriber drives without awaiting while the socket has room)."""
+        raise NotImplementedError
+
+    def offer(self, update: Update) -> None:
+        """Called by the hub with the newest update of a task or group."""
+        watched_id = update.watched_id
+        if update.kind.terminal:
+            self.watching.discard(watched_id)
         if self._busy:
-            if task_id in self._pending:
+            if watched_id in self._pending:
                 self.frames_coalesced += 1
-            self._pending[task_id] = (frame, kind)
+            self._pending[watched_id] = update
             self._wake()
         else:
-            self._send_now(frame, kind)
+            self._send_now(update)
 
-    def reply(self, frame: str) -> None:
+    def reply(self, update: Update) -> None:
         """Send an answer to the client, after whatever is already pending."""
         if not self._busy:
-            self._send_now(frame, Kind.REPLY)
+            self._send_now(update)
             return
         if len(self._pending) >= self.max_replies + len(self.watching):
             raise MailboxOverflow
-        self._pending[("reply", next(self._replies))] = (frame, Kind.REPLY)
+        self._pending[("reply", next(self._replies))] = update
         self._wake()
 
-    def discard(self, task_id: str) -> None:
-        """Forget a task's pending frame (the client unsubscribed)."""
-        self._pending.pop(task_id, None)
+    def discard(self, watched_id: str) -> None:
+        """Forget a task's or group's pending update (the client unsubscribed)."""
+        self._pending.pop(watched_id, None)
 
     async def run(self) -> int | None:
         """The connection's sender: finish a send left unfinished, drain the mailbox, until a close.
@@ -150,10 +147,10 @@ class Subscriber:
         while True:
             await self._complete_send()
             while self._pending and self.close_code is None:
-                frames = list(self._pending.values())
+                updates = list(self._pending.values())
                 self._pending.clear()
-                for frame, kind in frames:
-                    self._send_now(frame, kind)
+                for update in updates:
+                    self._send_now(update)
                     await self._complete_send()
                     if self.close_code is not None:
                         break
@@ -180,9 +177,10 @@ class Subscriber:
             self._backed_up.discard(self)
         self._sent(kind)
 
-    def _send_now(self, frame: str, kind: Kind) -> None:
+    def _send_now(self, update: Update) -> None:
         self.frames_sent += 1
-        send = self._send(frame)
+        kind = update.kind
+        send = self.write(update)
         try:
             waiting_on = send.send(None)
         except StopIteration:

@@ -109,6 +109,7 @@ class GroupTally:
         "_failures",
         "_fraction",
         "_members",
+        "_position",
         "_reporting",
         "_stalled",
         "_total",
@@ -122,6 +123,10 @@ class GroupTally:
         self.group_id = group_id
         self.size = len(members)
         self._members: dict[str, _Member] = {}
+        # Where each member stands in the group: failures and stalled members are listed
+        # in this order, so that the list reads the same over REST and live, whatever
+        # order their changes were seen in.
+        self._position = {task_id: index for index, task_id in enumerate(members)}
         self.states: Counter[str] = Counter()
         self.done = 0
         self._fraction = 0.0
@@ -129,7 +134,6 @@ class GroupTally:
         self._total = 0.0
         # Members counted in the sums of current and total.
         self._reporting = 0
-        # Dicts as ordered sets: failures are listed in the order they were seen.
         self._failures: dict[str, GroupFailure] = {}
         self._stalled: dict[str, None] = {}
 
@@ -178,6 +182,10 @@ class GroupTally:
             else:
                 self._stalled.pop(task_id, None)
 
+    def _in_order(self, ids: Iterable[str]) -> list[str]:
+        """``ids`` in the order of the group's members."""
+        return sorted(ids, key=self._position.__getitem__)
+
     @property
     def stalled(self) -> bool:
         """Whether an unfinished member's worker has gone silent."""
@@ -219,10 +227,15 @@ class GroupTally:
                 "percent": percent,
                 "eta_s": 0.0 if final else eta_s,
             },
-            "failures": list(
-                _first(self._failures.values(), None if final else RUNNING_LIST_LIMIT)
-            ),
-            "stalled_tasks": [] if final else list(_first(self._stalled, RUNNING_LIST_LIMIT)),
+            "failures": [
+                self._failures[task_id]
+                for task_id in _first(
+                    self._in_order(self._failures), None if final else RUNNING_LIST_LIMIT
+                )
+            ],
+            "stalled_tasks": []
+            if final
+            else list(_first(self._in_order(self._stalled), RUNNING_LIST_LIMIT)),
         }
 
 

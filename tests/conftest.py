@@ -8,19 +8,26 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from tests import env  # first: fixes the environment before taskcast is imported
+from tests import env  # first: sets the environment before taskcast is imported
 
 # isort: split
 from taskcast.live.hub import Hub
 from taskcast.state import AppState
-from taskcast_celery.demo.celery import app as celery_app
 from tests.browser import browser, chromium  # noqa: F401 (every test's fixtures)
 from tests.mailtrap_server import FakeMailtrap
-from tests.support import WorkerProcess, running_server
+from tests.support import WorkerProcess, running_server, session_app
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment() -> Iterator[None]:
+    """This session's Redis and fake Mailtrap, set in the environment before the first
+    test (never at collection; see tests/env.py)."""
+    with env.session():
+        yield
 
 
 @pytest.fixture(scope="session")
-def redis_client() -> Iterator[redis.Redis]:
+def redis_client(environment: None) -> Iterator[redis.Redis]:
     """A synchronous client for assertions; removes this session's keys at the end."""
     client = redis.Redis.from_url(env.REDIS_URL)
     yield client
@@ -36,7 +43,7 @@ def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
     process.start()
     try:
         deadline_pings = 0
-        while not celery_app.control.ping(destination=[process.hostname], timeout=0.5):
+        while not session_app().control.ping(destination=[process.hostname], timeout=0.5):
             deadline_pings += 1
             assert deadline_pings < 60, "the test worker did not answer within 30 s"
         yield process
@@ -45,7 +52,7 @@ def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture(scope="session")
-def mailtrap_server() -> Iterator[FakeMailtrap]:
+def mailtrap_server(environment: None) -> Iterator[FakeMailtrap]:
     """The session's fake Mailtrap, which every worker sends to (see ``tests.env``)."""
     env.MAILTRAP.start()
     yield env.MAILTRAP

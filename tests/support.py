@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import redis
 import redis.asyncio
 import uvicorn
@@ -28,7 +32,6 @@ from taskcast.cli.devstack import free_port
 from taskcast.live.transport import TaskcastWebSocketProtocol
 from taskcast.settings import Settings
 from taskcast_celery import keys
-from taskcast_celery.demo.celery import create_demo_app
 from taskcast_celery.demo.settings import DemoSettings
 from taskcast_celery.states import FINAL_STATES
 from tests import env
@@ -39,16 +42,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], T | Awaitable[T]],
     accept: Callable[[T], bool],
     within: float = 15.0,
     interval: float = 0.02,
 ) -> T:
-    """Call ``probe`` until ``accept`` approves its answer; fail after ``within`` seconds."""
+    """Call ``probe`` until ``accept`` approves its answer; fail after ``within`` seconds.
+
+    ``probe`` returns its answer, or an awaitable of it (a coroutine, ``asyncio.to_thread``
+    for a blocking read), which is awaited; either way the event loop runs between polls,
+    so a plain probe may read what other tasks change (``lambda: hub.watched``).
+    """
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
-        last = await probe()
+        answer = probe()
+        last = await answer if inspect.isawaitable(answer) else answer
         if accept(last):
             return last
         await asyncio.sleep(interval)
@@ -77,9 +86,15 @@ def final(status: dict[str, Any]) -> bool:
 
 
 def assert_progress_in_order(statuses: list[dict[str, Any]]) -> None:
-    """Never backwards, exactly one final, and it comes last."""
-    currents = [s["progress"]["current"] for s in statuses if s["state"] == "PROGRESS"]
-    assert currents == sorted(currents)
+    """Progress never backwards, exactly one final, and it comes last.
+
+    There must be progress to check: it fails on no statuses, or on statuses none of
+    which carries progress (a success's status carries its task's last progress).
+    """
+    assert statuses, "no statuses at all"
+    currents = [s["progress"]["current"] for s in statuses if s["progress"] is not None]
+    assert currents, f"no status carries progress: {[s['state'] for s in statuses]}"
+    assert currents == sorted(currents), currents
     finals = [s for s in statuses if s["final"]]
     assert len(finals) == 1
     assert statuses[-1] is finals[0]
@@ -211,7 +226,7 @@ async def running_server(
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        await eventually(lambda: asyncio.sleep(0, server.started), bool, within=10)
+        await eventually(lambda: server.started, bool, within=10)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
@@ -272,14 +287,40 @@ def running_record(client: redis.Redis, task_id: str) -> None:
     client.set(keys.task_meta_key(env.KEY_PREFIX, task_id), json.dumps(meta))
 
 
+def write_progress(task_id: str, current: int, total: int, message: str = "") -> None:
+    """A state change, written the way update_state writes it (SET + PUBLISH)."""
+    meta = {"current": current, "total": total, "message": message}
+    session_app().backend.store_result(task_id, meta, "PROGRESS")
+
+
+def write_success(task_id: str) -> None:
+    """A task's success, written the way its worker writes it (SET + PUBLISH)."""
+    session_app().backend.store_result(task_id, "done", "SUCCESS")
+
+
 def settings_with(**changes: Any) -> Settings:
     """This session's service settings (from the environment), with ``changes``."""
     return Settings().model_copy(update=changes)
 
 
+def session_app() -> Celery:
+    """The session's demo app, ``taskcast_celery.demo.celery.app``: the one the session's
+    worker and server run.
+
+    Imported here, when a test first needs it, and never at a module's top: the demo app
+    reads the environment as it is built, and the session's Redis and Mailtrap are set
+    there by the ``environment`` fixture (tests/env.py), after collection.
+    """
+    from taskcast_celery.demo.celery import app
+
+    return app
+
+
 def demo_app(**changes: Any) -> Celery:
     """A demo app of a test's own: this session's demo settings with ``changes`` (another
     queue, a dead Redis), made taskcast-ready like the session's."""
+    from taskcast_celery.demo.celery import create_demo_app
+
     return create_demo_app(DemoSettings().model_copy(update=changes))
 
 
@@ -292,6 +333,17 @@ def ws_connect(base_url: str, path: str, **options: Any) -> websockets.asyncio.c
     options.setdefault("compression", None)
     options.setdefault("ping_interval", None)
     return websockets.asyncio.client.connect(ws_url(base_url, path), **options)
+
+
+def small_window_socket(base_url: str) -> socket.socket:
+    """A client socket with a tiny receive buffer, so that a client that stops reading
+    backs the server up within kilobytes instead of the megabytes loopback allows."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base_url.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    return sock
 
 
 async def recv_json(ws: ClientConnection, within: float = 10.0) -> dict[str, Any]:
@@ -311,6 +363,71 @@ async def read_until_closed(
             async for raw in ws:
                 messages.append(json.loads(raw))
     return messages, ws.close_code
+
+
+@dataclass
+class Event:
+    """One event as EventSource dispatches it."""
+
+    event: str = "message"
+    id: str | None = None
+    data: list[str] = field(default_factory=list)
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """Its data, as the JSON it is."""
+        parsed: dict[str, Any] = json.loads("\n".join(self.data))
+        return parsed
+
+
+class Reader:
+    """A stream read as EventSource reads it: blocks of fields between blank lines."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.blocks = self._blocks(response)
+
+    @staticmethod
+    async def _blocks(response: httpx.Response) -> AsyncIterator[Event]:
+        current = Event()
+        async for line in response.aiter_lines():
+            if line == "":
+                yield current
+                current = Event()
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                current.comments.append(value)
+            elif name == "data":
+                current.data.append(value)
+            elif name == "event":
+                current.event = value
+            elif name == "id":
+                current.id = value
+            elif name == "retry":
+                current.retry = int(value)
+
+    async def events(self, until: str | None = "end", count: int | None = None) -> list[Event]:
+        """Events (blocks with data) until one of type ``until``, ``count`` of them, or
+        the end of the stream."""
+        seen: list[Event] = []
+        async with asyncio.timeout(15):
+            async for event in self.blocks:
+                if not event.data:
+                    continue
+                seen.append(event)
+                if event.event == until or (count is not None and len(seen) == count):
+                    break
+        return seen
+
+
+async def read_events(
+    response: httpx.Response, until: str | None = "end", count: int | None = None
+) -> list[Event]:
+    """An event stream's events, read as EventSource reads them (see ``Reader.events``)."""
+    return await Reader(response).events(until, count)
 
 
 async def submit(client: httpx.AsyncClient, name: str, **params: Any) -> str:
@@ -336,8 +453,57 @@ def read_output(process: asyncio.subprocess.Process) -> tuple[list[str], asyncio
 async def dev_banner(process: asyncio.subprocess.Process, output: list[str]) -> str:
     """What `taskcast dev` printed once it says it is ready, or once it exited."""
     text: str = await eventually(
-        lambda: asyncio.sleep(0, "".join(output)),
+        lambda: "".join(output),
         lambda text: "taskcast dev is ready" in text or process.returncode is not None,
         within=60,
     )
     return text
+
+
+@contextlib.asynccontextmanager
+async def cli(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m taskcast`` with pipes (not a terminal), killed if still running at exit."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskcast", *args,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, within: float = 30
+) -> tuple[int | None, str, str]:
+    """Run the command to its end: exit code, stdout, stderr."""
+    async with cli(*args, env=env) as process, asyncio.timeout(within):
+        out, err = await process.communicate()
+    return process.returncode, out.decode(), err.decode()
+
+
+def apt_install(package: str, binary: str) -> str:
+    """``binary``, installing Debian's ``package`` with apt-get first if it is missing.
+
+    Only as root, where apt-get exists; the test fails otherwise, or if apt-get does. It
+    waits up to two minutes for a dpkg lock another install holds (other test runs on
+    this machine).
+    """
+    if os.path.exists(binary):
+        return binary
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.fail(f"{binary} is missing; install Debian's {package} package (as root)")
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=120"]
+    for argv, timeout in (
+        (["apt-get", *lock, "update", "-q"], 90),
+        (["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", package], 180),
+    ):
+        done = subprocess.run(argv, env=apt_env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return binary

@@ -30,11 +30,11 @@ from tests.support import (
     eventually,
     read_until_closed,
     recv_json,
+    run_cli,
     running_server,
     settings_with,
     ws_connect,
 )
-from tests.test_terminal import run_cli
 
 KEY = "key-" + secrets.token_urlsafe(24)
 OTHER_KEY = "key-" + secrets.token_urlsafe(24)

@@ -15,13 +15,13 @@ from celery import states as celery_states
 from taskcast.api.celery_progress import group_progress, task_progress
 from taskcast.app import create_app
 from taskcast.status import Status, decode_status
-from taskcast_celery.demo.celery import app as celery_app
 from tests.support import (
     WorkerProcess,
     eventually,
     read_until_closed,
     recv_json,
     running_server,
+    session_app,
     settings_with,
     submit,
     ws_connect,
@@ -31,7 +31,7 @@ from tests.support import (
 def store(state: str, result: Any, **extra: Any) -> str:
     """A record written as a worker writes it; its task id."""
     task_id = str(uuid.uuid4())
-    celery_app.backend.store_result(task_id, result, state, **extra)
+    session_app().backend.store_result(task_id, result, state, **extra)
     return task_id
 
 

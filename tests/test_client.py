@@ -25,11 +25,11 @@ from tests.support import (
     assert_progress_in_order,
     eventually,
     final,
+    run_cli,
     running_server,
     submit,
     wait_for_state,
 )
-from tests.test_terminal import run_cli
 
 
 async def collect(statuses: AsyncIterator[dict[str, Any]], within: float = 20) -> list[Any]:
@@ -177,9 +177,7 @@ class Follower:
 
     async def until(self, accept: Callable[[list[dict[str, Any]]], bool]) -> None:
         """Wait until the statuses seen satisfy ``accept``; a crashed watch fails the wait."""
-        await eventually(
-            lambda: asyncio.sleep(0, self.seen), lambda seen: self.task.done() or accept(seen)
-        )
+        await eventually(lambda: self.seen, lambda seen: self.task.done() or accept(seen))
         if self.task.done():
             self.task.result()
 
@@ -223,7 +221,7 @@ async def test_after_a_reconnect_the_repeated_snapshot_is_not_yielded_again(
             hub: Hub = second.state.taskcast.hub
             # The watch is back (the new server follows the task for it): its snapshot,
             # STARTED again unless the revocation below beat it, must not show.
-            await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: task_id in w)
+            await eventually(lambda: hub.watched, lambda w: task_id in w)
             assert (await client.delete(f"/tasks/{task_id}")).status_code == 202
             statuses = await follower.finish()
         assert [status["state"] for status in statuses] == ["STARTED", "REVOKED"]
@@ -256,7 +254,7 @@ async def test_after_a_reconnect_a_snapshot_new_only_in_its_estimates_is_not_yie
     async with running_server(second, port=port):
         hub: Hub = second.state.taskcast.hub
         # The new server has sent the watch its snapshot (2 of 5, rate null) ...
-        await eventually(lambda: asyncio.sleep(0, hub.stats().frames_sent), bool)
+        await eventually(lambda: hub.stats().frames_sent, bool)
         record("SUCCESS", 5)
         statuses = await follower.finish()
     # ... which was not yielded again.

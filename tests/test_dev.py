@@ -101,7 +101,7 @@ async def test_dev_is_ready_only_once_its_worker_is_and_stops_on_signals_at_once
     process, output = await start_dev("--port", str(port), "--concurrency", "1")
     try:
         text = await eventually(
-            lambda: asyncio.sleep(0, "".join(output)),
+            lambda: "".join(output),
             lambda text: "taskcast dev is ready" in text or process.returncode is not None,
             within=60,
         )
@@ -121,7 +121,7 @@ async def test_dev_with_a_dead_redis_says_so_and_stops() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     process, output = await start_dev("--port", str(free_port()), env={"TASKCAST_REDIS_URL": dead})
     assert await asyncio.wait_for(process.wait(), timeout=30) == 1
-    text = await eventually(lambda: asyncio.sleep(0, "".join(output)), bool)
+    text = await eventually(lambda: "".join(output), bool)
     assert "taskcast dev is ready" not in text
     assert (
         f"Redis at 127.0.0.1:{dead.rsplit(':', 1)[1]} (from TASKCAST_REDIS_URL) does not answer"

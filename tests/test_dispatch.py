@@ -19,7 +19,6 @@ from taskcast.app import create_app
 from taskcast.cli.devstack import EmbeddedRedis, Supervisor, free_port
 from taskcast.settings import Settings
 from taskcast_celery import keys
-from taskcast_celery.demo.celery import app as celery_app
 from tests import env
 from tests.support import (
     demo_app,
@@ -27,6 +26,7 @@ from tests.support import (
     final,
     running_server,
     service_process,
+    session_app,
     wait_for_state,
 )
 
@@ -47,7 +47,7 @@ def test_sent_is_recorded_before_the_message_is_published(
     signals.after_task_publish.connect(after_publish, weak=False)
     try:
         task_id = str(uuid.uuid4())
-        celery_app.send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id)
+        session_app().send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id)
     finally:
         signals.after_task_publish.disconnect(after_publish)
     record = json.loads(seen_at_publish[task_id])
@@ -59,9 +59,9 @@ def test_sent_is_recorded_before_the_message_is_published(
 def test_republishing_never_resets_a_live_task(redis_client: redis.Redis) -> None:
     """A retry re-publishes the same id; its STARTED/PROGRESS must survive."""
     task_id = str(uuid.uuid4())
-    celery_app.backend.store_result(task_id, {"current": 2, "total": 4}, "PROGRESS")
+    session_app().backend.store_result(task_id, {"current": 2, "total": 4}, "PROGRESS")
     # A queue no worker reads: the message just sits under this session's prefix.
-    celery_app.send_task("taskcast.sleep", task_id=task_id, queue="taskcast-test-parked")
+    session_app().send_task("taskcast.sleep", task_id=task_id, queue="taskcast-test-parked")
     assert json.loads(redis_client.get(meta_key(task_id)))["status"] == "PROGRESS"
 
 

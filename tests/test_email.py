@@ -25,7 +25,6 @@ from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast_celery import keys
 from taskcast_celery.demo import keys as demo_keys
-from taskcast_celery.demo.celery import app as celery_app
 from tests import env
 from tests.mailtrap_server import FakeMailtrap
 from tests.support import (
@@ -34,6 +33,7 @@ from tests.support import (
     eventually,
     final,
     running_server,
+    session_app,
     settings_with,
     task_keys,
     wait_for_state,
@@ -76,7 +76,7 @@ def mail_worker(
 
 
 def send_email(to: str, task_id: str, queue: str = QUEUE) -> None:
-    celery_app.send_task(
+    session_app().send_task(
         "taskcast.email", kwargs={"to": to, "data": DATA}, task_id=task_id, queue=queue
     )
 

@@ -81,7 +81,7 @@ async def test_a_group_of_twenty_adds_up_and_pushes_its_final_once(
     assert (member["state"], member["result"]) == ("SUCCESS", {"status": "completed"})
     # The hub let go of the group and of every member it watched for it.
     await eventually(
-        lambda: asyncio.sleep(0, (hub.watched_groups, hub.watched)),
+        lambda: (hub.watched_groups, hub.watched),
         lambda watched: group_id not in watched[0] and not watched[1] & set(task_ids),
     )
 

@@ -1,6 +1,11 @@
 """``taskcast.install(app)`` on a user's app (tests/installed_app.py), with a real worker
 started by Celery's own ``celery -A`` command: what it adds, and that what the app
-already did keeps working."""
+already did keeps working.
+
+tests/installed_app.py reads the session's Redis from the environment as it is imported,
+as a user's app module does: the tests import it when they run, not at collection
+(tests/env.py).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,7 @@ from taskcast.served import AppError, serve_app
 from taskcast_celery import keys
 from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.install import InstallError, installation
-from tests import env, installed_app
-from tests.installed_app import PREFIX, add, beating, flaky, report, tsum, upload
+from tests import env
 from tests.support import WorkerProcess
 
 T = TypeVar("T")
@@ -43,16 +47,20 @@ def until(probe: Callable[[], T], accept: Callable[[T], bool], within: float = 1
 
 @pytest.fixture(scope="module")
 def installed_worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
+    from tests.installed_app import app
+
     worker = WorkerProcess(concurrency=2, app="tests.installed_app")
     worker.start()
     try:
-        until(lambda: installed_app.app.control.ping([worker.hostname], timeout=0.5), bool, 30)
+        until(lambda: app.control.ping([worker.hostname], timeout=0.5), bool, 30)
         yield worker
     finally:
         worker.stop()
 
 
 def record(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
+    from tests.installed_app import PREFIX
+
     raw = client.get(keys.task_meta_key(PREFIX, task_id))
     return None if raw is None else dict(json.loads(raw))
 
@@ -60,6 +68,8 @@ def record(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
 def test_results_retries_groups_chords_and_forget_work_as_before(
     installed_worker: WorkerProcess, redis_client: redis.Redis
 ) -> None:
+    from tests.installed_app import add, flaky, report, tsum
+
     assert add.delay(2, 3).get(timeout=10) == 5
     assert flaky.delay(2).get(timeout=10) == 2
     assert group(add.s(i, i) for i in range(5)).apply_async().get(timeout=10) == [0, 2, 4, 6, 8]
@@ -78,6 +88,8 @@ def test_results_retries_groups_chords_and_forget_work_as_before(
 def test_progress_under_a_state_of_the_task_s_own_is_kept_for_its_success(
     installed_worker: WorkerProcess, redis_client: redis.Redis
 ) -> None:
+    from tests.installed_app import upload
+
     done = upload.delay(4)
     assert done.get(timeout=10) == "uploaded"
     stored = record(redis_client, done.id)
@@ -85,6 +97,8 @@ def test_progress_under_a_state_of_the_task_s_own_is_kept_for_its_success(
 
 
 def test_state_and_info_while_the_task_runs(installed_worker: WorkerProcess) -> None:
+    from tests.installed_app import report
+
     running = report.delay(20, 0.1)
     state = until(lambda: (running.state, running.info), lambda s: s[0] == "PROGRESS")
     assert state[1]["total"] == 20 and 1 <= state[1]["current"] <= 20
@@ -94,6 +108,8 @@ def test_state_and_info_while_the_task_runs(installed_worker: WorkerProcess) -> 
 def test_a_worker_started_with_celery_a_beats_for_its_tasks(
     installed_worker: WorkerProcess, redis_client: redis.Redis
 ) -> None:
+    from tests.installed_app import PREFIX, beating
+
     task = beating.delay()
     assert task.get(timeout=10) is True
     # The beat ends with the task.
@@ -103,6 +119,8 @@ def test_a_worker_started_with_celery_a_beats_for_its_tasks(
 def test_sent_is_recorded_before_publish_and_no_channel_is_left_subscribed(
     redis_client: redis.Redis,
 ) -> None:
+    from tests.installed_app import PREFIX, add
+
     queue = f"nobody-{uuid.uuid4().hex[:8]}"
     try:
         queued = add.apply_async((1, 1), queue=queue)
@@ -162,7 +180,8 @@ def test_install_changes_only_the_app_it_is_given(redis_client: redis.Redis) -> 
 
 
 def test_install_again_changes_nothing() -> None:
-    app = installed_app.app
+    from tests.installed_app import app
+
     first = installation(app)
     assert taskcast.install(app) is app
     assert installation(app) is first

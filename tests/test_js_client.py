@@ -5,7 +5,8 @@ repeat, an error code, a silent socket), against a stand-in socket.
 Each test drives the client from a page of the service's own origin, under the demo
 page's Content-Security-Policy: ``/js-client/page.html``, served by the test
 (Playwright's ``page.route``) with a module script that imports ``/static/taskcast.js``
-as any app would, and records every callback in ``window.log``.
+as any app would, and records every callback in ``window.log`` (tests/browser.py's
+``open_harness``, which tests/test_proxy.py drives through nginx too).
 """
 
 from __future__ import annotations
@@ -16,130 +17,22 @@ import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import PIPE
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Route, WebSocketRoute
+from playwright.async_api import Browser, BrowserContext, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from taskcast.api.demo import _HEADERS as DEMO_HEADERS
 from taskcast.api.demo import STATIC_DIR
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
-from tests.browser import WAIT_MS
+from tests.browser import FOLLOW_SUBMITTED, Harness, check_followed, open_harness
 from tests.support import WorkerProcess, eventually, running_server, settings_with
 
 pytestmark = pytest.mark.timeout(120)
-
-PAGE_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>taskcast.js</title>
-<script type="module" src="/js-client/harness.js"></script>
-</head><body></body></html>"""
-
-# What the tests call in the page: newClient(options) makes `window.client`, recording
-# its connection states and client-level errors; follow(kind, id, token) subscribes,
-# recording every callback of that subscription in `window.log` as {id, name, value}.
-HARNESS_JS = """
-import * as taskcast from "/static/taskcast.js";
-
-window.taskcast = taskcast;
-window.log = [];
-window.connections = [];
-window.clientErrors = [];
-window.unsubscribers = {};
-
-const brief = (error) => ({
-  code: error.code, detail: error.detail, status: error.status, retrying: error.retrying,
-  taskId: error.taskId, groupId: error.groupId, isError: error instanceof taskcast.TaskcastError,
-});
-
-window.newClient = (options = {}) => {
-  window.client = new taskcast.TaskcastClient({
-    ...options,
-    onConnection: (state, detail) => window.connections.push({ state, ...detail }),
-    onError: (error) => window.clientErrors.push(brief(error)),
-  });
-  return window.client;
-};
-
-window.follow = (kind, id, token, extra = {}) => {
-  const push = (name, value) => window.log.push({ id, name, value });
-  const handlers = {
-    token,
-    onStatus: (status) => push("status", status),
-    onStalled: (stalled) => push("stalled", stalled),
-    onProgress: (progress) => push("progress", progress),
-    onSuccess: (result) => push("success", result),
-    onFailure: (failure) => push("failure", failure),
-    onMemberFailure: (failure) => push("member_failure", failure),
-    onFinal: (ending) => push("final", ending),
-    onError: (error) => push("error", brief(error)),
-    ...extra,
-  };
-  const stop = kind === "group"
-    ? window.client.subscribeGroup(id, handlers)
-    : window.client.subscribe(id, handlers);
-  window.unsubscribers[id] = stop;
-};
-
-// Counts of a callback, by name, for the given id (or all).
-window.count = (name, id) =>
-  window.log.filter((e) => e.name === name && (id === undefined || e.id === id)).length;
-
-window.harnessReady = true;
-"""
-
-
-@dataclass
-class Harness:
-    """A page with taskcast.js loaded, the script errors it raised, and the WebSockets
-    it opened (their URLs) with the frames it sent on them."""
-
-    page: Page
-    errors: list[Exception] = field(default_factory=list)
-    sockets: list[str] = field(default_factory=list)
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-
-    async def run(self, script: str, arg: Any = None) -> Any:
-        return await self.page.evaluate(script, arg)
-
-    async def until(self, condition: str, arg: Any = None) -> None:
-        await self.page.wait_for_function(condition, arg=arg, timeout=WAIT_MS)
-
-    async def log(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = await self.page.evaluate("window.log")
-        return entries
-
-
-async def open_harness(context: BrowserContext, base_url: str) -> Harness:
-    """The test page at ``base_url``'s origin, with the client loaded."""
-    page = await context.new_page()
-    harness = Harness(page)
-    page.on("pageerror", lambda error: harness.errors.append(error))
-
-    def watch_socket(socket: Any) -> None:
-        harness.sockets.append(socket.url)
-        socket.on("framesent", lambda frame: harness.sent.append(json.loads(frame)))
-
-    page.on("websocket", watch_socket)
-    page.on("request", lambda request: harness.requests.append(request.url))
-
-    async def serve(route: Route) -> None:
-        if route.request.url.endswith("/harness.js"):
-            await route.fulfill(body=HARNESS_JS, content_type="text/javascript")
-        else:
-            # The demo page's own policy: the client must work under it.
-            await route.fulfill(body=PAGE_HTML, content_type="text/html", headers=DEMO_HEADERS)
-
-    await page.route(f"{base_url}/js-client/*", serve)
-    await page.goto(f"{base_url}/js-client/page.html")
-    await page.wait_for_function("window.harnessReady === true", timeout=WAIT_MS)
-    return harness
 
 
 @pytest.fixture
@@ -157,60 +50,7 @@ async def harness(context: BrowserContext, base_url: str) -> AsyncIterator[Harne
     assert not harness.errors, harness.errors
 
 
-# -- what every subscription must have been told ----------------------------------------
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal but for the estimates, which the service recomputes per subscription."""
-
-    def strip(status: dict[str, Any]) -> dict[str, Any]:
-        progress = status.get("progress")
-        if isinstance(progress, dict):
-            progress = {k: v for k, v in progress.items() if k not in ("rate", "eta_s")}
-        return {**status, "progress": progress}
-
-    return strip(a) == strip(b)
-
-
-RANK = {"SENT": 0, "STARTED": 1, "PROGRESS": 2, "SUCCESS": 3, "FAILURE": 3, "REVOKED": 3}
-
-
-def check_followed(log: list[dict[str, Any]], task_id: str, final_state: str) -> None:
-    """One task's callbacks: statuses never repeated nor going backwards (by state, and
-    by `current` within PROGRESS: the tests' tasks never retry), nothing after the final,
-    which ends in ``final_state``, and exactly one onFinal, last."""
-    own = [entry for entry in log if entry["id"] == task_id]
-    statuses = [entry["value"] for entry in own if entry["name"] == "status"]
-    assert statuses, own
-    for i, status in enumerate(statuses):
-        assert not any(_same(status, other) for other in statuses[:i]), statuses
-    ranks = [RANK[status["state"]] for status in statuses]
-    assert ranks == sorted(ranks), [s["state"] for s in statuses]
-    currents = [s["progress"]["current"] for s in statuses if s["state"] == "PROGRESS"]
-    assert currents == sorted(currents), statuses
-    assert [s["final"] for s in statuses].count(True) == 1, statuses
-    assert statuses[-1]["final"] and statuses[-1]["state"] == final_state, statuses
-    finals = [entry for entry in own if entry["name"] == "final"]
-    assert len(finals) == 1 and own[-1] is finals[0], own
-    assert finals[0]["value"] == statuses[-1]
-
-
 # -- one socket for many tasks -----------------------------------------------------------
-
-# Submits `count` tasks (their names and params taken in turn from `spec`), following
-# each as soon as it is accepted, on `window.client` (a new one if there is none).
-FOLLOW_SUBMITTED = """async ({ count, spec }) => {
-    const client = window.client || newClient();
-    client.connect();
-    const ids = [];
-    for (let i = 0; i < count; i += 1) {
-        const [name, params] = spec[i % spec.length];
-        const reply = await client.submit(name, params);
-        ids.push(reply.task_id);
-        follow("task", reply.task_id, reply.token);
-    }
-    return ids;
-}"""
 
 
 async def test_follows_50_tasks_on_one_socket_to_their_finals(
@@ -614,7 +454,7 @@ async def test_repeats_stale_snapshots_and_errors_from_a_stand_in_socket(
     await harness.until("() => connections.at(-1).state === 'open'")
     # Its subscribes on the new socket are answered: T3's snapshot (at 1) is behind what
     # was shown (3), so it is not shown; T4's is the same as before.
-    await wait_for(lambda: len([f for n, f in stand_in.frames if n == 1]) == 2)
+    await eventually(lambda: len([f for n, f in stand_in.frames if n == 1]) == 2, bool, within=10)
     stand_in.push(status(T3, "STARTED"), status(T3, "PROGRESS", 1), status(T3, "SUCCESS", 5))
     await harness.until("(id) => count('final', id) === 1", T3)
 
@@ -662,23 +502,13 @@ async def test_a_silent_socket_is_pinged_then_abandoned(
     await harness.run("() => newClient({ keepAliveMs: 600 }).connect()")
     await harness.until("() => connections.filter((c) => c.state === 'open').length === 2")
     # Kept while it answers: three pings, each answered, on the same socket.
-    await wait_for(lambda: len(frames(1)) >= 3)
+    await eventually(lambda: len(frames(1)) >= 3, bool, within=10)
     assert frames(0) == [{"op": "ping"}]
     assert all(frame == {"op": "ping"} for frame in frames(1))
     states = [c["state"] for c in await harness.run("window.connections")]
     assert states == ["connecting", "open", "reconnecting", "connecting", "open"], states
     assert len(stand_in.sockets) == 2
     assert not harness.errors, harness.errors
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait until ``condition`` holds, with the event loop running (the stand-in answers
-    the page from it)."""
-
-    async def probe() -> bool:
-        return condition()
-
-    await eventually(probe, bool, within=within)
 
 
 NODE_SCRIPT = """

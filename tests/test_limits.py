@@ -76,7 +76,7 @@ async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() 
     async with running_server(app) as url:
         state: AppState = app.state.taskcast
 
-        async def open_here() -> dict[str, int]:
+        def open_here() -> dict[str, int]:
             return dict(state.clients.open)
 
         async with ws_connect(url, "/ws") as first, ws_connect(url, "/ws") as second:

@@ -141,7 +141,7 @@ async def test_a_replaced_pending_frame_counts_as_coalesced() -> None:
         for frame in ("1", "2", "3"):  # 1 stalls; 2 waits in the mailbox; 3 replaces it
             subscriber.offer(Update("task", Kind.STATUS, "status", frame))
         readable.set()
-        await eventually(lambda: asyncio.sleep(0, delivered), lambda d: d == ["1", "3"])
+        await eventually(lambda: delivered, lambda d: d == ["1", "3"])
         assert (subscriber.frames_sent, subscriber.frames_coalesced) == (2, 1)
     finally:
         sender.cancel()

@@ -20,7 +20,6 @@ import redis
 
 from taskcast.cli.devstack import free_port, redis_answers, redis_server_binary
 from taskcast_celery import keys
-from taskcast_celery.demo.celery import create_demo_app
 from taskcast_celery.demo.settings import DemoSettings
 from tests.support import (
     WorkerProcess,
@@ -179,6 +178,9 @@ async def test_a_running_task_rides_out_a_redis_outage_longer_than_celery_waits(
 ) -> None:
     """Redis gone for 25 s while tasks run (a restart, a failover): Celery alone gives a
     state write up after about 20 s, failing the task. The tasks wait, and succeed."""
+    # Imported here, not at collection: building it reads the environment (tests/env.py).
+    from taskcast_celery.demo.celery import create_demo_app
+
     env = {**os.environ, "TASKCAST_REDIS_URL": private_redis.url, "TASKCAST_KEY_PREFIX": ""}
     app = create_demo_app(DemoSettings(redis_url=private_redis.url, key_prefix=""))
     client = redis.Redis.from_url(private_redis.url)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from taskcast_celery.demo.celery import app as celery_app
 from tests import env
-from tests.support import Published
+from tests.support import Published, session_app
 
 
 async def test_tight_loop_progress_is_throttled_and_ends_at_total(worker: object) -> None:
     task_id = str(uuid.uuid4())
     async with Published(env.REDIS_URL, env.KEY_PREFIX, task_id) as published:
-        celery_app.send_task(
+        session_app().send_task(
             "taskcast.progress", kwargs={"total": 20_000, "step_seconds": 0}, task_id=task_id
         )
         records = await published.until_final(within=30)

@@ -9,10 +9,10 @@ the final one exactly once. Which replica holds a socket is what each replica's 
 ``/metrics`` says (``taskcast_ws_connections``); where nginx sent each connection, its
 access log (``$upstream_addr``).
 
-nginx is installed with apt-get where /usr/sbin/nginx is missing (as root, as
-tests/browser.py installs Chromium), and runs as the test's child, in the foreground,
-with its prefix, pid file, temporary files and logs in a directory of the test's own, on
-a free loopback port: never the system's service.
+nginx is installed with apt-get where /usr/sbin/nginx is missing (as root, by
+tests.support.apt_install, as Chromium is), and runs as the test's child, in the
+foreground, with its prefix, pid file, temporary files and logs in a directory of the
+test's own, on a free loopback port: never the system's service.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -43,16 +41,17 @@ from taskcast.cli.devstack import free_port
 from taskcast.settings import Settings
 from taskcast_celery import keys
 from tests import env
+from tests.browser import FOLLOW_SUBMITTED, check_followed, open_harness
 from tests.support import (
     ROOT,
     WorkerProcess,
+    apt_install,
     eventually,
     recv_json,
     running_record,
     submit,
     ws_connect,
 )
-from tests.test_js_client import FOLLOW_SUBMITTED, check_followed, open_harness
 
 # The first test may wait for apt-get to install nginx.
 pytestmark = pytest.mark.timeout(120)
@@ -63,21 +62,7 @@ def nginx_binary() -> str:
     """Debian's nginx, installed with apt-get if missing. Every nginx of these tests is
     the test's own child; the package's service is never used (where no policy-rc.d
     forbids it, Debian starts it on port 80 at install, as it does for any install)."""
-    if not os.path.exists(NGINX):
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.fail(f"{NGINX} is missing; install Debian's nginx package (as root)")
-        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        lock = ["-o", "DPkg::Lock::Timeout=120"]
-        for argv, timeout in (
-            (["apt-get", *lock, "update", "-q"], 90),
-            (["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", "nginx"], 180),
-        ):
-            done = subprocess.run(
-                argv, env=apt_env, capture_output=True, text=True, timeout=timeout
-            )
-            if done.returncode != 0:
-                pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return NGINX
+    return apt_install("nginx", NGINX)
 
 
 class Replica:
@@ -252,7 +237,7 @@ async def check_moved(proxy: Proxy, path: str, dead: Replica) -> None:
     ``dead`` first: ``$upstream_addr`` lists every replica tried). nginx logs a
     connection when it closes."""
 
-    async def logged() -> list[dict[str, str]]:
+    def logged() -> list[dict[str, str]]:
         return proxy.connections_to(path)
 
     entries = await eventually(logged, lambda entries: len(entries) >= 2)
@@ -309,7 +294,7 @@ async def test_replicas_see_the_client_s_address_host_and_scheme_through_nginx(
         # /metrics is each replica's own, scraped from each: nginx does not pass it on.
         assert (await http.get("/metrics")).status_code == 404
 
-    async def logged() -> list[str]:
+    def logged() -> list[str]:
         return [
             line
             for replica in proxy.replicas
@@ -373,7 +358,7 @@ async def test_the_python_client_moves_to_another_replica_when_its_own_dies(
 
     watching = asyncio.create_task(follow())
 
-    async def seen() -> list[dict[str, Any]]:
+    def seen() -> list[dict[str, Any]]:
         if watching.done():
             watching.result()  # its error, if it failed
         return statuses

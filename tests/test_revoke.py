@@ -11,13 +11,12 @@ import httpx
 import redis
 
 from taskcast_celery import keys
-from taskcast_celery.demo.celery import app as celery_app
 from tests import env
-from tests.support import WorkerProcess, eventually, final, submit, wait_for_state
+from tests.support import WorkerProcess, eventually, final, session_app, submit, wait_for_state
 
 
 def active_ids(worker: WorkerProcess) -> set[str]:
-    replies = celery_app.control.inspect(destination=[worker.hostname], timeout=1).active() or {}
+    replies = session_app().control.inspect(destination=[worker.hostname], timeout=1).active() or {}
     return {task["id"] for tasks in replies.values() for task in tasks}
 
 
@@ -54,7 +53,7 @@ async def test_revoking_a_queued_task_means_it_never_runs(
     victim = str(uuid.uuid4())
     await listener.subscribe(keys.task_meta_key(env.KEY_PREFIX, victim))
     try:
-        celery_app.send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=victim)
+        session_app().send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=victim)
         assert (await client.get(f"/tasks/{victim}")).json()["state"] == "SENT"
         assert (await client.delete(f"/tasks/{victim}")).status_code == 202
         assert (await client.get(f"/tasks/{victim}")).json()["state"] == "REVOKED"
@@ -84,7 +83,7 @@ async def test_a_worker_that_missed_the_revoke_still_refuses_the_task(
     treats the task as Celery treats any revoked one, and never runs it."""
     task_id = str(uuid.uuid4())
     queue = f"taskcast-test-late-{uuid.uuid4().hex[:8]}"
-    celery_app.send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id, queue=queue)
+    session_app().send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id, queue=queue)
     assert (await client.delete(f"/tasks/{task_id}")).status_code == 202
     # The record says REVOKED already and can no longer change, so only the worker's own
     # account shows whether the task body ran.

@@ -142,7 +142,7 @@ async def test_a_failover_mid_task_loses_no_final(cluster: SentinelCluster) -> N
                     any(frame["state"] == "PROGRESS" for _, frame in frames[t]) for t in task_ids
                 )
 
-            await eventually(lambda: asyncio.sleep(0, running()), bool, within=30)
+            await eventually(running, bool, within=30)
             old_master = cluster.kill_master()
             killed_at = time.monotonic()
             # REST meanwhile, as a poller would ask: how many answers fail, and for how long.

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -20,74 +18,21 @@ from taskcast.api import sse
 from taskcast.app import create_app
 from taskcast.auth import Auth
 from taskcast.live.hub import Hub
-from tests.support import WorkerProcess, eventually, running_server, settings_with, submit
-from tests.test_ws import small_window_socket, write_progress, write_success
+from tests.support import (
+    Reader,
+    WorkerProcess,
+    eventually,
+    read_events,
+    running_server,
+    settings_with,
+    small_window_socket,
+    submit,
+    write_progress,
+    write_success,
+)
 
 SECRET = "s" * 40
 KEY = "key-" + "k" * 30
-
-
-@dataclass
-class Event:
-    """One event as EventSource dispatches it."""
-
-    event: str = "message"
-    id: str | None = None
-    data: list[str] = field(default_factory=list)
-    retry: int | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def message(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads("\n".join(self.data))
-        return parsed
-
-
-class Reader:
-    """A stream read as EventSource reads it: blocks of fields between blank lines."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.blocks = self._blocks(response)
-
-    @staticmethod
-    async def _blocks(response: httpx.Response) -> AsyncIterator[Event]:
-        current = Event()
-        async for line in response.aiter_lines():
-            if line == "":
-                yield current
-                current = Event()
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "":
-                current.comments.append(value)
-            elif name == "data":
-                current.data.append(value)
-            elif name == "event":
-                current.event = value
-            elif name == "id":
-                current.id = value
-            elif name == "retry":
-                current.retry = int(value)
-
-    async def events(self, until: str | None = "end", count: int | None = None) -> list[Event]:
-        """Events (blocks with data) until one of type ``until``, ``count`` of them, or
-        the end of the stream."""
-        seen: list[Event] = []
-        async with asyncio.timeout(15):
-            async for event in self.blocks:
-                if not event.data:
-                    continue
-                seen.append(event)
-                if event.event == until or (count is not None and len(seen) == count):
-                    break
-        return seen
-
-
-async def read_events(
-    response: httpx.Response, until: str | None = "end", count: int | None = None
-) -> list[Event]:
-    return await Reader(response).events(until, count)
 
 
 async def test_a_task_streams_to_its_final_then_the_stream_ends(
@@ -364,7 +309,7 @@ async def test_a_stream_that_stops_reading_delays_no_one() -> None:
         hub, ids = stalled.hub, stalled.ids
         async with stalled.http.stream("GET", f"/sse?{stalled.query}") as fast:
             reader = Reader(fast)
-            await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 2), bool)
+            await eventually(lambda: len(hub.connections) == 2, bool)
             # The stalled client never reads: its subscriber backs up, and waits alone.
             await flood(ids, lambda: bool(hub.backed_up))
             await asyncio.to_thread(lambda: [write_success(t) for t in ids])
@@ -379,7 +324,7 @@ async def test_a_stream_that_stops_reading_delays_no_one() -> None:
 async def test_a_stream_that_stops_reading_is_ended_and_counted() -> None:
     async with stalled_stream(slow_client_timeout=0.3) as stalled:
         hub = stalled.hub
-        await eventually(lambda: asyncio.sleep(0, len(hub.connections) == 1), bool)
+        await eventually(lambda: len(hub.connections) == 1, bool)
         await flood(stalled.ids, lambda: not hub.connections)
         assert not (hub.watched & set(stalled.ids))
         scraped = (await stalled.http.get("/metrics")).text

@@ -4,14 +4,11 @@ server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
 import re
-import sys
 import uuid
-from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,40 +25,16 @@ from taskcast.cli.terminal import Exit, format_eta, group_line, group_summary, s
 from taskcast_celery import keys
 from tests import env
 from tests.support import (
-    ROOT,
     beat,
+    cli,
     eventually,
+    run_cli,
     running_record,
     running_server,
     settings_with,
     submit,
     wait_for_state,
 )
-
-
-@contextlib.asynccontextmanager
-async def cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Process]:
-    """``python -m taskcast`` with pipes (not a terminal), killed if still running at exit."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskcast", *args,
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def run_cli(
-    *args: str, env: dict[str, str] | None = None, within: float = 30
-) -> tuple[int | None, str, str]:
-    """Run the command to its end: exit code, stdout, stderr."""
-    async with cli(*args, env=env) as process, asyncio.timeout(within):
-        out, err = await process.communicate()
-    return process.returncode, out.decode(), err.decode()
-
 
 RUNNING: dict[str, Any] = {
     "task_id": "t", "state": "PROGRESS", "final": False, "stalled": False, "result": None,
@@ -386,11 +359,9 @@ async def test_on_a_terminal_a_stalled_task_says_so_in_its_bar() -> None:
     async def statuses() -> AsyncIterator[dict[str, Any]]:
         # Each status stays until the bar, redrawn about ten times a second, has shown it.
         yield STALLED
-        await eventually(lambda: asyncio.sleep(0, drawn_since("STALLED")), bool)
+        await eventually(lambda: drawn_since("STALLED"), bool)
         yield RUNNING
-        await eventually(
-            lambda: asyncio.sleep(0, drawn_since("STALLED")), lambda d: "ETA 0:03" in d
-        )
+        await eventually(lambda: drawn_since("STALLED"), lambda d: "ETA 0:03" in d)
         yield {**RUNNING, "state": "SUCCESS", "final": True, "result": 1}
 
     async with asyncio.timeout(20):

@@ -16,8 +16,14 @@ import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from taskcast_celery.demo.celery import app as celery_app
-from tests.support import WorkerProcess, read_until_closed, recv_json, worker_on, ws_connect
+from tests.support import (
+    WorkerProcess,
+    read_until_closed,
+    recv_json,
+    session_app,
+    worker_on,
+    ws_connect,
+)
 
 
 @pytest.fixture
@@ -27,7 +33,7 @@ def queue() -> str:
 
 def progress_task(queue: str, total: int) -> str:
     kwargs = {"total": total, "step_seconds": 0.1}
-    return str(celery_app.send_task("taskcast.progress", kwargs=kwargs, queue=queue).id)
+    return str(session_app().send_task("taskcast.progress", kwargs=kwargs, queue=queue).id)
 
 
 async def until_running(ws: ClientConnection) -> list[dict[str, Any]]:

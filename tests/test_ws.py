@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import uuid
 from typing import Any
 
@@ -28,8 +27,11 @@ from tests.support import (
     running_record,
     running_server,
     settings_with,
+    small_window_socket,
     submit,
     wait_for_state,
+    write_progress,
+    write_success,
     ws_connect,
 )
 
@@ -49,7 +51,7 @@ async def test_task_socket_streams_snapshot_progress_and_final_then_closes(
     assert set(messages[-1]) == {
         "type", "task_id", "state", "final", "stalled", "progress", "result", "error"
     }  # fmt: skip
-    await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: task_id not in w)
+    await eventually(lambda: hub.watched, lambda w: task_id not in w)
 
 
 async def test_progress_statuses_carry_the_hubs_rate_and_eta(
@@ -239,7 +241,7 @@ async def test_two_hundred_subscribers_all_get_the_final(
         assert code == 1000
         assert_progress_in_order(messages)
         assert messages[-1]["state"] == "SUCCESS"
-    await eventually(lambda: asyncio.sleep(0, hub.connections), lambda c: not c)
+    await eventually(lambda: hub.connections, lambda c: not c)
 
 
 async def test_fifty_tasks_on_one_socket(
@@ -265,7 +267,7 @@ async def test_fifty_tasks_on_one_socket(
     for statuses in seen.values():
         assert_progress_in_order(statuses)
         assert statuses[-1]["state"] == "SUCCESS"
-    await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: not (w & set(ids)))
+    await eventually(lambda: hub.watched, lambda w: not (w & set(ids)))
 
 
 async def test_disconnect_drops_every_subscription(
@@ -280,36 +282,11 @@ async def test_disconnect_drops_every_subscription(
             async with ws_connect(base_url, f"/ws/tasks/{ids[0]}") as single:
                 await recv_json(single)
                 assert set(ids) <= hub.watched
-        await eventually(lambda: asyncio.sleep(0, hub.watched), lambda w: not (w & set(ids)))
+        await eventually(lambda: hub.watched, lambda w: not (w & set(ids)))
         assert not hub.connections
     finally:
         for task_id in ids:
             await client.delete(f"/tasks/{task_id}")
-
-
-def small_window_socket(base_url: str) -> socket.socket:
-    """A client socket with a tiny receive buffer, so that a client that stops reading
-    backs the server up within kilobytes instead of the megabytes loopback allows."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    host, port = base_url.removeprefix("http://").split(":")
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    return sock
-
-
-def write_progress(task_id: str, current: int, total: int, message: str = "") -> None:
-    """A state change, written the way update_state writes it (SET + PUBLISH)."""
-    from taskcast_celery.demo.celery import app as celery_app
-
-    meta = {"current": current, "total": total, "message": message}
-    celery_app.backend.store_result(task_id, meta, "PROGRESS")
-
-
-def write_success(task_id: str) -> None:
-    from taskcast_celery.demo.celery import app as celery_app
-
-    celery_app.backend.store_result(task_id, "done", "SUCCESS")
 
 
 async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
@@ -336,7 +313,7 @@ async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
             )
         hub: Hub = app.state.taskcast.hub
         stalled_subscriber = await eventually(
-            lambda: asyncio.sleep(0, [s for s in hub.connections if s.sending_since]),
+            lambda: [s for s in hub.connections if s.sending_since],
             bool,
         )
         assert stalled_subscriber  # its sender is stuck in send(): the socket is full
@@ -366,7 +343,7 @@ async def test_a_client_that_stops_reading_is_closed() -> None:
         hub: Hub = app.state.taskcast.hub
         for task_id in ids:
             await stalled.send(json.dumps({"op": "subscribe", "task_id": task_id}))
-        await eventually(lambda: asyncio.sleep(0, hub.connections), bool)
+        await eventually(lambda: hub.connections, bool)
         for current in range(1, 200):
             await asyncio.to_thread(
                 lambda c=current: [write_progress(t, c, 1000, big) for t in ids]

@@ -20,7 +20,7 @@ from taskcast.auth import Auth, SiteCheck, Sites
 from taskcast.dispatch import Dispatcher
 from taskcast.limits import ClientConnections, InRequestJobs, default_max_connections
 from taskcast.live.hub import Hub
-from taskcast.metrics import Metrics
+from taskcast.metrics import LIFESPAN_KEY, Metrics
 from taskcast.redis_pool import connect
 from taskcast.served import load_app, serve_app
 from taskcast.serverlogs import filter_server_logs
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     filter_server_logs()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
         redis = connect(served)
         store = ResultStore(redis, served.key_prefix)
         app_metrics = Metrics(served.tasks)
@@ -101,7 +101,9 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         if not gc.get_freeze_count():
             gc.freeze()
         try:
-            yield
+            # The lifespan state: where the server's HTTP protocol finds the metrics to
+            # count the connections it refuses and closes (taskcast.live.connections).
+            yield {LIFESPAN_KEY: app_metrics}
         finally:
             hub_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -50,8 +50,8 @@ class Refusal(NamedTuple):
 
 
 class ClientConnections:
-    """Open WebSocket connections: by client address, capped at ``per_client``, and in
-    all, capped at ``total`` (0: no cap).
+    """Open WebSocket connections and event streams: by client address, capped at
+    ``per_client``, and in all, capped at ``total`` (0: no cap).
 
     Why both, and why the per-address cap is off by default: phones behind a carrier's
     NAT, an office behind one gateway, clients behind a proxy that forwards no address
@@ -59,7 +59,10 @@ class ClientConnections:
     refused 200 of 300 clients following one task). What one client could exhaust is the
     process's file descriptors: ``total`` keeps that from happening, whoever connects,
     and every connection's own limits (subscriptions, subscribe rate, frame size, slow
-    readers) keep each one cheap.
+    readers) keep each one cheap. Under ``taskcast serve`` the server's HTTP protocol
+    counts every connection against the same number from its accept
+    (``taskcast.live.connections``); this count is what holds where the app is served
+    otherwise.
     """
 
     def __init__(self, per_client: int, total: int = 0) -> None:

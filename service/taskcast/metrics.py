@@ -24,6 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+# Where the app's lifespan state holds its Metrics: the server's HTTP protocol
+# (taskcast.live.connections), which has no request to find the app's state by, counts
+# there the connections it refuses and closes.
+LIFESPAN_KEY = "taskcast.metrics"
 # How a dispatch ended: queued; the broker refused it (503); its parameters were
 # refused (400, 413, 422 on POST /tasks/{name}).
 DISPATCH_OUTCOMES = ("ok", "publish_failed", "invalid")
@@ -80,9 +84,10 @@ class Metrics:
                 self.dispatches.labels(name, outcome)
         limited = Counter(
             "taskcast_limited",
-            "Requests refused by a limit: a connection over a cap (1013: per client address, "
-            "or the process's in all), "
-            "a subscribe over the rate (rate_limited).",
+            "Requests refused by a limit: a connection over a cap (per client address, or "
+            "the process's in all), a connection waiting for a request closed for a "
+            "newcomer at the cap, a request head late or too large, a subscribe over the "
+            "rate (rate_limited).",
             ["limit"],
             registry=registry,
         )
@@ -93,8 +98,14 @@ class Metrics:
             registry=registry,
         )
         self.connections_refused = {
-            "connections_per_client": limited.labels("connections_per_client"),
-            "connections_total": limited.labels("connections_total"),
+            limit: limited.labels(limit)
+            for limit in (
+                "connections_per_client",
+                "connections_total",
+                "connections_evicted",
+                "header_timeout",
+                "header_bytes",
+            )
         }
         self.subscribes_refused = limited.labels("subscribe_rate")
 

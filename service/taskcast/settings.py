@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from taskcast.limits import default_max_connections
 from taskcast.tokens import MIN_SECRET_CHARS
 
 # The demo app, served when no other is named: a Celery app like any other.
@@ -65,9 +66,17 @@ class Settings(BaseSettings):
     # Open WebSocket connections one client address may hold in this process (0: no cap;
     # off by default: many real clients share one address, behind NAT or a proxy).
     max_connections_per_client: NonNegativeInt = 0
-    # Open WebSocket connections this process may hold in all (0: no cap; default: its
-    # open-file limit less a reserve, so that no crowd or client can exhaust it).
+    # Connections this process may hold in all, every one counted from its accept (0: no
+    # cap; default: its open-file limit less a reserve, so that no crowd or client can
+    # exhaust it). The app counts its WebSockets and event streams against it too, for
+    # when it runs under another server than ``taskcast serve``.
     max_connections: NonNegativeInt | None = None
+    # Seconds a connection has to send a request's complete head, from its accept or the
+    # end of its previous response; later, it is closed.
+    header_timeout: PositiveFloat = 10.0
+    # Largest request head (request line and headers) in bytes; larger: 431 and closed.
+    # 32 KiB, as nginx's default: /sse following 100 tasks with their tokens takes 11.
+    max_header_bytes: PositiveInt = 32 * 1024
     # Subscribes one /ws socket may send a second on average (0: no limit), in bursts of
     # up to subscribe_burst: enough to subscribe again to every task after a reconnect.
     subscribe_rate: NonNegativeFloat = 10.0
@@ -135,8 +144,24 @@ class Settings(BaseSettings):
         return origins
 
     def uvicorn_options(self) -> dict[str, Any]:
-        """The WebSocket options taskcast serves with (benchmarks reuse them for a baseline)."""
+        """The protocols and options taskcast serves with (benchmarks reuse them for a
+        baseline)."""
+        # Here, not at the top: only serving needs uvicorn.
+        from taskcast.live.connections import ConnectionLimits, http_protocol
+
+        limits = ConnectionLimits(
+            max_connections=default_max_connections()
+            if self.max_connections is None
+            else self.max_connections,
+            header_timeout=self.header_timeout,
+            max_header_bytes=self.max_header_bytes,
+            slow_client_timeout=self.slow_client_timeout,
+        )
         return {
+            # uvicorn's httptools protocol, with a cap on connections counted from their
+            # accept, a deadline and a bound on a request's head, and clients that stop
+            # reading a response closed as a WebSocket's are.
+            "http": http_protocol(limits),
             # uvicorn's sans-I/O implementation (its send() only waits while that one
             # socket's buffer is full, which the hub's mailboxes rely on), with a
             # keepalive that closes a client that stopped reading with 4408, within

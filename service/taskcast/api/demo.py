@@ -11,9 +11,11 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
+
+from taskcast.api.guards import guarded
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -55,6 +57,6 @@ async def index(request: Request) -> Response:
 
 
 routes = [
-    Route("/", index, methods=["GET"]),
+    guarded("/", index),
     Mount("/static", _StaticFiles(directory=STATIC_DIR), name="static"),
 ]

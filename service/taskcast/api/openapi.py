@@ -1,6 +1,7 @@
 """The OpenAPI description of the REST API, served at ``/openapi.json``.
 
-Built once per app, from what it serves: the exposed tasks and their parameter models,
+Built once per app, from what it serves: its routes (each with the guard it declares),
+the exposed tasks and their parameter models,
 and the payload types themselves (``Status``, ``GroupStatus``, the links, the error
 body): every schema is generated from the one typed definition of its payload.
 """
@@ -138,13 +139,13 @@ def build(
     tasks: Mapping[str, Exposure],
     routes: list[BaseRoute],
     *,
-    dev: bool = False,
     keys: bool = False,
     tokens: bool = False,
     max_group_size: int = 1000,
 ) -> dict[str, Any]:
-    """The document for an app exposing ``tasks`` on ``routes``, in its mode: dev, which
-    credentials it wants (API keys, watch tokens) and its group size cap. Each route's
+    """The document for an app exposing ``tasks`` on ``routes`` (dev mode's among them
+    when it is on), in its mode: which credentials it wants (API keys, watch tokens) and
+    its group size cap. Each route's
     security comes from the guard it declares (``taskcast.api.guards``)."""
     refs, components = _schemas(tasks)
     paths: dict[str, Any] = {}
@@ -271,6 +272,13 @@ def build(
     paths.update(_celery_progress_paths(refs))
     tutorial_paths = _tutorial_paths(tasks)
     paths.update(tutorial_paths)
+    # (Served only in dev mode: described only where the route is there.)
+    paths["/dev/outbox"] = {
+        "get": {
+            "summary": "Dev mode only: e-mail kept instead of sent, newest first.",
+            "responses": {"200": _ok("The dev outbox.", {"type": "object"})},
+        }
+    }
     # What each operation needs in this deployment (docs/security.md), from the guard
     # its route declares. Cancelling needs an API key when keys are set (which also
     # reads any task); else what reading needs.
@@ -305,13 +313,6 @@ def build(
                     operation, security[guard]
                 )
     paths = documented
-    if dev:
-        paths["/dev/outbox"] = {
-            "get": {
-                "summary": "Dev mode only: e-mail kept instead of sent, newest first.",
-                "responses": {"200": _ok("The dev outbox.", {"type": "object"})},
-            }
-        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "taskcast", "version": "1"},
@@ -491,7 +492,6 @@ async def openapi_json(request: Request) -> Response:
         state.openapi = build(
             state.served.tasks,
             request.app.routes,
-            dev=state.settings.dev,
             keys=state.auth.keys_required,
             tokens=state.auth.tokens_required,
             max_group_size=state.settings.max_group_size,

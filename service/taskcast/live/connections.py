@@ -32,13 +32,15 @@ the lifespan state (``taskcast.metrics.LIFESPAN_KEY``), where the protocol finds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import itertools
 import socket
 import struct
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -52,22 +54,22 @@ from uvicorn.server import ServerState
 
 from taskcast.metrics import LIFESPAN_KEY, Metrics
 
+if TYPE_CHECKING:
+    from uvicorn.server import Protocols  # (defined for type checkers only)
+
 # How often, per slow-client timeout, the server looks at its responses in progress: a
-# client that stopped reading is judged between one and 1.2 timeouts after.
-_PROBES_PER_TIMEOUT = 5
+# client that stopped reading is judged between one and 1.2 timeouts after. Each look
+# costs about 5 us a connection; it lets other work run every _LOOK_BATCH of them.
+_LOOKS_PER_TIMEOUT = 5
+_LOOK_BATCH = 500
 # What a refused client is told to wait before it tries again, in seconds.
 _RETRY_AFTER = 5
 
-# ``struct tcp_info`` (linux/tcp.h): the fields read, at their offsets, and the length
-# that holds them all (Linux 4.6 and later).
+# ``struct tcp_info`` (linux/tcp.h), as far as the fields read (Linux 4.6 and later):
+# tcpi_unacked (segments sent and not acknowledged) at 24, tcpi_bytes_acked at 120,
+# tcpi_notsent_bytes (queued, not sent yet) at 144.
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
-_UNACKED = struct.Struct("=I")  # tcpi_unacked, segments sent and not acknowledged
-_UNACKED_AT = 24
-_BYTES_ACKED = struct.Struct("=Q")  # tcpi_bytes_acked
-_BYTES_ACKED_AT = 120
-_NOTSENT = struct.Struct("=I")  # tcpi_notsent_bytes, bytes queued and not yet sent
-_NOTSENT_AT = 144
-_TCP_INFO_LENGTH = _NOTSENT_AT + _NOTSENT.size
+_TCP_PROGRESS = struct.Struct("=24xI92xQ16xI")
 # SO_LINGER on, for no time: close() resets the connection and drops what it queued.
 _RESET = struct.pack("ii", 1, 0)
 
@@ -110,7 +112,6 @@ class _Guard:
         # The server's own set, not the ServerState: this guard is kept in a weak
         # dictionary under that one, which it must not keep alive.
         self.connections = server_state.connections
-        self.default_headers = server_state.default_headers
         self.app_state = app_state
         self.app = _ResetUnfinished(app)
         # Connections waiting for a request's head, by loop time since then: in that
@@ -118,7 +119,11 @@ class _Guard:
         # the first, whose deadline is the next to come.
         self.waiting: dict[TaskcastHttpProtocol, float] = {}
         self._deadline: asyncio.TimerHandle | None = None
-        self._probe: asyncio.TimerHandle | None = None
+        # The next look (or batch of one); the connections a look has still to judge,
+        # and when it began.
+        self._probe: asyncio.Handle | None = None
+        self._sweep: Iterator[Protocols] | None = None
+        self._swept_at = 0.0
 
     def count(self, limit: str) -> None:
         """Count a connection refused or closed by ``limit`` in the app's metrics."""
@@ -127,6 +132,7 @@ class _Guard:
             metrics.connections_refused[limit].inc()
 
     def count_slow_client(self) -> None:
+        """Count a client reset because it stopped reading, as the hub counts its own."""
         metrics = self.app_state.get(LIFESPAN_KEY)
         if isinstance(metrics, Metrics):
             metrics.slow_clients_closed.inc()
@@ -156,6 +162,7 @@ class _Guard:
             self._deadline = self.loop.call_later(self.limits.header_timeout, self._expire)
 
     def stop_waiting(self, connection: TaskcastHttpProtocol) -> None:
+        """``connection`` has a request's head, or is gone."""
         self.waiting.pop(connection, None)
 
     def _expire(self) -> None:
@@ -165,9 +172,7 @@ class _Guard:
         while self.waiting:
             connection, since = next(iter(self.waiting.items()))
             if since > due:
-                self._deadline = self.loop.call_at(
-                    since + self.limits.header_timeout, self._expire
-                )
+                self._deadline = self.loop.call_at(since + self.limits.header_timeout, self._expire)
                 return
             del self.waiting[connection]
             connection.reset()
@@ -176,19 +181,36 @@ class _Guard:
     def probe_soon(self) -> None:
         """Look at the server's responses in progress on a clock, while it has
         connections."""
-        if self._probe is None:
-            interval = self.limits.slow_client_timeout / _PROBES_PER_TIMEOUT
+        if self._probe is None and self._sweep is None:
+            interval = self.limits.slow_client_timeout / _LOOKS_PER_TIMEOUT
             self._probe = self.loop.call_later(interval, self._look)
 
     def _look(self) -> None:
+        """Judge the next batch of connections; then the next batch at once, or, all
+        judged, the next look after an interval."""
         self._probe = None
-        now = self.loop.time()
-        for connection in list(self.connections):
-            if isinstance(connection, TaskcastHttpProtocol) and connection.stopped_reading(now):
-                connection.reset()
-                self.count_slow_client()
-        if self.connections:
-            self.probe_soon()
+        if self._sweep is None:
+            self._swept_at = self.loop.time()
+            self._sweep = iter(list(self.connections))
+        judged = 0
+        try:
+            for connection in itertools.islice(self._sweep, _LOOK_BATCH):
+                judged += 1
+                if (
+                    isinstance(connection, TaskcastHttpProtocol)
+                    and connection in self.connections  # not gone since the look began
+                    and connection.stopped_reading(self._swept_at)
+                ):
+                    connection.reset()
+                    self.count_slow_client()
+        finally:
+            # (Even after a failure, which the loop reports: the clock goes on.)
+            if judged == _LOOK_BATCH:
+                self._probe = self.loop.call_soon(self._look)
+            else:
+                self._sweep = None
+                if self.connections:
+                    self.probe_soon()
 
 
 # One guard per uvicorn server (tests run several in a process); gone with its server.
@@ -225,15 +247,14 @@ class _ResetUnfinished:
                 _reset(cycle.transport)
 
 
-def _reset(transport: asyncio.BaseTransport) -> None:
+def _reset(transport: asyncio.Transport) -> None:
     """Close at once with a reset: the descriptor, and the kernel's queues, are freed now,
     not after a client that does not read has read them."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        # (Fails only on a socket closed already, which abort() leaves as it is.)
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        except OSError:
-            pass  # already closed by the peer: abort() alone frees it
     transport.abort()
 
 
@@ -320,10 +341,7 @@ class TaskcastHttpProtocol(HttpToolsProtocol):
         """Drop the connection now (see ``_reset``); the app, if a request is in
         progress, hears ``http.disconnect``."""
         self._guard.stop_waiting(self)
-        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-            _reset(self.transport)
-        else:
-            self.transport.abort()
+        _reset(self.transport)
 
     def stopped_reading(self, now: float) -> bool:
         """Whether bytes have waited for the client, with none of them acknowledged, for
@@ -350,9 +368,7 @@ class TaskcastHttpProtocol(HttpToolsProtocol):
         """Whether the connection is no longer this protocol's to parse: closed, or
         handed to the WebSocket protocol."""
         transport = self.transport
-        return (
-            self.parser is None or transport.is_closing() or transport.get_protocol() is not self
-        )
+        return self.parser is None or transport.is_closing() or transport.get_protocol() is not self
 
     def _refuse(self) -> None:
         limit = self._guard.limits.max_connections
@@ -398,12 +414,10 @@ def _tcp_progress(transport: asyncio.BaseTransport) -> tuple[int, bool] | None:
     if sock is None or _TCP_INFO is None:
         return None
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LENGTH)
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_PROGRESS.size)
     except OSError:
         return None
-    if len(info) < _TCP_INFO_LENGTH:
+    if len(info) < _TCP_PROGRESS.size:
         return None
-    (acked,) = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)
-    (unacked,) = _UNACKED.unpack_from(info, _UNACKED_AT)
-    (notsent,) = _NOTSENT.unpack_from(info, _NOTSENT_AT)
+    unacked, acked, notsent = _TCP_PROGRESS.unpack_from(info)
     return acked, bool(unacked or notsent)

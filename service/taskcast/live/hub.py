@@ -169,6 +169,12 @@ class Hub:
         """The group ids the hub is tallying (for tests and metrics)."""
         return frozenset(self._groups)
 
+    def current(self, task_id: str) -> Update | None:
+        """What a new subscriber of a watched task is handed at once: its last update,
+        or None (not read yet, or its record vanished and is being waited for)."""
+        watch = self._watches.get(task_id)
+        return None if watch is None else watch.update
+
     def members_of(self, group_id: str) -> tuple[str, ...] | None:
         """A watched group's member ids (so a new subscriber need not read them again)."""
         group = self._groups.get(group_id)

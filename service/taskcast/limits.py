@@ -1,5 +1,6 @@
-"""Limits that keep one client from hurting the others: WebSocket connections per
-address, subscribes per second, and in-request jobs (``GET /sync-process/``).
+"""Limits that keep one client from hurting the others: connections the hub serves
+(WebSockets and event streams) per address and in all, subscribes per second, and
+in-request jobs (``GET /sync-process/``).
 
 All are kept in the process, like everything a connection owns: N service processes
 allow N times as much in all (docs/operations.md).

@@ -142,7 +142,9 @@ class _HubCollector:
     def collect(self) -> Iterator[Metric]:
         stats = self.read()
         yield GaugeMetricFamily(
-            "taskcast_ws_connections", "Open WebSocket connections.", value=stats.connections
+            "taskcast_ws_connections",
+            "Open connections the hub serves: WebSockets and event streams.",
+            value=stats.connections,
         )
         yield GaugeMetricFamily(
             "taskcast_ws_subscriptions",

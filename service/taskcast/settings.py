@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # permessage-deflate: off, since for small JSON frames it costs far more CPU and
     # memory per socket than it saves.
     ws_deflate: bool = False
-    # Open WebSocket connections one client address may hold in this process (0: no cap;
+    # WebSockets and event streams one client address may hold open in this process (0: no cap;
     # off by default: many real clients share one address, behind NAT or a proxy).
     max_connections_per_client: NonNegativeInt = 0
     # Connections this process may hold in all, every one counted from its accept (0: no

@@ -11,8 +11,12 @@ HTTP/1.1 GET whose events the client parses, counting ``status`` events as the
 WebSocket clients count frames), against the ceiling's bare streaming endpoint; each
 taskcast SSE row also reads as a ratio to taskcast's WebSocket row of the same size.
 
+And over celery-progress's WebSocket (``/ws/progress/{id}/``, each client sending its
+``check_task_completion`` once): every socket is sent celery-progress's object, made
+once per change for all of them; its rows read as a ratio to the WebSocket row too.
+
     uv run python -m bench.fanout [--small] [--sizes 1000 5000 10000] [--rounds 10]
-        [--transports websocket sse]
+        [--transports websocket sse celery-progress]
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ TOTAL = 1_000_000
 Change = Callable[[int], Callable[[], object]]
 
 
-def _rounds(urls: list[str], rounds: int, prepare: Change) -> list[float]:
+def _rounds(
+    urls: list[str], rounds: int, prepare: Change, sends: tuple[str, ...] = ()
+) -> list[float]:
     """Seconds from each change to its last receipt."""
     spans = []
-    with Sockets(urls, processes=2) as sockets:
+    with Sockets(urls, processes=2, sends=sends) as sockets:
         for r in range(1, rounds + 1):
             change = prepare(r)
             started = time.time()
@@ -46,7 +52,9 @@ def _rounds(urls: list[str], rounds: int, prepare: Change) -> list[float]:
     return spans
 
 
-TRANSPORTS = {"websocket": "WebSocket", "sse": "SSE"}
+TRANSPORTS = {"websocket": "WebSocket", "sse": "SSE", "celery-progress": "celery-progress"}
+# What a celery-progress client sends once connected (the ceiling ignores it).
+_CHECK = ('{"type": "check_task_completion"}',)
 
 
 def main() -> None:
@@ -94,6 +102,11 @@ def main() -> None:
         write(0)
         # (server, transport) -> where its clients connect, and how a change is made.
         targets: dict[tuple[str, str], tuple[str, Change]] = {
+            ("ceiling", "celery-progress"): (ceiling.url("/ws", "ws"), to_ceiling("/broadcast")),
+            ("taskcast", "celery-progress"): (
+                taskcast.url(f"/ws/progress/{task_id}/", "ws"),
+                to_taskcast,
+            ),
             ("ceiling", "WebSocket"): (ceiling.url("/ws", "ws"), to_ceiling("/broadcast")),
             ("taskcast", "WebSocket"): (
                 taskcast.url(f"/ws/tasks/{task_id}", "ws"),
@@ -111,16 +124,18 @@ def main() -> None:
             results: dict[tuple[str, str], list[float]] = {}
             for target in order:
                 url, change = targets[target]
-                results[target] = _rounds([url] * size, rounds, change)
+                sends = _CHECK if target[1] == "celery-progress" else ()
+                results[target] = _rounds([url] * size, rounds, change, sends)
                 rates[target] = size * rounds / sum(results[target])
             for transport in transports:
                 for name in ("ceiling", "taskcast"):
                     spans = results[name, transport]
                     rate = rates[name, transport]
-                    # Over SSE, the same server's rate as a fraction of its WebSocket rate.
+                    # Over SSE and celery-progress, the same server's rate as a fraction
+                    # of its WebSocket rate.
                     websocket = rates.get((name, "WebSocket"))
                     versus = ""
-                    if transport == "SSE" and websocket is not None:
+                    if transport != "WebSocket" and websocket is not None:
                         versus = f"{rate / websocket:.2f}"
                     rows.append(
                         [
@@ -143,7 +158,7 @@ def main() -> None:
         "change -> last receipt, median ms",
         "max ms",
         "x ceiling",
-        "SSE / WebSocket",
+        "/ WebSocket",
     ]
     print(table(headers, rows))
 

@@ -23,8 +23,15 @@ import redis
 
 from taskcast_celery import keys
 from tests import env
-from tests.support import read_until_closed, recv_json, write_progress, write_success, ws_connect
-from tests.test_sse import Reader, read_events
+from tests.support import (
+    Reader,
+    read_events,
+    read_until_closed,
+    recv_json,
+    write_progress,
+    write_success,
+    ws_connect,
+)
 
 # As Celery's JSON writes them into a record's result.
 BAD_RESULTS = {

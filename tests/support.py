@@ -213,6 +213,7 @@ async def running_server(
     within kilobytes rather than the megabytes loopback would otherwise absorb.
     """
     config.setdefault("ws", TaskcastWebSocketProtocol)
+    config.setdefault("http", Settings().uvicorn_options()["http"])
     config.setdefault("ws_per_message_deflate", False)
     # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets whose proto is
     # TCP, and accepted sockets inherit it from the listener. With proto 0, Nagle holds a

@@ -29,7 +29,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from taskcast.cli.devstack import free_port
-from taskcast.live.transport import TaskcastWebSocketProtocol
+from taskcast.live.ws_transport import TaskcastWebSocketProtocol
 from taskcast.settings import Settings
 from taskcast_celery import keys
 from taskcast_celery.demo.settings import DemoSettings

@@ -1,5 +1,5 @@
 """Connections that hold the process's descriptors without using them: silent ones, late
-or huge request heads, responses nobody reads (taskcast.live.connections). Real uvicorn
+or huge request heads, responses nobody reads (taskcast.live.http_transport). Real uvicorn
 servers, in this process and as ``taskcast serve`` under a small open-file limit, and
 real sockets."""
 
@@ -28,7 +28,7 @@ import redis
 
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
-from taskcast.live.connections import ConnectionLimits, http_protocol
+from taskcast.live.http_transport import ConnectionLimits, http_protocol
 from taskcast_celery import keys
 from tests import env
 from tests.support import ROOT, eventually, recv_json, running_server, settings_with, ws_connect

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -321,7 +322,11 @@ async def test_a_stream_that_stops_reading_delays_no_one() -> None:
     assert seen[-1].event == "end"
 
 
-async def test_a_stream_that_stops_reading_is_ended_and_counted() -> None:
+async def test_a_stream_that_stops_reading_is_ended_and_counted(
+    server_errors: list[logging.LogRecord],
+) -> None:
+    """Ended, its descriptor released, and counted: a client's doing, logged as no error
+    of the app's (uvicorn logged "returned without completing response")."""
     async with stalled_stream(slow_client_timeout=0.3) as stalled:
         hub = stalled.hub
         await eventually(lambda: len(hub.connections) == 1, bool)

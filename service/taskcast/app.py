@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             gc.freeze()
         try:
             # The lifespan state: where the server's HTTP protocol finds the metrics to
-            # count the connections it refuses and closes (taskcast.live.connections).
+            # count the connections it refuses and closes (taskcast.live.http_transport).
             yield {LIFESPAN_KEY: app_metrics}
         finally:
             hub_task.cancel()

@@ -62,7 +62,7 @@ class ClientConnections:
     and every connection's own limits (subscriptions, subscribe rate, frame size, slow
     readers) keep each one cheap. Under ``taskcast serve`` the server's HTTP protocol
     counts every connection against the same number from its accept
-    (``taskcast.live.connections``); this count is what holds where the app is served
+    (``taskcast.live.http_transport``); this count is what holds where the app is served
     otherwise.
     """
 

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 # Where the app's lifespan state holds its Metrics: the server's HTTP protocol
-# (taskcast.live.connections), which has no request to find the app's state by, counts
+# (taskcast.live.http_transport), which has no request to find the app's state by, counts
 # there the connections it refuses and closes.
 LIFESPAN_KEY = "taskcast.metrics"
 # How a dispatch ended: queued; the broker refused it (503); its parameters were

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         """The protocols and options taskcast serves with (benchmarks reuse them for a
         baseline)."""
         # Here, not at the top: only serving needs uvicorn.
-        from taskcast.live.connections import ConnectionLimits, http_protocol
+        from taskcast.live.http_transport import ConnectionLimits, http_protocol
 
         limits = ConnectionLimits(
             max_connections=default_max_connections()
@@ -166,7 +166,7 @@ class Settings(BaseSettings):
             # socket's buffer is full, which the hub's mailboxes rely on), with a
             # keepalive that closes a client that stopped reading with 4408, within
             # slow_client_timeout: a ping every half of it, answered within the other half.
-            "ws": "taskcast.live.transport:TaskcastWebSocketProtocol",
+            "ws": "taskcast.live.ws_transport:TaskcastWebSocketProtocol",
             "ws_ping_interval": self.slow_client_timeout / 2,
             "ws_ping_timeout": self.slow_client_timeout / 2,
             "ws_max_size": self.ws_max_message_bytes,

@@ -154,7 +154,7 @@ class SocketConnection(Connection):
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 if message.get("code") == protocol.CLOSE_SLOW_CLIENT:
-                    # Closed by the keepalive (taskcast.live.transport): counted as the
+                    # Closed by the keepalive (taskcast.live.ws_transport): counted as the
                     # reaper's closes are.
                     self.state.metrics.slow_clients_closed.inc()
                 return None

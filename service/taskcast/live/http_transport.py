@@ -244,6 +244,11 @@ class _ResetUnfinished:
                 and not cycle.response_complete
                 and not cycle.disconnected
             ):
+                if cycle.transport.get_write_buffer_size():
+                    # Bytes still wait for the client: it stopped reading (the hub's
+                    # reaper ended the stream), which is no error of the app's, for
+                    # uvicorn to log as one.
+                    cycle.disconnected = True
                 _reset(cycle.transport)
 
 

@@ -38,7 +38,7 @@ async def test_celery_progress_sockets_and_event_streams_encode_once_per_change(
     base_url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bars = counting(monkeypatch, protocol, "task_progress")
-    events = counting(monkeypatch, sse, "_event")
+    events = counting(monkeypatch, sse, "ServerSentEvent")
     task_id = str(uuid.uuid4())
     write_progress(task_id, 0, 3)
     check = json.dumps({"type": "check_task_completion"})

@@ -270,9 +270,15 @@ def encode_status(status: Status, **first: str) -> bytes:
     try:
         return encode({**first, **status})
     except UnsendableError as exc:
-        status["result"] = None
-        status["error"] = {
-            "type": "UnsendableResult",
-            "message": f"the task's result cannot be sent as JSON ({exc})",
-        }
+        mark_unsendable(status, str(exc))
         return orjson.dumps({**first, **status})
+
+
+def mark_unsendable(status: Status, reason: str = "") -> None:
+    """Leave out a result that cannot be written as JSON, saying so in the ``error``."""
+    status["result"] = None
+    because = f" ({reason})" if reason else ""
+    status["error"] = {
+        "type": "UnsendableResult",
+        "message": f"the task's result cannot be sent as JSON{because}",
+    }

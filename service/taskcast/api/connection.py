@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from starlette.types import Message
@@ -85,7 +85,8 @@ class Connection(Subscriber):
         try:
             async with asyncio.timeout(None) as interrupt.timeout:
                 self.on_connect()
-                code = await self.receive_client()
+                ended = await self.receive_client()
+                code = ended if isinstance(ended, int) else None
         except TimeoutError:
             pass  # interrupted
         except MailboxOverflow:
@@ -108,8 +109,11 @@ class Connection(Subscriber):
     def on_connect(self) -> None:
         """Subscribe what the connection watches from the start (nothing by default)."""
 
-    async def receive_client(self) -> int | None:
-        """Read the client until it leaves (None) or must be closed (a close code)."""
+    def receive_client(self) -> Awaitable[object]:
+        """What reads the client until it leaves (anything but an int) or must be closed
+        (an int: the close code). An awaitable, not necessarily a coroutine of its own:
+        a transport that only waits for its client to leave awaits its ``receive``
+        directly, a frame fewer held by every idle connection."""
         raise NotImplementedError
 
 

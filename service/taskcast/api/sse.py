@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -118,9 +119,12 @@ class Watched:
     token: str | None
 
 
+@functools.lru_cache(maxsize=64)
 def _event(update: Update, event_id: str, ends: bool) -> Message:
     """One update as the ASGI message that writes its event (with the end event, and the
-    end of the response, when it is the stream's last)."""
+    end of the response, when it is the stream's last). Cached: the hub hands an update
+    to every stream of its task in a row, and each that has seen the same states writes
+    the same event, framed once (a few recent ones are kept, not one per watched task)."""
     event = ServerSentEvent(update.text, event=update.type, id=event_id).encode()
     if ends:
         return {"type": "http.response.body", "body": event + _END, "more_body": False}
@@ -215,12 +219,11 @@ class EventStream(Connection):
             # The client has this state already.
             return _ENDED if ends else None
         self.seen[watched_id] = version
-        if len(self.watched) > 1:
-            return _event(update, self._event_id(), ends)
-        # One id: every stream of it writes this update alike, framed once for them all.
-        if update.event is None:
-            update.event = _event(update, f"{watched_id[:_ID_PREFIX]}{version}", ends)
-        return update.event
+        if len(self.watched) == 1:
+            event_id = f"{watched_id[:_ID_PREFIX]}{version}"
+        else:
+            event_id = self._event_id()
+        return _event(update, event_id, ends)
 
     async def write(self, update: Update) -> None:
         """The hub calls it for each update (and drives it without awaiting: see
@@ -230,34 +233,31 @@ class EventStream(Connection):
             assert self._send_asgi is not None
             await self._send_asgi(message)
 
-    async def stream(self, receive: Receive, send: Send) -> None:
-        """The stream, once its response has started: until its end event, the client
-        leaving, the client no longer reading, or the server stopping."""
+    def attach(self, receive: Receive, send: Send) -> None:
+        """The response's channels, once it has started."""
         self._receive, self._send_asgi = receive, send
-        keeper = _Keeper.of_this_loop()
-        keeper.add(self)
-        try:
-            await self.serve()
-        finally:
-            keeper.discard(self)
-        if not self._finished:
-            # Interrupted: by the server stopping, so that the client reconnects (to
-            # this service started again, or to another instance) and resumes; or by
-            # the sender's end. Not with the end event: its tasks have not ended. A client
-            # that does not read even this is dropped (uvicorn closes a response left
-            # unfinished), as a WebSocket's close frame is given up on.
-            self._finished = True
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await send(_CLOSED)
 
-    async def receive_client(self) -> int | None:
-        # uvicorn answers http.disconnect when the client leaves, and once the response
-        # is complete (the end event is its last message).
+    async def finish(self) -> None:
+        """After the stream ended: unless its end event went out, it was interrupted, by
+        the server stopping, so that the client reconnects (to this service started
+        again, or to another instance) and resumes; or by the sender's end. Not with the
+        end event: its tasks have not ended. A client that does not read even this is
+        dropped (the response is left unfinished, and reset), as a WebSocket's close
+        frame is given up on."""
+        if self._finished:
+            return
+        self._finished = True
+        assert self._send_asgi is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._send_asgi(_CLOSED)
+
+    def receive_client(self) -> Awaitable[Message]:
+        # The request (a GET: no body) was read before the stream started; uvicorn's
+        # next answer is http.disconnect, when the client leaves or once the response is
+        # complete (the end event is its last message).
         assert self._receive is not None
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        return None
+        return self._receive()
 
     def ping(self) -> None:
         """Write a keep-alive comment if the socket has room; never wait for it (a
@@ -373,6 +373,7 @@ class _Response(Response):
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
         try:
             await send(_START)
             if scope["method"] == "HEAD":
@@ -380,9 +381,21 @@ class _Response(Response):
                 await send(_CLOSED)
                 return
             await send(_RETRY)
-            await self.stream.stream(receive, send)
+            # The request itself, whole at once (a GET has no body).
+            await receive()
+            stream.attach(receive, send)
+            # Until its end event, the client leaving, the client no longer reading, or
+            # the server stopping. (Served from here, not from a method of the stream's:
+            # a coroutine frame fewer held by every idle stream.)
+            keeper = _Keeper.of_this_loop()
+            keeper.add(stream)
+            try:
+                await stream.serve()
+            finally:
+                keeper.discard(stream)
+            await stream.finish()
         finally:
-            self.stream.release()
+            stream.release()
 
 
 async def _open(request: Request, watched: list[Watched], many: bool = False) -> Response:

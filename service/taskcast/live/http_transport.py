@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import itertools
 import socket
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -113,7 +114,7 @@ class _Guard:
         # dictionary under that one, which it must not keep alive.
         self.connections = server_state.connections
         self.app_state = app_state
-        self.app = _ResetUnfinished(app)
+        self.app = app
         # Connections waiting for a request's head, by loop time since then: in that
         # order too (a dict keeps the order of insertion), so the longest waiting is
         # the first, whose deadline is the next to come.
@@ -217,39 +218,15 @@ class _Guard:
 _guards: weakref.WeakKeyDictionary[ServerState, _Guard] = weakref.WeakKeyDictionary()
 
 
-class _ResetUnfinished:
-    """The app, with any response it leaves unfinished reset once it returns or fails.
+def _reset_unfinished(cycle: RequestResponseCycle, _: object = None) -> None:
+    """Reset the connection of a request whose app ended with its response unfinished.
 
     uvicorn closes such a connection with ``transport.close()``, which waits until the
     client has read whatever is still buffered: for ever from a client that stopped
     reading (a stream ended by the hub's slow-client reaper), holding its descriptor.
     The response is cut short either way; a reset cuts it now."""
-
-    __slots__ = ("app",)
-
-    def __init__(self, app: ASGI3Application) -> None:
-        self.app = app
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            # ``send`` is the request's cycle's own (uvicorn passes its bound method).
-            cycle = getattr(send, "__self__", None)
-            if (
-                isinstance(cycle, RequestResponseCycle)
-                and cycle.response_started
-                and not cycle.response_complete
-                and not cycle.disconnected
-            ):
-                if cycle.transport.get_write_buffer_size():
-                    # Bytes still wait for the client: it stopped reading (the hub's
-                    # reaper ended the stream), which is no error of the app's, for
-                    # uvicorn to log as one.
-                    cycle.disconnected = True
-                _reset(cycle.transport)
+    if cycle.response_started and not cycle.response_complete:
+        _reset(cycle.transport)
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -335,6 +312,18 @@ class TaskcastHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         # What comes next is the next request's head.
         self._head_room = self._guard.limits.max_header_bytes
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """uvicorn's, with the request's connection reset if its app ends leaving the
+        response unfinished (``_reset_unfinished``): a callback on the request's task,
+        not a wrapper around the app, whose coroutine every open stream would hold."""
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(functools.partial(_reset_unfinished, cycle))
+        self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import zlib
-from collections.abc import MutableMapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -19,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from taskcast.bars import task_progress
 from taskcast.groups import GroupStatus
 from taskcast.ids import UUID_PATTERN
-from taskcast.status import Status, encode, encode_status
+from taskcast.status import (
+    Status,
+    UnsendableError,
+    decode_status,
+    encode,
+    encode_status,
+    mark_unsendable,
+)
 
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
@@ -164,18 +170,24 @@ class Kind(enum.Enum):
 
 class Update:
     """One change as the hub hands it to every connection: what it is about, its kind,
-    the status it carries, and its text, encoded once for all of them. A transport that
-    writes it differently (celery-progress's objects, an event stream's framing) makes
-    its form once too, on the first connection that asks, and keeps it here for the
-    rest: no connection parses a frame back."""
+    its status, and its text, encoded once for all of them. A transport that writes it
+    otherwise (celery-progress's object) makes that form once too, on the first
+    connection that asks, and keeps it here for the rest: no connection parses a frame
+    back.
+
+    A task's update keeps the record it was made from (the hub's own bytes, no copy),
+    not its decoded status: the hub holds one update per watched task, and a status
+    dict costs a kilobyte that few transports ever read again (``status`` decodes it).
+    """
 
     __slots__ = (
         "_bar",
-        "_identity",
+        "_group",
+        "_raw",
+        "_unsendable",
         "_version",
-        "event",
         "kind",
-        "status",
+        "stalled",
         "text",
         "type",
         "watched_id",
@@ -187,8 +199,11 @@ class Update:
         kind: Kind,
         type: str,
         text: str,
-        status: Status | GroupStatus | None = None,
-        identity: bytes | None = None,
+        *,
+        raw: bytes | None = None,
+        stalled: bool = False,
+        unsendable: bool = False,
+        group: GroupStatus | None = None,
     ) -> None:
         # The task or group id (None for a reply, which belongs to no subscription).
         self.watched_id = watched_id
@@ -196,46 +211,67 @@ class Update:
         # The message's ``type``: status, group, error, pong, unsubscribed.
         self.type = type
         self.text = text
-        self.status = status
-        # What says which state this is, for the event stream's resume: a record's raw
-        # bytes (and its stalled flag), not the text, whose rate and ETA move with the clock.
-        self._identity = identity
+        # A task's record, and whether its worker had gone silent; a group's status.
+        self._raw = raw
+        self.stalled = stalled
+        # Whether the task's result could not be written (its text says so instead).
+        self._unsendable = unsendable
+        self._group = group
         self._version: str | None = None
         self._bar: str | None = None
-        # The event stream's ASGI message for this update, on a stream of one id.
-        self.event: MutableMapping[str, Any] | None = None
 
     def __repr__(self) -> str:
-        return f"<Update {self.kind.name} {self.watched_id}>"
+        return f"<Update {self.kind.name} {self.type} {self.watched_id}>"
+
+    @property
+    def status(self) -> Status | GroupStatus | None:
+        """The status carried: a group's as sent; a task's decoded again from its record
+        (as sent but for the hub's own rate and ETA); None for anything else."""
+        if self._raw is not None and self.watched_id is not None:
+            status = decode_status(self.watched_id, self._raw)
+            status["stalled"] = self.stalled
+            if self._unsendable:
+                mark_unsendable(status)
+            return status
+        return self._group
 
     @property
     def version(self) -> str:
         """A short digest of the state, the same on every replica (so an event stream
         resumes on any): 8 hex digits, after an ``f`` when the update is terminal, so
-        that no final can be taken for a state the client already had."""
+        that no final can be taken for a state the client already had. A task's is its
+        record's (and stalled flag's), not its text's, whose rate and ETA move with the
+        clock; a group's leaves its ETA out for the same reason."""
         if self._version is None:
-            digest = zlib.crc32(self._identity if self._identity is not None else self._identify())
+            if self._raw is not None:
+                digest = zlib.crc32(self._raw)
+                if self.stalled:
+                    digest = zlib.crc32(b"stalled", digest)
+            elif self._group is not None:
+                group = self._group
+                progress = {**group["progress"], "eta_s": None}
+                digest = zlib.crc32(encode({**group, "progress": progress}))
+            else:
+                digest = zlib.crc32(self.text.encode())
             self._version = f"{'f' if self.kind.terminal else ''}{digest:08x}"
         return self._version
-
-    def _identify(self) -> bytes:
-        status = self.status
-        if self.type != "group" or status is None:
-            return self.text.encode()
-        # A group's estimate moves with the clock: a state whose only change is its ETA
-        # has been seen already.
-        return encode({**status, "progress": {**status["progress"], "eta_s": None}})  # type: ignore[dict-item]
 
     @property
     def bar(self) -> str:
         """celery-progress's message for this update: its task object for a status,
         taskcast's own message for anything else (an unknown task, before the close)."""
         if self._bar is None:
-            if self.type == "status":
-                # (The status was marked sendable when its text was encoded.)
-                self._bar = encode(task_progress(self.status)).decode()  # type: ignore[arg-type]
-            else:
+            status = self.status if self.type == "status" else None
+            if status is None:
                 self._bar = self.text
+            else:
+                bar = task_progress(status)  # type: ignore[arg-type]
+                try:
+                    self._bar = encode(bar).decode()
+                except UnsendableError:
+                    # (Its text could be written, barely; this, nested one level more, not.)
+                    mark_unsendable(status)  # type: ignore[arg-type]
+                    self._bar = encode(task_progress(status)).decode()  # type: ignore[arg-type]
         return self._bar
 
 
@@ -243,17 +279,27 @@ def status_update(status: Status, raw: bytes) -> Update:
     """A task's status as an update: the status message (the status object with
     ``"type": "status"``), encoded once; a result that cannot be written as JSON is
     marked in the status itself (``encode_status``), for every transport alike."""
+    result = status["result"]
     text = encode_status(status, type="status").decode()
     kind = Kind.FINAL if status["final"] else Kind.STATUS
-    identity = raw + (b"s" if status["stalled"] else b"")
-    return Update(status["task_id"], kind, "status", text, status, identity)
+    # (encode_status left the result out: it could not be written.)
+    unsendable = result is not None and status["result"] is None
+    return Update(
+        status["task_id"],
+        kind,
+        "status",
+        text,
+        raw=raw,
+        stalled=status["stalled"],
+        unsendable=unsendable,
+    )
 
 
 def group_update(group: GroupStatus) -> Update:
     """A group's status as an update: the group status object with ``"type": "group"``."""
     text = encode({"type": "group", **group}).decode()
     kind = Kind.FINAL if group["final"] else Kind.STATUS
-    return Update(group["group_id"], kind, "group", text, group)
+    return Update(group["group_id"], kind, "group", text, group=group)
 
 
 def error_message(

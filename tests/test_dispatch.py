@@ -35,9 +35,9 @@ def meta_key(task_id: str) -> str:
     return keys.task_meta_key(env.KEY_PREFIX, task_id)
 
 
-def test_sent_is_recorded_before_the_message_is_published(
-    redis_client: redis.Redis, worker: object
-) -> None:
+def test_sent_is_recorded_before_the_message_is_published(redis_client: redis.Redis) -> None:
+    """Read as the publish returns. To a queue no worker reads: a worker quick enough
+    (the machine otherwise busy) wrote STARTED before this read, and failed the test."""
     seen_at_publish: dict[str, Any] = {}
 
     def after_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -47,7 +47,9 @@ def test_sent_is_recorded_before_the_message_is_published(
     signals.after_task_publish.connect(after_publish, weak=False)
     try:
         task_id = str(uuid.uuid4())
-        session_app().send_task("taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id)
+        session_app().send_task(
+            "taskcast.sleep", kwargs={"seconds": 0}, task_id=task_id, queue="taskcast-test-parked"
+        )
     finally:
         signals.after_task_publish.disconnect(after_publish)
     record = json.loads(seen_at_publish[task_id])

@@ -24,7 +24,7 @@ from taskcast import client as taskcast
 from taskcast.app import create_app
 from taskcast.auth import Auth
 from taskcast.settings import Settings
-from taskcast.tokens import sign, verify
+from taskcast.tokens import sign, sign_watch_token, verify
 from tests.support import (
     WorkerProcess,
     eventually,
@@ -115,6 +115,21 @@ def test_a_token_opens_its_task_until_it_expires() -> None:
     assert not verify(SECRET_BYTES, token, TASK, now=2_000_000_000)
     assert not verify(SECRET_BYTES, token, str(uuid.uuid4()), now=0)
     assert not verify(b"another secret of the same length......", token, TASK, now=0)
+
+
+def test_no_token_outlives_the_service_s_ttl_whoever_minted_it() -> None:
+    """TASKCAST_TOKEN_TTL 3600: a token minted for a day (``sign_watch_token``'s old
+    default) was accepted; now a token is accepted only while it expires within the TTL
+    (and a minute for the minting machine's clock) of the moment it is shown."""
+    auth = Auth(settings(secret=SECRET), 3600)
+    assert not auth.may_watch(TASK, sign_watch_token(TASK, secret=SECRET, ttl=86_400), None)
+    assert auth.may_watch(TASK, sign_watch_token(TASK, secret=SECRET), None)
+    # Minted where the clock runs 30 s ahead: still within the allowance.
+    ahead = sign(SECRET_BYTES, TASK, expires_at=int(time.time()) + 3630)
+    assert auth.may_watch(TASK, ahead, None)
+    assert auth.may_watch(TASK, auth.token(TASK), None)
+    shorter = Auth(settings(secret=SECRET), 600)
+    assert not shorter.may_watch(TASK, sign_watch_token(TASK, secret=SECRET), None)
 
 
 def test_a_tampered_or_malformed_token_opens_nothing() -> None:

@@ -33,6 +33,11 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
+# Seconds a token minted elsewhere may seem to outlast TASKCAST_TOKEN_TTL: the minting
+# machine's clock may run ahead of this one's.
+CLOCK_SKEW = 60
+
+
 class Auth:
     """The service's credentials, built once from its settings."""
 
@@ -85,8 +90,12 @@ class Auth:
         if not self.tokens_required or self.is_api_key(bearer_credential):
             return True
         now = self._clock()
+        # No token lasts longer than TASKCAST_TOKEN_TTL from now, whoever minted it (with
+        # a minute for a producer's clock ahead of this one's): shortening the TTL
+        # shrinks the window of a leaked token, as docs/security.md says.
+        longest = self._ttl + CLOCK_SKEW
         return any(
-            candidate is not None and verify(self._secret, candidate, task_id, now)
+            candidate is not None and verify(self._secret, candidate, task_id, now, max_ttl=longest)
             for candidate in (token, bearer_credential)
         )
 

@@ -38,8 +38,12 @@ def sign(secret: bytes, task_id: str, expires_at: int) -> str:
     return f"{payload}.{_mac(secret, f'{payload}.{task_id}')}"
 
 
-def verify(secret: bytes, token: str, task_id: str, now: float) -> bool:
-    """Whether ``token`` was signed with ``secret`` for ``task_id`` and is unexpired."""
+def verify(
+    secret: bytes, token: str, task_id: str, now: float, max_ttl: float | None = None
+) -> bool:
+    """Whether ``token`` was signed with ``secret`` for ``task_id`` and is unexpired; with
+    ``max_ttl``, also whether it expires within that many seconds of ``now`` (a token
+    minted to last longer than the service allows is refused, however it was made)."""
     if len(token) > _MAX_TOKEN_CHARS:
         return False
     version, _, rest = token.partition(".")
@@ -49,20 +53,25 @@ def verify(secret: bytes, token: str, task_id: str, now: float) -> bool:
     # The MAC covers the expiry exactly as written, so "0123" is not a second spelling
     # of "123"; and the text is compared, not its decoding, for the same reason.
     expected = _mac(secret, f"{version}.{expires}.{task_id}")
-    return hmac.compare_digest(mac.encode(), expected.encode()) and now < int(expires)
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
+        return False
+    return now < int(expires) and (max_ttl is None or int(expires) <= now + max_ttl)
 
 
 # Ids are UUIDs in lower case, as the service keeps them: a token is bound to that form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# As long as the service's records live, by default: TASKCAST_TOKEN_TTL's default.
-DEFAULT_TTL = 86_400
+# An hour: the service refuses a token that lasts longer than its TASKCAST_TOKEN_TTL
+# (by default its app's result_expires, an hour in many projects), so a longer default
+# here would mint tokens that some services refuse.
+DEFAULT_TTL = 3600
 
 
 def sign_watch_token(task_id: str, *, secret: str, ttl: int | None = None) -> str:
     """A watch token for ``task_id`` (or a group id), as the service would mint it.
 
     ``secret`` is the service's ``TASKCAST_SECRET``; the token is valid for ``ttl``
-    seconds (default: a day, the service's default ``TASKCAST_TOKEN_TTL``). Give it to
+    seconds (default: an hour), and no longer than the service's ``TASKCAST_TOKEN_TTL``
+    allows: a token that expires later than that from when it is shown is refused. Give it to
     whoever should follow the task: the service's REST and WebSocket routes take it
     (``?token=`` or ``Authorization: Bearer``), as they take the ones it returns itself.
     """

@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import psutil
@@ -31,7 +30,15 @@ from taskcast.cli.devstack import free_port
 from taskcast.live.http_transport import ConnectionLimits, http_protocol
 from taskcast_celery import keys
 from tests import env
-from tests.support import ROOT, eventually, recv_json, running_server, settings_with, ws_connect
+from tests.support import (
+    ROOT,
+    Reader,
+    eventually,
+    recv_json,
+    running_server,
+    settings_with,
+    ws_connect,
+)
 
 # Linux's TCP states (include/net/tcp_states.h), as TCP_INFO's first byte says them.
 ESTABLISHED = 1
@@ -77,7 +84,7 @@ def dropped(sock: socket.socket) -> bool:
 
 
 async def until_dropped(sock: socket.socket, within: float = 10.0) -> None:
-    await eventually(lambda: asyncio.sleep(0, dropped(sock)), bool, within=within)
+    await eventually(lambda: dropped(sock), bool, within=within)
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -191,7 +198,7 @@ async def test_silent_connections_cannot_take_every_descriptor(service: Service)
         assert evicted >= SILENT - (OPEN_FILES - 256)
         # The evicted were reset; the newest silent ones are held (until their deadline).
         await eventually(
-            lambda: asyncio.sleep(0, sum(tcp_state(s) == CLOSED for s in silent)),
+            lambda: sum(tcp_state(s) == CLOSED for s in silent),
             lambda closed: closed >= evicted,
         )
         assert tcp_state(silent[-1]) == ESTABLISHED
@@ -224,9 +231,7 @@ async def test_waiting_connections_make_room_for_a_request() -> None:
     async with running_server(app, **settings.uvicorn_options()) as url:
 
         async def states(expected: list[int]) -> None:
-            await eventually(
-                lambda: asyncio.sleep(0, [tcp_state(s) for s in silent]), expected.__eq__
-            )
+            await eventually(lambda: [tcp_state(s) for s in silent], expected.__eq__)
 
         with sockets() as silent:
             for _ in range(10):
@@ -392,21 +397,6 @@ async def reporting(client: redis.Redis, task_id: str, every: float) -> AsyncIte
         await reporter
 
 
-async def statuses(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
-    """The next ``count`` status events' data, off an event stream's lines."""
-    seen: list[dict[str, Any]] = []
-    event = None
-    async with asyncio.timeout(15):
-        async for line in lines:
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and event == "status":
-                seen.append(json.loads(line.removeprefix("data: ")))
-                if len(seen) == count:
-                    break
-    return seen
-
-
 async def test_a_never_read_event_stream_is_reset_while_a_reading_one_goes_on(
     redis_client: redis.Redis,
 ) -> None:
@@ -423,11 +413,10 @@ async def test_a_never_read_event_stream_is_reset_while_a_reading_one_goes_on(
             never_read = open_never_read_stream(url, task_id)
             clients.append(never_read)
             # Its window closes within a few events; a second later it is reset.
-            await eventually(
-                lambda: asyncio.sleep(0, tcp_state(never_read)), lambda s: s == CLOSED, within=20
-            )
+            await eventually(lambda: tcp_state(never_read), lambda s: s == CLOSED, within=20)
         # The reading client was never judged, and still gets every change.
-        assert len(await statuses(reading.aiter_lines(), 30)) == 30
+        events = await Reader(reading).events(until=None, count=30)
+        assert [event.event for event in events] == ["status"] * 30
         async with httpx.AsyncClient(base_url=url) as scraper:
             scraped = (await scraper.get("/metrics")).text
     assert slow_clients_closed(scraped) == 1
@@ -445,13 +434,15 @@ async def test_a_quiet_event_stream_whose_client_reads_is_not_judged(
         httpx.AsyncClient(base_url=url) as http,
         http.stream("GET", f"/sse/tasks/{task_id}") as reading,
     ):
-        lines = reading.aiter_lines()
-        assert (await statuses(lines, 1))[0]["progress"]["current"] == 0
+        reader = Reader(reading)
+        (first,) = await reader.events(until=None, count=1)
+        assert first.message["progress"]["current"] == 0
         # The task is quiet for four timeouts: nothing waits for the client, which has
         # read all it was sent, so there is nothing to judge it by.
         await asyncio.sleep(4 * settings.slow_client_timeout)
         report(redis_client, task_id, 1)
-        assert (await statuses(lines, 1))[0]["progress"]["current"] == 1
+        (later,) = await reader.events(until=None, count=1)
+        assert later.message["progress"]["current"] == 1
         scraped = (await http.get("/metrics")).text
     assert slow_clients_closed(scraped) == 0
 
@@ -464,9 +455,7 @@ async def test_a_never_read_event_stream_is_reset_under_taskcast_serve(
         with sockets() as clients:
             never_read = open_never_read_stream(service.url, task_id)
             clients.append(never_read)
-            await eventually(
-                lambda: asyncio.sleep(0, tcp_state(never_read)), lambda s: s == CLOSED, within=20
-            )
+            await eventually(lambda: tcp_state(never_read), lambda s: s == CLOSED, within=20)
 
 
 async def abandoning_app(scope: dict[str, object], receive: object, send: object) -> None:
@@ -492,9 +481,7 @@ async def test_a_response_its_app_left_unfinished_is_reset() -> None:
             client.sendall(head_of(100, "/"))
             # Never read: once the app gives up, the connection is reset, where a close
             # would wait for this client to read everything buffered.
-            await eventually(
-                lambda: asyncio.sleep(0, tcp_state(client)), lambda s: s == CLOSED, within=10
-            )
+            await eventually(lambda: tcp_state(client), lambda s: s == CLOSED, within=10)
 
 
 def test_the_limits_pickle_for_uvicorn_s_worker_processes() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -272,6 +273,17 @@ def encode_status(status: Status, **first: str) -> bytes:
     except UnsendableError as exc:
         mark_unsendable(status, str(exc))
         return orjson.dumps({**first, **status})
+
+
+def encode_shaped(status: Status, shape: Callable[[Status], Any]) -> bytes:
+    """``shape(status)`` (another client's view of it: celery-progress's object, the
+    tutorial's reply) as JSON, with the status marked first when its result cannot be
+    written, as ``encode_status`` marks it: the same answer as every other transport's."""
+    try:
+        return encode(shape(status))
+    except UnsendableError as exc:
+        mark_unsendable(status, str(exc))
+        return encode(shape(status))
 
 
 def mark_unsendable(status: Status, reason: str = "") -> None:

@@ -25,7 +25,7 @@ from taskcast.api.validation import parse_task_id
 from taskcast.bars import NOT_STARTED, group_progress, task_progress
 from taskcast.live import protocol
 from taskcast.live.protocol import Update
-from taskcast.status import decode_status, encode, encode_status
+from taskcast.status import decode_status, encode, encode_shaped
 
 # Its answers must never be cached: they change while the task runs.
 _NO_CACHE = {"Cache-Control": "no-store"}
@@ -38,23 +38,18 @@ def _json(body: bytes) -> Response:
 async def task_endpoint(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
     status = await read_status(request, task_id)
-    # Marks a result that cannot be sent, as every transport does, before its bar is made.
-    encode_status(status)
-    return _json(encode(task_progress(status)))
+    return _json(encode_shaped(status, task_progress))
 
 
 async def group_endpoint(request: Request) -> Response:
     group_id = parse_task_id(request.path_params["group_id"], "group")
     members = await read_members(request, group_id)
     reading = await app_state(request).store.read_many(members)
-    objects = []
-    for task_id, raw in zip(members, reading.records, strict=True):
-        if raw is None:
-            objects.append(NOT_STARTED)
-            continue
-        status = decode_status(task_id, raw)
-        encode_status(status)
-        objects.append(task_progress(status))
+    # (A group's object sums its members' bars: no member's result is in it.)
+    objects = [
+        NOT_STARTED if raw is None else task_progress(decode_status(task_id, raw))
+        for task_id, raw in zip(members, reading.records, strict=True)
+    ]
     return _json(encode(group_progress(objects)))
 
 

@@ -21,7 +21,7 @@ from taskcast.api.queries import EmailQuery, ProgressQuery, SleepQuery
 from taskcast.api.responses import json_response
 from taskcast.api.validation import check_params, decode_json, parse_query, parse_task_id, read_body
 from taskcast.limits import LimitReached
-from taskcast.status import Status, encode_status
+from taskcast.status import Status, encode_shaped
 from taskcast_celery import states
 from taskcast_celery.expose import Exposure
 
@@ -109,9 +109,8 @@ def tutorial_shape(status: Status) -> dict[str, Any]:
 async def task_status(request: Request) -> Response:
     task_id = parse_task_id(request.path_params["task_id"])
     status = await read_status(request, task_id)
-    # Marks a result that cannot be sent, as every transport does, before it is shaped.
-    encode_status(status)
-    return json_response(tutorial_shape(status))
+    body = encode_shaped(status, tutorial_shape)
+    return Response(body, media_type="application/json")
 
 
 # Each path that starts work, with the exposed task it starts (each is guarded like a

@@ -262,11 +262,8 @@ class Hub:
         """Whether a task's worker still beats for it (``beat`` fresher than the stall
         threshold, or the vanish grace): its missing record will be written again. REST
         asks the same, so that both wait for such a record rather than call it unknown."""
-        return beat is not None and not silent(beat, redis_now_ms, self._beat_fresh)
-
-    @property
-    def _beat_fresh(self) -> float:
-        return self.stall_after or self.vanish_grace
+        fresh = self.stall_after or self.vanish_grace
+        return beat is not None and not silent(beat, redis_now_ms, fresh)
 
     def _task_watch(self, task_id: str) -> _Watch:
         watch = self._watches.get(task_id)

@@ -20,9 +20,9 @@ from taskcast.groups import GroupStatus
 from taskcast.ids import UUID_PATTERN
 from taskcast.status import (
     Status,
-    UnsendableError,
     decode_status,
     encode,
+    encode_shaped,
     encode_status,
     mark_unsendable,
 )
@@ -265,13 +265,7 @@ class Update:
             if status is None:
                 self._bar = self.text
             else:
-                bar = task_progress(status)  # type: ignore[arg-type]
-                try:
-                    self._bar = encode(bar).decode()
-                except UnsendableError:
-                    # (Its text could be written, barely; this, nested one level more, not.)
-                    mark_unsendable(status)  # type: ignore[arg-type]
-                    self._bar = encode(task_progress(status)).decode()  # type: ignore[arg-type]
+                self._bar = encode_shaped(status, task_progress).decode()  # type: ignore[arg-type]
         return self._bar
 
 

@@ -214,6 +214,12 @@ async def test_an_app_that_cannot_be_served_is_one_clear_line(
 ) -> None:
     for app, said in (
         ("myproj.nothing", "cannot load the Celery app 'myproj.nothing'"),
+        # The module is there, the attribute is not: named as such, not as a module.
+        (
+            "myproj.celery:wrong",
+            "cannot load the Celery app 'myproj.celery:wrong': "
+            "module 'myproj.celery' has no attribute 'wrong'",
+        ),
         ("myproj.tasks:import_rows", "'myproj.tasks:import_rows' is a"),
     ):
         process = await asyncio.create_subprocess_exec(

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from celery import Celery
 from celery.app.utils import find_app
+from celery.utils.imports import import_from_cwd
 from kombu.utils.url import maybe_sanitize_url
 
 from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
@@ -60,10 +61,26 @@ def load_app(name: str) -> ServedApp:
     try:
         found = find_app(name)
     except Exception as exc:
-        raise AppError(f"cannot load the Celery app {name!r}: {exc!r}") from exc
+        raise AppError(f"cannot load the Celery app {name!r}: {_why_not(name, exc)}") from exc
     if not isinstance(found, Celery):
         raise AppError(f"{name!r} is a {type(found).__name__}, not a Celery app")
     return serve_app(found, name)
+
+
+def _why_not(name: str, exc: Exception) -> str:
+    """Why ``find_app(name)`` failed, in words. For ``module:attribute`` whose module has
+    no such attribute, Celery's ``find_app`` retries the whole name as a module and says
+    ``No module named 'module:attribute'``, hiding that the module itself was found."""
+    module_name, colon, attribute = name.partition(":")
+    if colon and isinstance(exc, ModuleNotFoundError) and exc.name == name:
+        try:
+            # As find_app imports it: from the current directory first, as celery -A does.
+            module = import_from_cwd(module_name)
+        except Exception:
+            return repr(exc)
+        if not hasattr(module, attribute):
+            return f"module {module_name!r} has no attribute {attribute!r}"
+    return repr(exc)
 
 
 def serve_app(app: Celery, name: str) -> ServedApp:

@@ -116,7 +116,8 @@ class Sites:
     answers to (``TASKCAST_ALLOWED_ORIGINS``, ``TASKCAST_ALLOWED_HOSTS``).
 
     A browser says where a request comes from (``Origin``; ``Sec-Fetch-Site``, which a
-    page cannot forge); a script or curl says neither, and is held by keys and tokens.
+    page cannot forge; at the least ``Referer``, where it sends neither); a script or
+    curl says none of them, and is held by keys and tokens.
     The service's own page is one whose origin names the very host the request went to;
     but the ``Host`` header is the client's word: a DNS-rebinding page has its own name
     resolve to the service, and sends matching ``Origin`` and ``Host``. So where origins
@@ -157,17 +158,44 @@ class Sites:
         site = headers.get("sec-fetch-site")
         if origin is not None:
             origin = origin.lower()
-            if origin in self.origins:
-                return None
-            own = origin != "null" and self._own_page(origin, headers)
-            # Where origins are listed, a page's own host counts only on a checked host.
-            if own and site in (None, "same-origin") and (not self.origins or not self.any_host):
+            if self._page_allowed(origin, site, headers):
                 return None
             return f"Origin {origin} is not allowed to start or cancel work here"
-        if site is not None and site not in ("same-origin", "none"):
+        if site is not None:
+            if site in ("same-origin", "none"):
+                return None
             # A browser's request with no Origin (an <img>, a link): it came from elsewhere.
             return f"a {site} page may not start or cancel work here"
+        referer = headers.get("referer")
+        if referer is not None:
+            # A browser that sends neither Origin nor Sec-Fetch-Site (an old one, or one
+            # whose privacy settings strip them, on an <img> or a link) still names the
+            # page it was on. A script's request names none, and stays allowed.
+            page = _origin_of(referer)
+            if not self._page_allowed(page, None, headers):
+                return f"a page of {page} (its Referer) may not start or cancel work here"
         return None
+
+    def _page_allowed(self, origin: str, site: str | None, headers: Headers) -> bool:
+        """Whether a page of ``origin`` (lowercase) may start or cancel work: a listed
+        origin, or the service's own page (which ``site``, where the browser sent it,
+        must not contradict)."""
+        if origin in self.origins:
+            return True
+        own = origin != "null" and self._own_page(origin, headers)
+        # Where origins are listed, a page's own host counts only on a checked host.
+        return own and site in (None, "same-origin") and (not self.origins or not self.any_host)
+
+
+def _origin_of(url: str) -> str:
+    """The origin (``scheme://host[:port]``, lowercase) of a page's URL as a ``Referer``
+    header carries it; ``null`` for one that names no host."""
+    parts = urlsplit(url.strip())
+    # Browsers strip credentials from a Referer; a hand-made one's must not count.
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.scheme or not host:
+        return "null"
+    return f"{parts.scheme}://{host}".lower()
 
 
 class SiteCheck:

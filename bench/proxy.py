@@ -28,6 +28,8 @@ SHIPPED = ROOT / "deploy" / "nginx" / "taskcast.conf"
 # What each process behind nginx is told: the host name it answers to (the one the
 # clients use, as nginx passes it on) and the proxy it believes X-Forwarded-* from
 # (uvicorn's variable; 127.0.0.1 is also its default).
+# Where the shipped access log goes, in the caller's directory (relative to nginx's prefix).
+SHIPPED_LOG = "taskcast-access.log"
 REPLICA_ENV = {"TASKCAST_ALLOWED_HOSTS": "127.0.0.1", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
 
 # nginx's own part of its configuration, around the shipped file: foreground, every path
@@ -70,6 +72,15 @@ def render(listen: str, replicas: list[str], timeout: str | None = None) -> str:
     text = text[: found[0].start()] + lines + servers.sub("", text[found[0].start() :])
     text, listens = re.subn(r"^( *)listen +80;$", rf"\1listen {listen};", text, flags=re.M)
     assert listens == 1
+    # The shipped access log, in the caller's directory (relative to nginx's prefix); and,
+    # since a server's own access_log replaces the http block's, MAIN_CONF's log again.
+    text, logs = re.subn(
+        r"^( *)access_log +\S+ +(\w+);$",
+        rf"\1access_log {SHIPPED_LOG} \2;\n\1access_log access.log upstreams;",
+        text,
+        flags=re.M,
+    )
+    assert logs == 1
     if timeout is not None:
         text, timeouts = re.subn(
             r"^( *)(proxy_(?:read|send)_timeout) +\S+;$", rf"\1\2 {timeout};", text, flags=re.M

@@ -35,7 +35,7 @@ import redis
 from playwright.async_api import Browser
 
 import taskcast
-from bench.proxy import NGINX, REPLICA_ENV, SHIPPED, Nginx, render
+from bench.proxy import NGINX, REPLICA_ENV, SHIPPED, SHIPPED_LOG, Nginx, render
 from taskcast.api.sse import PING_SECONDS
 from taskcast.cli.devstack import free_port
 from taskcast.settings import Settings
@@ -304,6 +304,30 @@ async def test_replicas_see_the_client_s_address_host_and_scheme_through_nginx(
 
     lines = await eventually(logged, bool)
     assert len(lines) == 1 and "127.0.0.2:" in lines[0] and "203.0.113.7" not in lines[0], lines
+
+
+async def test_the_shipped_access_log_leaves_tokens_out(proxy: Proxy) -> None:
+    secret = f"SECRET{uuid.uuid4().hex}"
+    task_id = str(uuid.uuid4())
+    path = f"/tasks/{task_id}"
+    # As a status_url carries its token; the same name percent-encoded, which the service
+    # reads as `token` too; and a page whose own URL holds one, in the Referer.
+    query = f"?token={secret}&%74oken={secret}"
+    referer = f"https://app.example/watch?token={secret}#{secret}"
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as http:
+        response = await http.get(path + query, headers={"Referer": referer})
+    assert response.status_code == 404, response.text  # unknown: nginx passed it on
+    log = proxy.nginx.directory / SHIPPED_LOG
+
+    def logged() -> list[str]:
+        text = log.read_text() if log.exists() else ""
+        return [line for line in text.splitlines() if task_id in line]
+
+    [line] = await eventually(logged, bool)
+    assert f'"GET {path} HTTP/1.1" 404 ' in line, line
+    assert '"https://app.example/watch"' in line, line
+    assert "upstream=127.0.0.1:" in line, line
+    assert secret not in line and "token" not in line, line
 
 
 async def read_events(lines: AsyncIterator[str], events: list[dict[str, Any]], count: int) -> None:

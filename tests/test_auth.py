@@ -51,7 +51,7 @@ def settings(**changes: Any) -> Settings:
 async def secured(worker: WorkerProcess) -> AsyncIterator[str]:
     """A server with API keys, a secret and one allowed origin; its base URL."""
     app = create_app(
-        settings(
+        settings=settings(
             api_keys=(KEY, OTHER_KEY),
             secret=SECRET,
             allowed_origins=(ORIGIN,),
@@ -258,7 +258,7 @@ async def test_cancel_needs_an_api_key(http: httpx.AsyncClient) -> None:
 async def test_cancel_without_keys_needs_the_tasks_token(worker: WorkerProcess) -> None:
     """With a secret and no keys, anyone may dispatch, and a token's holder may cancel."""
     async with (
-        running_server(create_app(settings(secret=SECRET))) as url,
+        running_server(create_app(settings=settings(secret=SECRET))) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         links = (await http.post("/tasks/sleep", json={"seconds": 30})).json()

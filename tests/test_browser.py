@@ -518,7 +518,7 @@ async def test_with_auth_on_the_page_asks_for_a_key_and_follows_with_tokens(
     errors: list[Exception] = []
     page.on("pageerror", lambda error: errors.append(error))
     try:
-        async with running_server(create_app(settings)) as url:
+        async with running_server(create_app(settings=settings)) as url:
             await page.goto(f"{url}/")
             key_form = page.locator("#api-key-form")
             await expect(key_form).to_be_hidden()

@@ -225,7 +225,7 @@ async def test_an_unknown_task_over_the_websocket_is_said_and_closed(base_url: s
 
 @pytest.fixture
 async def secured() -> Any:
-    app = create_app(settings_with(secret="s" * 40, api_keys=("key-" + "k" * 30,)))
+    app = create_app(settings=settings_with(secret="s" * 40, api_keys=("key-" + "k" * 30,)))
     async with running_server(app) as url:
         yield url
 

@@ -206,7 +206,7 @@ async def test_silent_connections_cannot_take_every_descriptor(service: Service)
 
 async def test_a_newcomer_is_refused_at_once_when_every_connection_is_in_use() -> None:
     settings = settings_with(max_connections=4)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with (
         running_server(app, **settings.uvicorn_options()) as url,
         contextlib.AsyncExitStack() as stack,
@@ -227,7 +227,7 @@ async def test_a_newcomer_is_refused_at_once_when_every_connection_is_in_use() -
 
 async def test_waiting_connections_make_room_for_a_request() -> None:
     settings = settings_with(max_connections=4)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with running_server(app, **settings.uvicorn_options()) as url:
 
         async def states(expected: list[int]) -> None:
@@ -259,7 +259,7 @@ async def test_waiting_connections_make_room_for_a_request() -> None:
 
 async def test_a_head_not_sent_within_the_deadline_is_closed() -> None:
     settings = settings_with(header_timeout=0.5)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with running_server(app, **settings.uvicorn_options()) as url:
         with sockets() as clients:
             silent, trickling = connect(url), connect(url)
@@ -290,7 +290,7 @@ async def test_a_head_not_sent_within_the_deadline_is_closed() -> None:
 
 async def test_an_idle_keep_alive_connection_is_closed_after_uvicorn_s_timeout() -> None:
     settings = settings_with()
-    app = create_app(settings)
+    app = create_app(settings=settings)
     options = {**settings.uvicorn_options(), "timeout_keep_alive": 0.5}
     async with running_server(app, **options) as url:
         with sockets() as clients:
@@ -308,7 +308,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_uvicorn_s_timeout()
 
 async def test_a_head_over_the_bound_is_answered_431() -> None:
     settings = settings_with(max_header_bytes=16 * 1024)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with running_server(app, **settings.uvicorn_options()) as url:
         with sockets() as clients:
             within, over = connect(url), connect(url)
@@ -401,7 +401,7 @@ async def test_a_never_read_event_stream_is_reset_while_a_reading_one_goes_on(
     redis_client: redis.Redis,
 ) -> None:
     settings = settings_with(slow_client_timeout=1.0)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     task_id = str(uuid.uuid4())
     async with (
         reporting(redis_client, task_id, 0.1),
@@ -426,7 +426,7 @@ async def test_a_quiet_event_stream_whose_client_reads_is_not_judged(
     redis_client: redis.Redis,
 ) -> None:
     settings = settings_with(slow_client_timeout=0.5)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     task_id = str(uuid.uuid4())
     report(redis_client, task_id, 0)
     async with (

@@ -155,7 +155,7 @@ async def test_a_task_whose_record_cannot_be_written_is_not_published(
     split = demo_app(queue=queue, result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
     queued = f"{env.KEY_PREFIX}{queue}"
     try:
-        async with running_server(create_app(Settings(), celery_app=split)) as url:
+        async with running_server(create_app(settings=Settings(), celery_app=split)) as url:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 refused = await http.post("/tasks/sleep", json={"seconds": 0})
                 assert refused.status_code == 503, refused.text

@@ -300,7 +300,10 @@ async def test_without_a_token_dev_mode_keeps_email_in_the_dev_outbox(
     assert mailtrap.received == []
 
     dev_settings = settings_with(dev=True)
-    async with running_server(create_app(dev_settings)) as url, httpx.AsyncClient() as http:
+    async with (
+        running_server(create_app(settings=dev_settings)) as url,
+        httpx.AsyncClient() as http,
+    ):
         outbox = (await http.get(f"{url}/dev/outbox")).json()["messages"]
     assert [entry["task_id"] for entry in outbox] == [second, first]  # newest first
     entry = outbox[1]

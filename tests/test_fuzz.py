@@ -100,7 +100,7 @@ async def fuzz_server(redis_client: redis.Redis) -> AsyncIterator[FuzzServer]:
         # Small groups: every accepted one queues its members, one publish each.
         max_group_size=20,
     )
-    app = create_app(service_settings, celery_app=demo_app(queue=queue))
+    app = create_app(settings=service_settings, celery_app=demo_app(queue=queue))
     try:
         async with running_server(app, **service_settings.uvicorn_options()) as url:
             yield FuzzServer(url, f"{env.KEY_PREFIX}{queue}")

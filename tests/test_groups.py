@@ -321,7 +321,7 @@ async def test_a_group_that_cannot_be_read_is_an_error_to_retry(
 ) -> None:
     # Nothing listens on this port: every Redis call fails at once.
     dead = demo_app(result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
-    app = create_app(Settings(), celery_app=dead)
+    app = create_app(settings=Settings(), celery_app=dead)
     group_id = str(uuid.uuid4())
     async with running_server(app) as url:
         async with ws_connect(url, "/ws") as ws:

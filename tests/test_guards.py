@@ -31,7 +31,7 @@ SECRET = "s" * 40
 
 async def test_every_route_declares_its_guard_enforces_it_and_documents_it() -> None:
     settings = settings_with(dev=True, api_keys=(KEY,), secret=SECRET)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     guarded = [route for route in app.routes if isinstance(route, GuardedRoute)]
     # Every HTTP route but the metrics' (a module below the endpoints) declares its guard.
     plain = [
@@ -80,7 +80,7 @@ async def test_a_record_missing_while_its_worker_beats_is_waited_for_everywhere(
     running_record(redis_client, task_id)
     beat(redis_client, task_id, ago_s=0)
     settings = settings_with(poll_interval=0.05, stall_after=30.0)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         hub: Hub = app.state.taskcast.hub
         async with ws_connect(url, f"/ws/tasks/{task_id}") as first:

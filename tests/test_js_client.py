@@ -207,7 +207,7 @@ async def test_a_stream_refused_for_one_token_ends_that_subscription_alone(
     EventSource cannot read): the client asks why, ends the subscription whose token
     fails, and follows the rest on a new stream."""
     settings = settings_with(secret=secrets.token_urlsafe(48))
-    async with running_server(RefuseWebSockets(create_app(settings))) as url:
+    async with running_server(RefuseWebSockets(create_app(settings=settings))) as url:
         harness = await open_harness(context, url)
         ids = await harness.run(
             """async () => {
@@ -239,7 +239,7 @@ async def test_with_auth_on_submits_and_cancels_with_a_key_and_follows_with_toke
 ) -> None:
     key = secrets.token_urlsafe(24)
     settings = settings_with(api_keys=(key,), secret=secrets.token_urlsafe(48))
-    async with running_server(create_app(settings)) as url:
+    async with running_server(create_app(settings=settings)) as url:
         harness = await open_harness(context, url)
         # Without a key: refused, with the service's reasons on the error.
         refused = await harness.run(

@@ -72,7 +72,7 @@ async def _scrape(url: str) -> str:
 
 
 async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() -> None:
-    app = create_app(settings_with(max_connections_per_client=3))
+    app = create_app(settings=settings_with(max_connections_per_client=3))
     async with running_server(app) as url:
         state: AppState = app.state.taskcast
 
@@ -109,7 +109,7 @@ async def test_connections_per_client_are_capped_and_every_close_frees_a_slot() 
 async def test_subscribes_over_the_rate_are_refused_and_the_socket_stays_usable() -> None:
     # A burst of 3 and a refill far too slow to matter within the test.
     settings = settings_with(subscribe_rate=0.001, subscribe_burst=3)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     ids = [str(uuid.uuid4()) for _ in range(5)]
     async with running_server(app) as url, ws_connect(url, "/ws") as ws:
         for task_id in ids:
@@ -134,7 +134,7 @@ async def test_subscribes_over_the_rate_are_refused_and_the_socket_stays_usable(
 
 async def test_the_rate_refills() -> None:
     settings = settings_with(subscribe_rate=1, subscribe_burst=1)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     async with running_server(app) as url, ws_connect(url, "/ws") as ws:
         await ws.send(json.dumps({"op": "subscribe", "task_id": first}))
@@ -174,7 +174,7 @@ async def test_a_crowd_behind_one_address_is_not_refused_by_default() -> None:
     defaults = {
         "max_connections_per_client": Settings.model_fields["max_connections_per_client"].default
     }
-    app = create_app(settings_with(**defaults))
+    app = create_app(settings=settings_with(**defaults))
     async with running_server(app) as url, contextlib.AsyncExitStack() as stack:
         task_id = str(uuid.uuid4())
         sockets = [
@@ -188,7 +188,7 @@ async def test_a_crowd_behind_one_address_is_not_refused_by_default() -> None:
 
 
 async def test_the_process_cap_refuses_the_connection_over_it() -> None:
-    app = create_app(settings_with(max_connections=2))
+    app = create_app(settings=settings_with(max_connections=2))
     async with running_server(app) as url:
         async with ws_connect(url, "/ws") as first, ws_connect(url, "/ws") as second:
             await _pong(first)

@@ -194,7 +194,7 @@ async def test_readiness_reports_redis_down() -> None:
 
     settings = Settings()
     dead = demo_app(result_backend_url=f"redis://127.0.0.1:{free_port()}/0")
-    app = create_app(settings, celery_app=dead)
+    app = create_app(settings=settings, celery_app=dead)
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 503

@@ -70,7 +70,7 @@ async def service_on(cluster: SentinelCluster) -> AsyncIterator[tuple[str, Celer
             bool,
             within=30,
         )
-        served = create_app(settings_with(), celery_app=app)
+        served = create_app(settings=settings_with(), celery_app=app)
         async with running_server(served) as url:
             yield url, app, served.state.taskcast.hub
     finally:

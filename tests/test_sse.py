@@ -146,7 +146,7 @@ async def test_a_bad_query_is_refused_before_any_stream(
 
 
 async def test_more_ids_than_a_stream_may_follow_are_refused() -> None:
-    app = create_app(settings_with(max_subscriptions=2))
+    app = create_app(settings=settings_with(max_subscriptions=2))
     query = "&".join(f"task={uuid.uuid4()}" for _ in range(3))
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         response = await http.get(f"/sse?{query}")
@@ -161,7 +161,7 @@ async def test_more_ids_than_a_stream_may_follow_are_refused() -> None:
 
 
 async def test_with_tokens_on_each_id_needs_its_token_or_a_key() -> None:
-    app = create_app(settings_with(secret=SECRET, api_keys=(KEY,)))
+    app = create_app(settings=settings_with(secret=SECRET, api_keys=(KEY,)))
     auth = Auth(settings_with(secret=SECRET), 86_400)
     done, other = str(uuid.uuid4()), str(uuid.uuid4())
     write_success(done)
@@ -230,7 +230,7 @@ async def test_a_stream_dropped_by_the_server_ends_without_end(
 async def test_a_stopping_server_ends_its_streams_without_end_and_head_has_no_body() -> None:
     task_id = str(uuid.uuid4())
     write_progress(task_id, 1, 10)
-    serving = running_server(create_app(settings_with()))
+    serving = running_server(create_app(settings=settings_with()))
     url = await serving.__aenter__()
     stopped = False
     try:
@@ -288,7 +288,7 @@ class Stalled:
 
 @contextlib.asynccontextmanager
 async def stalled_stream(slow_client_timeout: float) -> AsyncIterator[Stalled]:
-    app = create_app(settings_with(slow_client_timeout=slow_client_timeout))
+    app = create_app(settings=settings_with(slow_client_timeout=slow_client_timeout))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -338,7 +338,7 @@ async def test_a_stream_that_stops_reading_is_ended_and_counted(
 
 
 async def test_a_stream_holds_one_of_the_process_s_connections() -> None:
-    app = create_app(settings_with(max_connections=1))
+    app = create_app(settings=settings_with(max_connections=1))
     task_id = str(uuid.uuid4())
     write_progress(task_id, 1, 10)
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:

@@ -51,7 +51,9 @@ async def service() -> AsyncIterator[Service]:
     """The service with a 1 s stall threshold, dispatching to a queue of its own."""
     queue = f"test-stalled-{uuid.uuid4().hex[:8]}"
     settings = settings_with(stall_after=STALL_AFTER)
-    async with running_server(create_app(settings, celery_app=demo_app(queue=queue))) as url:
+    async with running_server(
+        create_app(settings=settings, celery_app=demo_app(queue=queue))
+    ) as url:
         yield Service(url, queue)
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from taskcast import client as taskcast
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
-from taskcast.cli.main import watch_target
+from taskcast.cli.main import WatchTarget, watch_target
 from taskcast.cli.terminal import Exit, format_eta, group_line, group_summary, show, status_line
 from taskcast_celery import keys
 from tests import env
@@ -151,14 +151,18 @@ async def test_watch_follows_the_links_submit_printed_without_url(base_url: str)
 
 def test_a_link_names_its_service_its_id_and_whether_a_group() -> None:
     default = "http://127.0.0.1:8000"
-    assert watch_target("abc", default) == (default, "abc", False)
-    assert watch_target("wss://tasks.example.com/ws/tasks/abc", default) == (
-        "https://tasks.example.com",
-        "abc",
-        False,
+    assert watch_target("abc", default) == WatchTarget(default, "abc", False)
+    assert watch_target("wss://tasks.example.com/ws/tasks/abc", default) == WatchTarget(
+        "https://tasks.example.com", "abc", False
     )
     # A service mounted under a path keeps it; a trailing slash is fine.
-    assert watch_target("http://h:81/api/groups/abc/", default) == ("http://h:81/api", "abc", True)
+    assert watch_target("http://h:81/api/groups/abc/", default) == WatchTarget(
+        "http://h:81/api", "abc", True
+    )
+    # A link handed out with a watch token carries it.
+    assert watch_target("http://h/jobs/tasks/abc?token=t.k", default) == WatchTarget(
+        "http://h/jobs", "abc", False, "t.k"
+    )
     for not_a_link in ("ftp://h/tasks/abc", "http://h/tasks/", "http:///tasks/abc", "http://h/x"):
         assert watch_target(not_a_link, default) is None, not_a_link
 
@@ -286,7 +290,7 @@ async def test_submit_group_takes_optional_parameters_typed(base_url: str) -> No
 async def quick_to_stall() -> AsyncIterator[str]:
     """A service that calls a running task stalled after 1 s without a heartbeat."""
     settings = settings_with(stall_after=1.0)
-    async with running_server(create_app(settings)) as url:
+    async with running_server(create_app(settings=settings)) as url:
         yield url
 
 

@@ -204,7 +204,7 @@ async def test_frames_over_the_limit_close_1009(base_url: str) -> None:
 
 
 async def test_too_many_subscriptions(client: httpx.AsyncClient) -> None:
-    app = create_app(settings_with(max_subscriptions=2))
+    app = create_app(settings=settings_with(max_subscriptions=2))
     ids = [await submit(client, "sleep", seconds=30) for _ in range(3)]
     try:
         async with running_server(app) as url, ws_connect(url, "/ws") as ws:
@@ -291,7 +291,7 @@ async def test_disconnect_drops_every_subscription(
 
 async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
     """A stalled client holds its own socket; a fast one still gets every final."""
-    app = create_app(settings_with(slow_client_timeout=60))
+    app = create_app(settings=settings_with(slow_client_timeout=60))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -329,7 +329,7 @@ async def test_a_client_that_stops_reading_does_not_delay_others() -> None:
 
 
 async def test_a_client_that_stops_reading_is_closed() -> None:
-    app = create_app(settings_with(slow_client_timeout=0.3))
+    app = create_app(settings=settings_with(slow_client_timeout=0.3))
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
         write_progress(task_id, 0, 1000)
@@ -365,7 +365,7 @@ async def test_push_and_poll_only_modes(
 ) -> None:
     # Push mode with a poll too slow to matter; poll-only with a fast poll.
     settings = settings_with(push=push, poll_interval=60 if push else 0.05)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     task_id = await submit(client, "progress", total=5, step_seconds=0.05)
     channel = keys.task_meta_key(env.KEY_PREFIX, task_id)
     async with running_server(app) as url, ws_connect(url, f"/ws/tasks/{task_id}") as ws:
@@ -397,7 +397,7 @@ async def test_a_client_that_never_reads_is_closed_4408_and_counted() -> None:
     keepalive ping tells. It is closed with 4408 within TASKCAST_SLOW_CLIENT_TIMEOUT (it
     was 1011 after uvicorn's own 40 s, and not counted)."""
     settings = settings_with(slow_client_timeout=1.0)
-    app = create_app(settings)
+    app = create_app(settings=settings)
     async with running_server(app, **settings.uvicorn_options()) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -440,7 +440,7 @@ async def test_a_vanished_record_is_not_served_stale_and_ends_as_unknown(
     task_id, back = str(uuid.uuid4()), str(uuid.uuid4())
     for watched in (task_id, back):
         running_record(redis_client, watched)
-    async with running_server(create_app(settings)) as url:
+    async with running_server(create_app(settings=settings)) as url:
         async with (
             ws_connect(url, f"/ws/tasks/{task_id}") as first,
             ws_connect(url, f"/ws/tasks/{back}") as returning,

@@ -13,6 +13,7 @@ Everything a project of yours uses is here, under one name::
             ...
 
     token = taskcast.sign_watch_token(task_id, secret=SECRET)  # in your web app
+    api.mount("/jobs", taskcast.create_app(app))                # inside your ASGI app
     client = taskcast.Client("http://127.0.0.1:8000")          # in scripts and services
 
 Each name is imported when first used, so a script that only uses the client needs
@@ -26,6 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from taskcast.app import create_app
     from taskcast.client import Client
     from taskcast.tokens import sign_watch_token
     from taskcast_celery.expose import expose
@@ -37,12 +39,21 @@ try:
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Client", "ProgressReporter", "__version__", "expose", "install", "sign_watch_token"]
+__all__ = [
+    "Client",
+    "ProgressReporter",
+    "__version__",
+    "create_app",
+    "expose",
+    "install",
+    "sign_watch_token",
+]
 
 # Where each public name is defined, and the extra it needs beyond the client's packages.
 _EXTRA = {"ProgressReporter": "celery", "expose": "celery", "install": "celery"}
 _PUBLIC = {
     "Client": "taskcast.client",
+    "create_app": "taskcast.app",
     "ProgressReporter": "taskcast_celery.progress",
     "expose": "taskcast_celery.expose",
     "install": "taskcast_celery.install",

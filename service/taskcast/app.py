@@ -7,11 +7,13 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 from celery import Celery
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from taskcast import metrics
 from taskcast.api import celery_progress, demo, dev, openapi, sse, tasks, tutorial, ws
@@ -22,7 +24,7 @@ from taskcast.limits import ClientConnections, InRequestJobs, default_max_connec
 from taskcast.live.hub import Hub
 from taskcast.metrics import LIFESPAN_KEY, Metrics
 from taskcast.redis_pool import connect
-from taskcast.served import load_app, serve_app
+from taskcast.served import ServedApp, load_app, serve_app
 from taskcast.serverlogs import filter_server_logs
 from taskcast.settings import Settings
 from taskcast.state import AppState
@@ -42,93 +44,169 @@ def check_stall_threshold(stall_after: float, heartbeat_interval: float) -> None
         )
 
 
-def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> Starlette:
-    """Build the service for a taskcast-ready Celery app: ``celery_app``, or else the one
-    ``settings.celery_app`` names. ``settings`` default to the environment's."""
+def create_app(celery_app: Celery | None = None, *, settings: Settings | None = None) -> Service:
+    """The taskcast service for a taskcast-ready Celery app, as an ASGI app.
+
+    ``celery_app`` is served, or else the one ``settings.celery_app`` names (as ``taskcast
+    serve --app`` does); ``settings`` default to the environment's, read once here. Run
+    it alone (``uvicorn --factory taskcast.app:create_app``), or mount it under any
+    prefix of an ASGI app of yours::
+
+        api = FastAPI()
+        api.mount("/jobs", taskcast.create_app(celery_app))
+
+    Nothing more is needed: see ``Service``."""
     settings = settings or Settings()
     if celery_app is None:
         served = load_app(settings.celery_app)
     else:
         served = serve_app(celery_app, celery_app.main or "the given app")
     check_stall_threshold(settings.stall_after, served.heartbeat_interval)
-    sites = Sites(settings.allowed_origins, settings.allowed_hosts)
     # Watch tokens travel in URLs, which uvicorn logs: blanked there before any request.
     filter_server_logs()
+    return Service(settings, served)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
-        redis = connect(served)
-        store = ResultStore(redis, served.key_prefix)
-        app_metrics = Metrics(served.tasks)
-        hub = Hub(
-            store,
-            metrics=app_metrics,
-            poll_interval=settings.poll_interval,
-            push=settings.push,
-            slow_client_timeout=settings.slow_client_timeout,
-            stall_after=settings.stall_after,
-            # One beat, and the poll that reads it, after Redis is back.
-            stall_grace=served.heartbeat_interval + settings.poll_interval,
-            # A vanished record with no heartbeat for this long is an unknown task.
-            vanish_grace=settings.stall_after or _VANISH_GRACE,
+
+class Service(Starlette):
+    """The service: its routes, and a lifespan that opens Redis and runs the hub.
+
+    Where it runs as the server's app, or where the app it is mounted in chains its
+    lifespan (``async with service.router.lifespan_context(service)``), that lifespan is
+    used. Mounted without (Starlette and FastAPI run no lifespan of a mounted app), the
+    first request starts the same lifespan on a task of its own; the end of the event
+    loop (``asyncio.run`` cancels what still runs) closes it, as a server's shutdown
+    would have."""
+
+    def __init__(self, settings: Settings, served: ServedApp) -> None:
+        self.settings = settings
+        self.served = served
+        sites = Sites(settings.allowed_origins, settings.allowed_hosts)
+        self.sites = sites
+        # The loop whose lifespan is running (None: none is).
+        self._running: asyncio.AbstractEventLoop | None = None
+        # The lifespan a request started, when the server or the outer app ran none.
+        self._background: _Background | None = None
+        # Dev-only routes are absent, not refused, outside dev mode: they answer 404.
+        dev_routes = dev.routes if settings.dev else []
+        super().__init__(
+            routes=[
+                *tasks.routes,
+                *ws.routes,
+                *sse.routes,
+                *tutorial.routes(served.tasks),
+                *celery_progress.routes,
+                *openapi.routes,
+                *metrics.routes,
+                *demo.routes,
+                *dev_routes,
+            ],
+            middleware=_site_middleware(sites, settings.allowed_origins),
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=_lifespan,
         )
-        app.state.taskcast = AppState(
-            settings=settings,
-            served=served,
-            redis=redis,
-            store=store,
-            dispatcher=Dispatcher(served),
-            hub=hub,
-            metrics=app_metrics,
-            clients=ClientConnections(
-                settings.max_connections_per_client,
-                default_max_connections()
-                if settings.max_connections is None
-                else settings.max_connections,
-            ),
-            # A token lasts, by default, as long as the record of what it opens.
-            auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
-            sync_jobs=InRequestJobs(),
-            sites=sites,
-        )
-        # A hard reference: the loop itself keeps only a weak one to its tasks.
-        hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
-        app_metrics.track(hub.stats)
-        # What is loaded by now (the Celery app, its tasks, the schemas) lives as long as
-        # the process: out of the collector's sight, a full collection no longer walks
-        # it on every few thousand allocations. (Once: a second app in one process, as in
-        # tests, would freeze the first one's garbage.)
-        if not gc.get_freeze_count():
-            gc.freeze()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and self._running is not asyncio.get_running_loop():
+            await self._start_in_background()
+        await super().__call__(scope, receive, send)
+
+    async def _start_in_background(self) -> None:
+        loop = asyncio.get_running_loop()
+        # No await between the test and the assignment: concurrent first requests share
+        # one start.
+        if self._background is None or self._background.loop is not loop:
+            self._background = _Background(self, loop)
         try:
-            # The lifespan state: where the server's HTTP protocol finds the metrics to
-            # count the connections it refuses and closes (taskcast.live.http_transport).
-            yield {LIFESPAN_KEY: app_metrics}
-        finally:
-            hub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hub_task
-            await hub.close()
-            await redis.aclose()
+            await asyncio.shield(self._background.started)
+        except BaseException:
+            # Not started (Redis's URL, say): the next request tries again.
+            if self._background is not None and self._background.started.done():
+                self._background = None
+            raise
 
-    # Dev-only routes are absent, not refused, outside dev mode: they answer 404.
-    dev_routes = dev.routes if settings.dev else []
-    return Starlette(
-        routes=[
-            *tasks.routes,
-            *ws.routes,
-            *sse.routes,
-            *tutorial.routes(served.tasks),
-            *celery_progress.routes,
-            *openapi.routes,
-            *metrics.routes,
-            *demo.routes,
-            *dev_routes,
-        ],
-        middleware=_site_middleware(sites, settings.allowed_origins),
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
+
+class _Background:
+    """A service's lifespan run by a task of the loop, for as long as the loop runs."""
+
+    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started: asyncio.Future[None] = loop.create_future()
+        # A hard reference: the loop keeps only a weak one to its tasks.
+        self.task = loop.create_task(self._run(service), name="taskcast-lifespan")
+
+    async def _run(self, service: Service) -> None:
+        try:
+            async with service.router.lifespan_context(service):
+                self.started.set_result(None)
+                # Until cancelled: by asyncio.run, as the loop ends.
+                await asyncio.Event().wait()
+        except BaseException as exc:
+            if not self.started.done():
+                self.started.set_exception(exc)
+                return
+            raise
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
+    """What a service process opens (Redis, the hub) and closes as it stops."""
+    service = cast(Service, app)
+    settings, served = service.settings, service.served
+    redis = connect(served)
+    store = ResultStore(redis, served.key_prefix)
+    app_metrics = Metrics(served.tasks)
+    hub = Hub(
+        store,
+        metrics=app_metrics,
+        poll_interval=settings.poll_interval,
+        push=settings.push,
+        slow_client_timeout=settings.slow_client_timeout,
+        stall_after=settings.stall_after,
+        # One beat, and the poll that reads it, after Redis is back.
+        stall_grace=served.heartbeat_interval + settings.poll_interval,
+        # A vanished record with no heartbeat for this long is an unknown task.
+        vanish_grace=settings.stall_after or _VANISH_GRACE,
     )
+    app.state.taskcast = AppState(
+        settings=settings,
+        served=served,
+        redis=redis,
+        store=store,
+        dispatcher=Dispatcher(served),
+        hub=hub,
+        metrics=app_metrics,
+        clients=ClientConnections(
+            settings.max_connections_per_client,
+            default_max_connections()
+            if settings.max_connections is None
+            else settings.max_connections,
+        ),
+        # A token lasts, by default, as long as the record of what it opens.
+        auth=Auth(settings, settings.token_ttl or served.result_expires or _DAY),
+        sync_jobs=InRequestJobs(),
+        sites=service.sites,
+    )
+    # A hard reference: the loop itself keeps only a weak one to its tasks.
+    hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
+    app_metrics.track(hub.stats)
+    # What is loaded by now (the Celery app, its tasks, the schemas) lives as long as
+    # the process: out of the collector's sight, a full collection no longer walks
+    # it on every few thousand allocations. (Once: a second app in one process, as in
+    # tests, would freeze the first one's garbage.)
+    if not gc.get_freeze_count():
+        gc.freeze()
+    service._running = asyncio.get_running_loop()
+    try:
+        # The lifespan state: where the server's HTTP protocol finds the metrics to
+        # count the connections it refuses and closes (taskcast.live.http_transport).
+        yield {LIFESPAN_KEY: app_metrics}
+    finally:
+        service._running = None
+        hub_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub_task
+        await hub.close()
+        await redis.aclose()
 
 
 def _site_middleware(sites: Sites, origins: tuple[str, ...]) -> list[Middleware]:

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     stall_after: NonNegativeFloat = 30.0
     # Logs of ``taskcast serve``: "text" (uvicorn's) or "json" (one object a line).
     log_format: Literal["text", "json"] = "text"
+    # The path prefix a proxy in front strips (``/jobs``: the proxy serves the service
+    # under /jobs/ and forwards /jobs/tasks/x as /tasks/x), for the links and pages the
+    # service hands out. Empty: served at the root.
+    root_path: str = ""
     # Dev mode (``taskcast dev`` turns it on): serves GET /dev/outbox.
     dev: bool = False
     # Auth (docs/security.md), off while these are empty. Keys that may dispatch and
@@ -128,6 +132,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "?" in value):
+            raise ValueError(f"{value!r} is not a path prefix such as /jobs")
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -171,6 +182,7 @@ class Settings(BaseSettings):
             "ws_ping_timeout": self.slow_client_timeout / 2,
             "ws_max_size": self.ws_max_message_bytes,
             "ws_per_message_deflate": self.ws_deflate,
+            "root_path": self.root_path,
         }
 
 

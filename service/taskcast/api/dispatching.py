@@ -62,19 +62,29 @@ class GroupCancelled(GroupLinks):
 
 
 def _links(request: Request, status_path: str, ws_path: str, **ids: str) -> tuple[str, str, str]:
-    """A task's or group's REST and WebSocket URLs (as ``url_for`` would make them: the
-    request's scheme, host and root path), with its watch token (in both URLs, and
-    returned third: "" when tokens are off). The ids are checked UUIDs: nothing in them
-    needs quoting."""
+    """A task's or group's REST and WebSocket URLs, with its watch token (in both URLs,
+    and returned third: "" when tokens are off). They keep the request's scheme, host and
+    root path: the prefix the service is mounted under, or the one uvicorn's
+    ``--root-path`` names behind a proxy that strips it (``request.base_url`` would drop
+    a mount's prefix: it is the outermost app's). The ids are checked UUIDs: nothing in
+    them needs quoting."""
     (watched_id,) = ids.values()
     token = app_state(request).auth.token(watched_id)
     query = "" if token is None else "?" + urlencode({"token": token})
-    base = request.base_url
-    root = f"{base.netloc}{base.path.rstrip('/')}"
-    ws_scheme = "wss" if base.scheme == "https" else "ws"
-    status_url = f"{base.scheme}://{root}{status_path.format(**ids)}{query}"
+    url = request.url
+    root = f"{url.netloc}{service_root(request)}"
+    ws_scheme = "wss" if url.scheme in ("https", "wss") else "ws"
+    http_scheme = "https" if url.scheme in ("https", "wss") else "http"
+    status_url = f"{http_scheme}://{root}{status_path.format(**ids)}{query}"
     ws_url = f"{ws_scheme}://{root}{ws_path.format(**ids)}{query}"
     return status_url, ws_url, token or ""
+
+
+def service_root(request: Request) -> str:
+    """The path the service's own paths follow in this request's URL: "" at the root,
+    else the mount's or proxy's prefix (``/jobs``), without a trailing slash."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 def task_links(request: Request, task_id: str) -> TaskLinks:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from taskcast.api.dispatching import GroupCancelled, GroupLinks, TaskLinks
+from taskcast.api.dispatching import GroupCancelled, GroupLinks, TaskLinks, service_root
 from taskcast.api.errors import ErrorBody
 from taskcast.api.guards import Guard, app_state, guarded
 from taskcast.api.queries import EmailQuery, ProgressQuery, SleepQuery
@@ -496,7 +496,12 @@ async def openapi_json(request: Request) -> Response:
             tokens=state.auth.tokens_required,
             max_group_size=state.settings.max_group_size,
         )
-    return json_response(state.openapi)
+    root = service_root(request)
+    if not root:
+        return json_response(state.openapi)
+    # Mounted under a prefix (or behind a proxy that strips one): the paths are the
+    # service's own, and the server says where they start.
+    return json_response({**state.openapi, "servers": [{"url": root}]})
 
 
 routes = [guarded("/openapi.json", openapi_json, include_in_schema=False)]

@@ -17,8 +17,8 @@ import json
 import os
 import re
 import sys
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 from taskcast.cli import terminal
 
@@ -48,7 +48,7 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = Settings()
         # Built once here, so that a wrong app or setting is one clear line, not a
         # traceback from each service process.
-        create_app(settings)
+        create_app(settings=settings)
     except ValidationError as exc:
         print(f"taskcast serve: {explain(exc)}", file=sys.stderr, flush=True)
         return 2
@@ -105,38 +105,57 @@ _LINK = re.compile(r"^(?P<base>.*?)(?:/ws)?/(?P<kind>tasks|groups)/(?P<id>[^/?#]
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
-def watch_target(argument: str, url: str) -> tuple[str, str, bool] | None:
-    """What ``taskcast watch ARGUMENT`` follows: (service URL, id, whether a group). An
-    id is followed at ``url``; a link the service printed (``status_url``, ``ws_url``)
-    names its own service. None for a URL that is not such a link."""
+class WatchTarget(NamedTuple):
+    """What ``taskcast watch`` follows: where, which id, whether a group, and the watch
+    token a link carried (None: it carried none)."""
+
+    url: str
+    watched_id: str
+    group: bool
+    token: str | None = None
+
+
+def watch_target(argument: str, url: str) -> WatchTarget | None:
+    """What ``taskcast watch ARGUMENT`` follows. An id is followed at ``url``; a link the
+    service printed (``status_url``, ``ws_url``) names its own service, and its
+    ``?token=`` is the watch token. None for a URL that is not such a link."""
     if "://" not in argument:
-        return url, argument, False
+        return WatchTarget(url, argument, False)
     parts = urlsplit(argument)
     found = _LINK.match(parts.path)
     if parts.scheme not in _SCHEMES or not parts.netloc or found is None:
         return None
     base = f"{_SCHEMES[parts.scheme]}://{parts.netloc}{found['base']}"
-    return base, found["id"], found["kind"] == "groups"
+    tokens = parse_qs(parts.query).get("token")
+    return WatchTarget(base, found["id"], found["kind"] == "groups", tokens[-1] if tokens else None)
 
 
 def run_watch(args: argparse.Namespace) -> int:
     """Show a task's (or with --group a group's) progress live until it ends; the exit
     code says how it ended."""
     if args.group is not None:
-        url, watched_id, group = args.url, args.group, True
+        target = WatchTarget(args.url, args.group, True)
     else:
-        target = watch_target(args.task_id, args.url)
-        if target is None:
+        found = watch_target(args.task_id, args.url)
+        if found is None:
             print(
                 f"taskcast: {args.task_id} is not a task id nor a link the service gave "
                 "(http://HOST/tasks/ID, ws://HOST/ws/tasks/ID, or the same with groups)",
                 file=sys.stderr,
             )
             return terminal.Exit.REJECTED
-        url, watched_id, group = target
+        target = found
+    # A --token (or $TASKCAST_TOKEN) given outright wins over the link's.
+    token = args.token or target.token
     return terminal.run(
         lambda console: terminal.watch_task(
-            console, url, watched_id, args.give_up, args.token, args.api_key, group
+            console,
+            target.url,
+            target.watched_id,
+            args.give_up,
+            token,
+            args.api_key,
+            target.group,
         )
     )
 

@@ -67,6 +67,19 @@ def create_app(celery_app: Celery | None = None, *, settings: Settings | None = 
     return Service(settings, served)
 
 
+def serve_app_process() -> Service:
+    """``taskcast serve``'s factory, which each of its processes calls: the service for
+    the environment's settings, in a process of its own.
+
+    What is loaded by now (the Celery app, its tasks, the schemas) lives as long as the
+    process: frozen out of the collector's sight, a full collection no longer walks it
+    every few thousand allocations. Only here: in a process of someone else's (an app
+    it is mounted in, tests), freezing would keep that program's garbage too."""
+    service = create_app()
+    gc.freeze()
+    return service
+
+
 class Service(Starlette):
     """The service: its routes, and a lifespan that opens Redis and runs the hub.
 
@@ -189,12 +202,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
     # A hard reference: the loop itself keeps only a weak one to its tasks.
     hub_task = asyncio.create_task(hub.run(), name="taskcast-hub")
     app_metrics.track(hub.stats)
-    # What is loaded by now (the Celery app, its tasks, the schemas) lives as long as
-    # the process: out of the collector's sight, a full collection no longer walks
-    # it on every few thousand allocations. (Once: a second app in one process, as in
-    # tests, would freeze the first one's garbage.)
-    if not gc.get_freeze_count():
-        gc.freeze()
     service._running = asyncio.get_running_loop()
     try:
         # The lifespan state: where the server's HTTP protocol finds the metrics to

@@ -56,7 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"taskcast serve: {exc}", file=sys.stderr, flush=True)
         return 2
     uvicorn.run(
-        "taskcast.app:create_app",
+        "taskcast.app:serve_app_process",
         factory=True,
         host=args.host,
         port=args.port,

@@ -7,8 +7,10 @@ the end), the workers' heartbeat, the e-mail settings. The rest is ``session()``
 the ``environment`` fixture (tests/conftest.py) enters before the first test, so that
 collecting the tests (``pytest --collect-only``) starts nothing and connects nowhere:
 
-* Redis: the machine's (127.0.0.1:6379, database 15) when it answers, or else an
-  embedded redis-server of the session's own;
+* Redis: a redis-server of the session's own (the embedded one ``taskcast dev`` runs),
+  on a free port, stopped at the end; or the one ``TASKCAST_TEST_REDIS_URL`` names. A
+  Redis that merely answers on 127.0.0.1:6379 is never used: on a developer's machine it
+  is their own, or their team's (tests/test_env.py checks that the suite leaves it alone);
 * e-mail goes to a fake Mailtrap of this session (real HTTPS on loopback, see
   ``tests.mailtrap_server``), which every worker trusts through ``REQUESTS_CA_BUNDLE``.
 
@@ -27,10 +29,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
-from taskcast.cli.devstack import EmbeddedRedis, Supervisor, redis_answers
+from taskcast.cli.devstack import EmbeddedRedis, Supervisor, describe_redis, redis_answers
 from tests.mailtrap_server import CA, FakeMailtrap
 
-LOCAL_REDIS = os.environ.get("TASKCAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Another Redis for the suite (README, Development): every key the suite writes there
+# starts with KEY_PREFIX, and those keys are removed at the end. Unset: a Redis of its own.
+OTHER_REDIS = os.environ.get("TASKCAST_TEST_REDIS_URL") or None
 KEY_PREFIX = f"taskcast-test-{uuid.uuid4().hex[:12]}:"
 # With characters that percent-encoding changes, as a real token may have: an answer
 # that echoes it encoded must be scrubbed too.
@@ -109,9 +113,15 @@ def session() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _redis() -> Iterator[str]:
-    """The machine's Redis when it answers; else an embedded one, stopped at the end."""
-    if redis_answers(LOCAL_REDIS):
-        yield LOCAL_REDIS
+    """The Redis ``TASKCAST_TEST_REDIS_URL`` names (which must answer); else an embedded
+    one of this session's own, stopped at the end."""
+    if OTHER_REDIS is not None:
+        if not redis_answers(OTHER_REDIS, timeout=5):
+            raise RuntimeError(
+                f"TASKCAST_TEST_REDIS_URL: no Redis answers at {describe_redis(OTHER_REDIS)}; "
+                "unset it to run the tests on a redis-server of their own"
+            )
+        yield OTHER_REDIS
         return
     supervisor = Supervisor(os.environ)
     embedded = EmbeddedRedis(supervisor)

@@ -78,10 +78,12 @@ async def test_dev_runs_everything_and_leaves_no_process_behind() -> None:
 
 
 async def start_dev(*args: str, env: dict[str, str] | None = None) -> tuple[Process, list[str]]:
-    """``taskcast dev`` with ``args``; its output, read as it comes."""
+    """``taskcast dev`` with ``args``; its output, read as it comes. It never uses a Redis
+    that answers on 127.0.0.1:6379 (a developer's own): nothing listens where it looks."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "MAILTRAP_"))}
+    unused = f"redis://127.0.0.1:{free_port()}/0"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskcast", "dev", *args,
+        sys.executable, "-m", "taskcast", "dev", "--local-redis", unused, *args,
         env={**clean, **(env or {})}, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

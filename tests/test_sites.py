@@ -30,7 +30,7 @@ GOOD = "http://good.example"
 @pytest.fixture(scope="module")
 async def open_service(worker: WorkerProcess) -> AsyncIterator[str]:
     """Auth off and nothing listed: the defaults, as in ``taskcast dev``."""
-    async with running_server(create_app(settings_with())) as url:
+    async with running_server(create_app(settings=settings_with())) as url:
         yield url
 
 
@@ -58,6 +58,13 @@ def foreign(headers: dict[str, str]) -> None:
         # Another subdomain of the same site is another origin.
         ("POST", "/tasks/sleep", {"Origin": "http://other.127.0.0.1.nip.io",
                                   "Sec-Fetch-Site": "same-site"}, b""),
+        # A browser that sends neither Origin nor Sec-Fetch-Site (an old one, or one
+        # whose privacy settings strip them) still names the page: its Referer.
+        ("GET", "/async-process/?seconds=0", {"Referer": f"{EVIL}/page.html",
+                                              "Sec-Fetch-Site": ""}, b""),
+        ("POST", "/tasks/sleep", {"Referer": f"{EVIL}/", "Sec-Fetch-Site": ""}, b""),
+        ("DELETE", "/groups/00000000-0000-4000-8000-000000000000",
+         {"Referer": "null", "Sec-Fetch-Site": ""}, b""),
     ],
 )  # fmt: skip
 async def test_a_page_of_another_site_cannot_start_work_with_auth_off(
@@ -92,21 +99,32 @@ async def test_nor_cancel_it(open_service: str) -> None:
 async def test_the_service_s_own_pages_and_scripts_still_can(open_service: str) -> None:
     port = open_service.rsplit(":", 1)[1]
     own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+    # A browser that sends only a Referer, from the service's own page.
+    own_referer = {"Referer": f"http://127.0.0.1:{port}/?tab=1"}
     async with httpx.AsyncClient(base_url=open_service) as http:
-        for headers in (own, {}, {"Sec-Fetch-Site": "none"}):
+        for headers in (own, own_referer, {}, {"Sec-Fetch-Site": "none"}):
             response = await http.post("/tasks/sleep", json={"seconds": 0}, headers=headers)
             assert response.status_code == 202, (headers, response.text)
+        # A Referer that only begins like the service's own address is another host's.
+        posing = {"Referer": f"http://127.0.0.1:{port}@evil.example/"}
+        refused = await http.post("/tasks/sleep", json={"seconds": 0}, headers=posing)
+        assert refused.status_code == 403, refused.text
+        assert "evil.example (its Referer)" in refused.json()["detail"]
         # Reading is not guarded: it changes nothing.
         read = await http.get(f"/tasks/{response.json()['task_id']}", headers={"Origin": EVIL})
         assert read.status_code == 200
 
 
 async def test_a_listed_origin_may_start_work(worker: WorkerProcess) -> None:
-    app = create_app(settings_with(allowed_origins=(GOOD,)))
+    app = create_app(settings=settings_with(allowed_origins=(GOOD,)))
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         listed = {"Origin": GOOD, "Sec-Fetch-Site": "cross-site"}
         assert (await http.post("/tasks/sleep", headers=listed)).status_code == 202
         assert (await http.post("/tasks/sleep", headers={"Origin": EVIL})).status_code == 403
+        # The same by Referer, where a browser sends no Origin (an <img> on that page).
+        for referer, status in ((f"{GOOD}/reports/7", 200), (f"{EVIL}/", 403)):
+            image = await http.get("/async-process/?seconds=0", headers={"Referer": referer})
+            assert image.status_code == status, (referer, image.text)
 
 
 async def handshake(url: str, host: str | None = None, origin: str | None = None) -> int:
@@ -136,7 +154,7 @@ async def test_a_dns_rebinding_page_is_not_the_service_s_own(worker: WorkerProce
     """A rebinding page's own name resolves to the service: its Host and Origin match,
     as on the service's own page. With origins listed, that no longer passes."""
     rebound = {"host": "evil.example:8190", "origin": "http://evil.example:8190"}
-    app = create_app(settings_with(allowed_origins=(GOOD,)))
+    app = create_app(settings=settings_with(allowed_origins=(GOOD,)))
     async with running_server(app) as url:
         assert await handshake(url, **rebound) == 403
         assert await handshake(url, origin=GOOD) == 101
@@ -147,7 +165,7 @@ async def test_a_dns_rebinding_page_is_not_the_service_s_own(worker: WorkerProce
     # Where host names are listed, a request to any other is refused outright, and the
     # service's own pages count as allowed again.
     hosts = settings_with(allowed_origins=(GOOD,), allowed_hosts=("127.0.0.1", "localhost"))
-    async with running_server(create_app(hosts)) as url:
+    async with running_server(create_app(settings=hosts)) as url:
         port = url.rsplit(":", 1)[1]
         assert await handshake(url, **rebound) == 400
         assert await handshake(url, origin=f"http://127.0.0.1:{port}") == 101

@@ -12,6 +12,9 @@ Everything a project of yours uses is here, under one name::
         with taskcast.ProgressReporter(self, total=3) as progress:
             ...
 
+    with taskcast.owned_by("user:42", tags=["report"]):          # whose tasks these are
+        resize.delay(7)
+
     token = taskcast.sign_watch_token(task_id, secret=SECRET)  # in your web app
     api.mount("/jobs", taskcast.create_app(app))                # inside your ASGI app
     client = taskcast.Client("http://127.0.0.1:8000")          # in scripts and services
@@ -29,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from taskcast.app import create_app
     from taskcast.client import Client
-    from taskcast.tokens import sign_watch_token
+    from taskcast.tokens import sign_feed_token, sign_watch_token
     from taskcast_celery.expose import expose
     from taskcast_celery.install import install
+    from taskcast_celery.owners import owned_by
     from taskcast_celery.progress import ProgressReporter
 
 try:
@@ -46,17 +50,26 @@ __all__ = [
     "create_app",
     "expose",
     "install",
+    "owned_by",
+    "sign_feed_token",
     "sign_watch_token",
 ]
 
 # Where each public name is defined, and the extra it needs beyond the client's packages.
-_EXTRA = {"ProgressReporter": "celery", "expose": "celery", "install": "celery"}
+_EXTRA = {
+    "ProgressReporter": "celery",
+    "expose": "celery",
+    "install": "celery",
+    "owned_by": "celery",
+}
 _PUBLIC = {
     "Client": "taskcast.client",
     "create_app": "taskcast.app",
     "ProgressReporter": "taskcast_celery.progress",
     "expose": "taskcast_celery.expose",
     "install": "taskcast_celery.install",
+    "owned_by": "taskcast_celery.owners",
+    "sign_feed_token": "taskcast.tokens",
     "sign_watch_token": "taskcast.tokens",
 }
 

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import orjson
 from pydantic import Field
@@ -92,6 +92,16 @@ class Status(TypedDict):
     progress: Progress | None
     result: Annotated[Any, Field(description="the task's return value, on SUCCESS")]
     error: TaskError | None
+    owner: NotRequired[
+        Annotated[
+            str,
+            Field(
+                description="whose task it is, where it was started with one "
+                "(taskcast.owned_by, or the owner field of POST /tasks/{name})"
+            ),
+        ]
+    ]
+    tags: NotRequired[Annotated[list[str], Field(description="the task's tags, with its owner")]]
 
 
 def _number(value: Any) -> Number | None:
@@ -172,7 +182,7 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
     elif isinstance(result, dict):
         # PROGRESS, or a custom state whose meta carries progress.
         progress = _progress(result)
-    return {
+    status: Status = {
         "task_id": task_id,
         "state": state,
         "final": state in FINAL_STATES,
@@ -183,6 +193,14 @@ def build_status(task_id: str, meta: dict[str, Any]) -> Status:
         "result": value,
         "error": error,
     }
+    owner = meta.get("owner")
+    if isinstance(owner, str):
+        tags = meta.get("tags")
+        status["owner"] = owner
+        status["tags"] = (
+            [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else []
+        )
+    return status
 
 
 # Twenty digits in a row: maybe an integer past 64 bits, which orjson reads as a float.

@@ -154,3 +154,41 @@ class ResultStore:
             # A waiter is done already when its request was cancelled meanwhile.
             if not waiter.done():
                 waiter.set_result((*found[task_id], reading.now_ms))
+
+    # -- owners' tasks (taskcast_celery.owners)
+
+    def feed_channel(self, owner: str) -> str:
+        """The channel a new task of ``owner`` is announced on (its id)."""
+        return keys.owner_feed_channel(self.prefix, owner)
+
+    async def read_unfinished(self, owners: Sequence[str], most: int) -> dict[str, list[str]]:
+        """The ids of each owner's unfinished tasks, at most ``most`` each (the newest),
+        in one round trip; Redis's clock is read with them."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.zrevrange(keys.owner_active_key(self.prefix, owner), 0, most - 1)
+            pipe.time()
+            replies = await pipe.execute()
+        seconds, micros = replies.pop()
+        self.clock.set(seconds * 1000 + micros // 1000)
+        return {
+            owner: [bytes(task_id).decode() for task_id in reply]
+            for owner, reply in zip(owners, replies, strict=True)
+        }
+
+    async def read_finished_since(
+        self, wanted: Sequence[tuple[str, int]], most: int
+    ) -> dict[tuple[str, int], list[str]]:
+        """For each (owner, time) pair, the ids of the owner's tasks that ended at that
+        time (Redis's clock, ms) or later, oldest first, at most ``most``; in one round
+        trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner, since_ms in wanted:
+                pipe.zrangebyscore(
+                    keys.owner_done_key(self.prefix, owner), since_ms, "+inf", start=0, num=most
+                )
+            replies = await pipe.execute()
+        return {
+            pair: [bytes(task_id).decode() for task_id in reply]
+            for pair, reply in zip(wanted, replies, strict=True)
+        }

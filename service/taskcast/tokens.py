@@ -58,6 +58,11 @@ def verify(
     return now < int(expires) and (max_ttl is None or int(expires) <= now + max_ttl)
 
 
+# Owners as taskcast_celery.owners checks them (written out here: this module needs
+# nothing but the standard library, for web apps that only mint tokens).
+_OWNER = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+OWNER_RULE = "1 to 128 characters of letters, digits and _.:@-"
+
 # Ids are UUIDs in lower case, as the service keeps them: a token is bound to that form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # An hour: the service refuses a token that lasts longer than its TASKCAST_TOKEN_TTL
@@ -84,3 +89,25 @@ def sign_watch_token(task_id: str, *, secret: str, ttl: int | None = None) -> st
     if lifetime <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
     return sign(secret.encode(), canonical, int(time.time()) + lifetime)
+
+
+# What a feed token is bound to: the owner under this prefix, so that it is never a
+# task's token (ids are UUIDs), and binds the owner exactly ("user:4" opens nothing of
+# "user:42").
+FEED_PREFIX = "feed:"
+
+
+def sign_feed_token(owner: str, *, secret: str, ttl: int | None = None) -> str:
+    """A feed token for ``owner``: it lists and follows that owner's tasks
+    (``GET /feeds/{owner}/tasks``, ``/ws``'s ``{"op": "subscribe", "feed": owner}``,
+    ``/sse/feeds/{owner}``) and nothing else; your web app hands it to its user's
+    browser. ``secret`` and ``ttl`` as for ``sign_watch_token`` (an hour by default, and
+    never longer than the service's ``TASKCAST_TOKEN_TTL``)."""
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"secret: the service needs at least {MIN_SECRET_CHARS} characters")
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"owner must be {OWNER_RULE}, got {owner!r}")
+    lifetime = DEFAULT_TTL if ttl is None else ttl
+    if lifetime <= 0:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return sign(secret.encode(), FEED_PREFIX + owner, int(time.time()) + lifetime)

@@ -55,7 +55,9 @@ class WatchSocket(SocketConnection):
                 )
             self.reply(protocol.PONG)
         except ProtocolError as exc:
-            self.reply(protocol.error_reply(exc.code, exc.detail, exc.task_id, exc.group_id))
+            self.reply(
+                protocol.error_reply(exc.code, exc.detail, exc.task_id, exc.group_id, exc.feed)
+            )
 
 
 class MultiplexSocket(SocketConnection):
@@ -86,7 +88,9 @@ class MultiplexSocket(SocketConnection):
                 self.discard(command.watched_id)
                 self.reply(protocol.unsubscribed(command.ids))
         except ProtocolError as exc:
-            self.reply(protocol.error_reply(exc.code, exc.detail, exc.task_id, exc.group_id))
+            self.reply(
+                protocol.error_reply(exc.code, exc.detail, exc.task_id, exc.group_id, exc.feed)
+            )
 
     async def _subscribe(self, command: Subscribe) -> None:
         state = self.state
@@ -103,18 +107,23 @@ class MultiplexSocket(SocketConnection):
             )
         # Refused like any bad frame (the socket stays open, its other tasks unaffected),
         # and before anything about the task or group is read. An API key counts only in
-        # the handshake, never in a frame.
+        # the handshake, never in a frame. (A feed's key is what its token binds.)
         if not may_watch(self.websocket, watched_id, command.token):
+            if command.feed is not None:
+                raise ProtocolError("unauthorized", watch_refused("feed"), **command.ids)
             what = "task" if group_id is None else "group"
             raise ProtocolError("unauthorized", watch_refused(what), task_id, group_id)
         limit = state.settings.max_subscriptions
         if watched_id not in self.watching and len(self.watching) >= limit:
             raise ProtocolError(
                 "too_many_subscriptions",
-                f"a socket may watch at most {limit} tasks and groups at once",
-                task_id,
-                group_id,
+                f"a socket may watch at most {limit} tasks, groups and feeds at once",
+                **command.ids,
             )
+        if command.feed is not None:
+            # Answered with a feed message once its tasks are read.
+            state.hub.watch_feed(command.feed, self, command.since)
+            return
         # The current status, sent at once or after one read, is the acknowledgement.
         if group_id is None:
             state.hub.watch(watched_id, self)

@@ -21,6 +21,16 @@ hub watches like any task (their keys join the same MGET and the same channels),
 the group as their listener. A group's update goes out at most every 100 ms, however
 many members changed meanwhile (its final one at once).
 
+Feeds: a watched owner's feed follows that owner's unfinished tasks (read from the
+owner's set of them, the newest ``FEED_MAX_TASKS``), which the hub watches like any task,
+with the feed as their listener; a new task of the owner is announced on the owner's
+channel as its SENT record is written (``taskcast_celery.backend``), and the hub follows
+it from there. A new subscriber is first answered with one ``feed`` message holding the
+current status of each (and, when it resumes, the finals of the tasks that ended since),
+then gets every status of every task of the owner. The owner's set is read again every
+``_FEED_POLL_INTERVAL`` seconds and after an outage: the safety net for a missed
+announcement.
+
 Push: Celery's Redis backend PUBLISHes every stored state on the key's own channel.
 The hub SUBSCRIBEs to the channels of watched tasks, and a message is a hint that the
 task changed: the hub re-reads the key rather than trusting the payload, because the
@@ -43,7 +53,16 @@ from redis.asyncio.client import PubSub
 
 from taskcast.groups import GroupTally
 from taskcast.live.eta import Countdown, EtaEstimator
-from taskcast.live.protocol import Update, group_update, status_update, unknown_task
+from taskcast.live.protocol import (
+    Kind,
+    Update,
+    feed_key,
+    feed_owner,
+    feed_snapshot,
+    group_update,
+    status_update,
+    unknown_task,
+)
 from taskcast.live.subscriber import Subscriber
 from taskcast.liveness import can_stall, is_stalled, silent
 from taskcast.metrics import HubStats, Metrics
@@ -64,6 +83,14 @@ _SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
 # thousand members reporting every second would otherwise send each follower a thousand
 # frames a second, where ten say as much.
 _GROUP_FRAME_INTERVAL = 0.1
+# The most unfinished tasks of one owner a feed follows (the newest), and how often the
+# hub reads each followed owner's unfinished tasks again, for announcements it missed.
+FEED_MAX_TASKS = 1000
+_FEED_POLL_INTERVAL = 5.0
+# A resumed feed replays the finals of the tasks that ended this long before the time it
+# resumes from: a final may have waited in a slow client's mailbox behind a newer
+# update (or Redis's clock differ a little from the hub's count of it).
+FEED_REPLAY_MARGIN_MS = 5_000
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +109,8 @@ class _Watch:
     stalled: bool = False
     # The watched groups this task is a member of (None for most tasks: no list kept).
     groups: list[_GroupWatch] | None = None
+    # The watched feed (its owner's) that follows it, if any.
+    feed: _FeedWatch | None = None
     # Loop time since its record has been missing, after the hub had read one (a Redis
     # restart without persistence, a failover, a record deleted); None while it exists.
     vanished_at: float | None = None
@@ -99,6 +128,23 @@ class _GroupWatch:
     countdown: Countdown = field(default_factory=Countdown)
     # Loop time of its last update, for the group update interval.
     sent_at: float = -math.inf
+
+
+@dataclass(slots=True, eq=False)
+class _FeedWatch:
+    """One watched owner: the subscribers of its feed, and its unfinished tasks followed."""
+
+    owner: str
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    # New subscribers waiting for their first answer, with the time (Redis's clock, ms)
+    # from which they resume (None: a first subscription, no finals to replay).
+    waiting: dict[Subscriber, int | None] = field(default_factory=dict)
+    # The owner's unfinished tasks, as read and announced (a dict as an ordered set).
+    tasks: dict[str, None] = field(default_factory=dict)
+    loaded: bool = False
+    # Tasks of its set that turned out unknown (a record that expired without a final):
+    # not followed again each time the set is read.
+    gone: set[str] = field(default_factory=set)
 
 
 class Hub:
@@ -139,6 +185,12 @@ class Hub:
         self._groups: dict[str, _GroupWatch] = {}
         # Groups with a change not yet sent, held back by the group frame interval.
         self._groups_due: dict[_GroupWatch, None] = {}
+        self._feeds: dict[str, _FeedWatch] = {}
+        # Owners whose unfinished tasks are to be read; announced (owner, task id) pairs.
+        self._feeds_to_load: set[str] = set()
+        self._announced: list[tuple[str, str]] = []
+        self._feed_channels_to_subscribe: set[str] = set()
+        self._feed_channels_to_unsubscribe: set[str] = set()
         self._to_read: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
@@ -163,6 +215,11 @@ class Hub:
     def watched(self) -> frozenset[str]:
         """The task ids the hub is reading (for tests and metrics)."""
         return frozenset(self._watches)
+
+    @property
+    def watched_feeds(self) -> frozenset[str]:
+        """The owners whose feeds the hub follows (for tests and metrics)."""
+        return frozenset(self._feeds)
 
     @property
     def watched_groups(self) -> frozenset[str]:
@@ -242,9 +299,34 @@ class Hub:
         if group.update is not None:
             subscriber.offer(group.update)
 
+    def watch_feed(self, owner: str, subscriber: Subscriber, since_ms: int | None = None) -> None:
+        """Subscribe to ``owner``'s feed: first a ``feed`` message with the current status
+        of each of its unfinished tasks (with, from ``since_ms`` on Redis's clock, the
+        finals of those that ended since), then every status of every task of it."""
+        feed = self._feeds.get(owner)
+        if feed is None:
+            feed = self._feeds[owner] = _FeedWatch(owner)
+            self._feeds_to_load.add(owner)
+            if self.push:
+                self._feed_channels_to_unsubscribe.discard(owner)
+                self._feed_channels_to_subscribe.add(owner)
+        feed.subscribers.pop(subscriber, None)
+        feed.waiting[subscriber] = since_ms
+        subscriber.watching.add(feed_key(owner))
+        self._wake.set()
+
     def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
-        """Unsubscribe from a task or a group."""
+        """Unsubscribe from a task, a group or a feed."""
         subscriber.watching.discard(watched_id)
+        owner = feed_owner(watched_id)
+        if owner is not None:
+            feed = self._feeds.get(owner)
+            if feed is not None:
+                feed.subscribers.pop(subscriber, None)
+                feed.waiting.pop(subscriber, None)
+                if not feed.subscribers and not feed.waiting:
+                    self._forget_feed(owner)
+            return
         group = self._groups.get(watched_id)
         if group is not None:
             group.subscribers.pop(subscriber, None)
@@ -255,7 +337,7 @@ class Hub:
         if watch is None:
             return
         watch.subscribers.pop(subscriber, None)
-        if not watch.subscribers and not watch.groups:
+        if not watch.subscribers and not watch.groups and watch.feed is None:
             self._forget(watched_id)
 
     def worker_alive(self, beat: bytes | None, redis_now_ms: int) -> bool:
@@ -312,7 +394,10 @@ class Hub:
         if self.push:
             self._to_subscribe |= set(self._watches)
             self._to_unsubscribe.clear()
+            self._feed_channels_to_subscribe |= set(self._feeds)
+            self._feed_channels_to_unsubscribe.clear()
         self._to_read |= set(self._watches)
+        self._feeds_to_load |= set(self._feeds)
         if recovering:
             self._judge_stalls_from = loop.time() + self.stall_grace
         # Redis may be another server now (a failover), with a clock of its own.
@@ -320,6 +405,7 @@ class Hub:
         self.healthy = True
         next_poll = loop.time() + self.poll_interval
         next_reap = loop.time() + self._reap_interval
+        next_feed_poll = loop.time() + _FEED_POLL_INTERVAL
         while True:
             self._raise_if_listener_failed()
             await self._sync_channels()
@@ -336,6 +422,29 @@ class Hub:
                 next_reap = now + self._reap_interval
             if self._groups_due:
                 self._send_due_groups(now)
+            if now >= next_feed_poll:
+                self._feeds_to_load |= set(self._feeds)
+                next_feed_poll = now + _FEED_POLL_INTERVAL
+            if self._announced:
+                announced, self._announced = self._announced, []
+                for owner, task_id in announced:
+                    feed = self._feeds.get(owner)
+                    if feed is not None:
+                        self._follow_for_feed(feed, task_id)
+            if self._feeds_to_load:
+                owners = [owner for owner in self._feeds_to_load if owner in self._feeds]
+                self._feeds_to_load.clear()
+                if owners:
+                    unfinished = await self.store.read_unfinished(owners, FEED_MAX_TASKS)
+                    for owner, task_ids in unfinished.items():
+                        feed = self._feeds.get(owner)
+                        if feed is None:
+                            continue
+                        feed.loaded = True
+                        for task_id in task_ids:
+                            if task_id not in feed.gone:
+                                self._follow_for_feed(feed, task_id)
+                continue
             if self._to_read:
                 ids = [task_id for task_id in self._to_read if task_id in self._watches]
                 self._to_read.clear()
@@ -349,9 +458,15 @@ class Hub:
                     # their own, and with push the read follows the write within ms.
                     self._apply_all(ids, beat_ids, reading, loop.time())
                 continue
+            ready = self._feeds_ready()
+            if ready:
+                await self._answer_feeds(ready)
+                continue
             self._wake.clear()
             # Nothing watched and nobody connected: sleep until something happens.
             deadlines = [next_poll] if self._watches else []
+            if self._feeds:
+                deadlines.append(next_feed_poll)
             if self.connections:
                 deadlines.append(next_reap)
             if self._groups_due:
@@ -500,6 +615,16 @@ class Hub:
         assert update is not None
         for subscriber in watch.subscribers:
             subscriber.offer(update)
+        feed = watch.feed
+        if feed is not None:
+            if update.kind is Kind.UNKNOWN:
+                # No record and no worker: not the owner's task any more (its record
+                # expired without a final). Nothing to tell the feed.
+                feed.gone.add(task_id)
+            else:
+                for subscriber in feed.subscribers:
+                    if subscriber not in watch.subscribers:  # (it had it just now)
+                        subscriber.offer(update)
         if update.kind.terminal:
             # Handed out to everyone watching, groups included: the watch is over.
             self._forget(task_id)
@@ -542,11 +667,109 @@ class Hub:
                 watch.groups.remove(group)
             if not watch.groups:
                 watch.groups = None
-                if not watch.subscribers:
+                if not watch.subscribers and watch.feed is None:
                     self._forget(task_id)
 
+    # -- feeds
+
+    def _follow_for_feed(self, feed: _FeedWatch, task_id: str) -> None:
+        """Follow an unfinished task of the feed's owner (read, or announced)."""
+        if task_id in feed.tasks:
+            return
+        feed.tasks[task_id] = None
+        watch = self._task_watch(task_id)
+        watch.feed = feed
+        if watch.update is not None:
+            # Already read for someone else: the feed's subscribers have it now.
+            for subscriber in feed.subscribers:
+                if subscriber not in watch.subscribers:
+                    subscriber.offer(watch.update)
+
+    def _feeds_ready(self) -> list[_FeedWatch]:
+        """Feeds with new subscribers to answer, whose set and tasks have all been read."""
+        return [
+            feed
+            for feed in self._feeds.values()
+            if feed.waiting
+            and feed.loaded
+            and all(
+                (watch := self._watches.get(task_id)) is None or watch.loaded
+                for task_id in feed.tasks
+            )
+        ]
+
+    async def _answer_feeds(self, ready: list[_FeedWatch]) -> None:
+        """Answer the new subscribers of ``ready`` feeds: one ``feed`` message each, with
+        the finals of the tasks that ended since the time a resuming one gives."""
+        # Every resuming subscriber's finals at once: one round trip for the lists, one
+        # for the records (a deploy reconnects thousands of feeds at the same moment).
+        resuming = sorted(
+            {
+                (feed.owner, since - FEED_REPLAY_MARGIN_MS)
+                for feed in ready
+                for since in feed.waiting.values()
+                if since is not None
+            }
+        )
+        ended = await self.store.read_finished_since(resuming, FEED_MAX_TASKS) if resuming else {}
+        finals: dict[str, str] = {}
+        wanted = sorted({task_id for ids in ended.values() for task_id in ids})
+        if wanted:
+            reading = await self.store.read_many(wanted)
+            for task_id, raw in zip(wanted, reading.records, strict=True):
+                if raw is not None:
+                    status = decode_status(task_id, raw)
+                    if status["final"]:
+                        finals[task_id] = status_update(status, raw).text
+        at = self.store.clock.now_ms()
+        for feed in ready:
+            if self._feeds.get(feed.owner) is not feed:
+                continue  # its last subscriber left during the reads
+            current = [
+                update.text
+                for task_id in feed.tasks
+                if (watch := self._watches.get(task_id)) is not None
+                and (update := watch.update) is not None
+                and update.type == "status"
+            ]
+            plain: Update | None = None
+            for subscriber, resume_from in list(feed.waiting.items()):
+                if resume_from is None:
+                    plain = plain or feed_snapshot(feed.owner, at, current)
+                    answer = plain
+                else:
+                    since_ids = ended.get((feed.owner, resume_from - FEED_REPLAY_MARGIN_MS))
+                    if since_ids is None:
+                        continue  # came during the reads: answered on the next round
+                    replayed = [
+                        finals[task_id]
+                        for task_id in since_ids
+                        if task_id in finals and task_id not in feed.tasks
+                    ]
+                    answer = feed_snapshot(feed.owner, at, [*current, *replayed])
+                del feed.waiting[subscriber]
+                subscriber.offer(answer)
+                feed.subscribers[subscriber] = None
+
+    def _forget_feed(self, owner: str) -> None:
+        feed = self._feeds.pop(owner)
+        self._feeds_to_load.discard(owner)
+        for task_id in feed.tasks:
+            watch = self._watches.get(task_id)
+            if watch is None or watch.feed is not feed:
+                continue
+            watch.feed = None
+            if not watch.subscribers and not watch.groups:
+                self._forget(task_id)
+        if self.push:
+            self._feed_channels_to_subscribe.discard(owner)
+            self._feed_channels_to_unsubscribe.add(owner)
+            self._wake.set()
+
     def _forget(self, task_id: str) -> None:
-        del self._watches[task_id]
+        watch = self._watches.pop(task_id)
+        if watch.feed is not None:
+            watch.feed.tasks.pop(task_id, None)
         self._to_read.discard(task_id)
         if self.push:
             self._to_subscribe.discard(task_id)
@@ -556,16 +779,28 @@ class Hub:
     # -- push
 
     async def _sync_channels(self) -> None:
-        if not self.push or not (self._to_subscribe or self._to_unsubscribe):
+        if not self.push or not (
+            self._to_subscribe
+            or self._to_unsubscribe
+            or self._feed_channels_to_subscribe
+            or self._feed_channels_to_unsubscribe
+        ):
             return
         pubsub = await self._ensure_pubsub()
-        if self._to_unsubscribe:
+        if self._to_unsubscribe or self._feed_channels_to_unsubscribe:
             gone = [self.store.key(task_id) for task_id in self._to_unsubscribe]
+            gone += [self.store.feed_channel(owner) for owner in self._feed_channels_to_unsubscribe]
             self._to_unsubscribe.clear()
+            self._feed_channels_to_unsubscribe.clear()
             await pubsub.unsubscribe(*gone)
-        if self._to_subscribe:
+        if self._to_subscribe or self._feed_channels_to_subscribe:
             channels = [self.store.key(task_id).encode() for task_id in self._to_subscribe]
+            channels += [
+                self.store.feed_channel(owner).encode()
+                for owner in self._feed_channels_to_subscribe
+            ]
             self._to_subscribe.clear()
+            self._feed_channels_to_subscribe.clear()
             loop = asyncio.get_running_loop()
             waiting = [self._confirmations.setdefault(ch, loop.create_future()) for ch in channels]
             await pubsub.subscribe(*channels)
@@ -588,6 +823,7 @@ class Hub:
 
     async def _listen(self, pubsub: PubSub) -> None:
         prefix = len(self.store.key(""))
+        feeds = self.store.feed_channel("").encode()
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None:
@@ -595,7 +831,12 @@ class Hub:
             kind, channel = message["type"], message["channel"]
             if kind == "message":
                 self.metrics.pubsub_messages.inc()
-                self._to_read.add(channel[prefix:].decode())
+                if channel.startswith(feeds):
+                    # A new task of a watched owner: its id.
+                    owner = channel[len(feeds) :].decode()
+                    self._announced.append((owner, bytes(message["data"]).decode()))
+                else:
+                    self._to_read.add(channel[prefix:].decode())
                 self._wake.set()
             elif kind == "subscribe":
                 waiter = self._confirmations.get(channel)

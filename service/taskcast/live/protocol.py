@@ -3,7 +3,7 @@ the typed update (``Update``) the hub hands every connection.
 
 Client frames are JSON text: ``{"op": "subscribe", "task_id": ..., "token": ...?}``,
 ``{"op": "unsubscribe", "task_id": ...}``, ``{"op": "ping"}``; a subscribe or unsubscribe
-may name a ``group_id`` instead of a ``task_id``. Every message the server
+may name a ``group_id`` or a ``feed`` (an owner) instead of a ``task_id``. Every message the server
 sends is built here, so docs/protocol.md has one place to check against.
 """
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from taskcast.bars import task_progress
 from taskcast.groups import GroupStatus
-from taskcast.ids import UUID_PATTERN
+from taskcast.ids import OWNER_PATTERN, OWNER_RULE, UUID_PATTERN
 from taskcast.status import (
     Status,
     decode_status,
@@ -26,6 +26,7 @@ from taskcast.status import (
     encode_status,
     mark_unsendable,
 )
+from taskcast.tokens import FEED_PREFIX
 
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000  # the task ended (/ws/tasks/{id}) or the server shuts down
@@ -42,13 +43,19 @@ class ProtocolError(Exception):
     """A client frame that cannot be acted on; answered with an error message."""
 
     def __init__(
-        self, code: str, detail: str, task_id: str | None = None, group_id: str | None = None
+        self,
+        code: str,
+        detail: str,
+        task_id: str | None = None,
+        group_id: str | None = None,
+        feed: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.task_id = task_id
         self.group_id = group_id
+        self.feed = feed
 
 
 class _Op(BaseModel):
@@ -56,24 +63,43 @@ class _Op(BaseModel):
 
 
 TaskId = Annotated[str, Field(pattern=UUID_PATTERN)]
+Owner = Annotated[str, Field(pattern=OWNER_PATTERN)]
+# Feeds are watched under this prefix of their owner, apart from any task or group id
+# (the same a feed token binds).
+_FEED = FEED_PREFIX
+
+
+def feed_key(owner: str) -> str:
+    """What a connection watches for ``owner``'s feed (and its mailbox keys it by)."""
+    return _FEED + owner
+
+
+def feed_owner(watched_id: str) -> str | None:
+    """The owner of a feed's key; None for a task's or group's id."""
+    return watched_id[len(_FEED) :] if watched_id.startswith(_FEED) else None
 
 
 class _Watching(_Op):
-    """A frame about one task or one group: exactly one of the two ids (checked after
-    parsing, to name what is missing)."""
+    """A frame about one task, one group or one owner's feed: exactly one of the three
+    (checked after parsing, to name what is missing)."""
 
     task_id: TaskId | None = None
     group_id: TaskId | None = None
+    feed: Owner | None = None
 
     @property
     def watched_id(self) -> str:
+        if self.feed is not None:
+            return feed_key(self.feed)
         watched = self.group_id or self.task_id
         assert watched is not None
         return watched
 
     @property
     def ids(self) -> dict[str, str | None]:
-        """The id as a reply names it: ``task_id`` or ``group_id``."""
+        """The id as a reply names it: ``task_id``, ``group_id`` or ``feed``."""
+        if self.feed is not None:
+            return {"feed": self.feed}
         if self.group_id is not None:
             return {"group_id": self.group_id}
         return {"task_id": self.task_id}
@@ -81,9 +107,12 @@ class _Watching(_Op):
 
 class Subscribe(_Watching):
     op: Literal["subscribe"]
-    # The watch token of the task or group, needed when the service signs them
-    # (TASKCAST_SECRET).
+    # The watch token of the task or group (or the feed token of the owner), needed when
+    # the service signs them (TASKCAST_SECRET).
     token: str | None = None
+    # A feed resumed: the ``at`` of the last ``feed`` message the client had (Redis's
+    # clock, ms); the finals of the owner's tasks that ended since are sent again.
+    since: Annotated[int, Field(ge=0)] | None = None
 
 
 class Unsubscribe(_Watching):
@@ -111,13 +140,19 @@ def parse_command(text: str) -> Command:
     except ValidationError as exc:
         raise _explain(exc) from None
     if isinstance(command, Subscribe | Unsubscribe):
-        task_id, group_id = command.task_id, command.group_id
-        if task_id is None and group_id is None:
+        task_id, group_id, feed = command.task_id, command.group_id, command.feed
+        named = sum(value is not None for value in (task_id, group_id, feed))
+        if named == 0:
             raise ProtocolError(
-                "invalid_task_id", "task_id is required (or group_id, to follow a group)"
+                "invalid_task_id",
+                "task_id is required (or group_id, to follow a group, or feed, an owner's tasks)",
             )
-        if task_id is not None and group_id is not None:
-            raise ProtocolError("invalid_message", "give task_id or group_id, not both")
+        if named > 1:
+            raise ProtocolError("invalid_message", "give one of task_id, group_id and feed")
+        if isinstance(command, Subscribe) and command.since is not None and feed is None:
+            raise ProtocolError("invalid_message", "since resumes a feed: give it with feed")
+        if feed is not None:
+            return command
         # Celery's ids are lower case; the Redis key must match exactly.
         if task_id is not None:
             return command.model_copy(update={"task_id": task_id.lower()})
@@ -146,6 +181,11 @@ def _explain(exc: ValidationError) -> ProtocolError:
     if kind == "extra_forbidden":
         # Before the task_id check: a ping's task_id is unexpected, however well-formed.
         return ProtocolError("invalid_message", f"unexpected field {field!r}")
+    if field == "feed":
+        return ProtocolError(
+            "invalid_feed",
+            f"feed must be an owner: {OWNER_RULE}, got {_shown(given)}",
+        )
     if field in ("task_id", "group_id"):
         shown = given if isinstance(given, str) and len(given) <= 64 else None
         detail = f"{field} must be a UUID string, got {_shown(given)}"
@@ -289,6 +329,15 @@ def status_update(status: Status, raw: bytes) -> Update:
     )
 
 
+def feed_snapshot(owner: str, at_ms: int, statuses: list[str]) -> Update:
+    """The answer to a feed's subscribe: the status messages (as sent, ``"type":
+    "status"``) of the owner's unfinished tasks (and of those that ended since, when it
+    resumes), with the time it was made on Redis's clock (``at``, to resume from)."""
+    head = encode({"type": "feed", "feed": owner, "at": at_ms}).decode()
+    text = f'{head[:-1]},"tasks":[{",".join(statuses)}]}}'
+    return Update(feed_key(owner), Kind.STATUS, "feed", text)
+
+
 def group_update(group: GroupStatus) -> Update:
     """A group's status as an update: the group status object with ``"type": "group"``."""
     text = encode({"type": "group", **group}).decode()
@@ -297,7 +346,11 @@ def group_update(group: GroupStatus) -> Update:
 
 
 def error_message(
-    code: str, detail: str, task_id: str | None = None, group_id: str | None = None
+    code: str,
+    detail: str,
+    task_id: str | None = None,
+    group_id: str | None = None,
+    feed: str | None = None,
 ) -> str:
     """An error message, as text (for a socket refused before it is served)."""
     message: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
@@ -305,14 +358,21 @@ def error_message(
         message["task_id"] = task_id
     if group_id is not None:
         message["group_id"] = group_id
+    if feed is not None:
+        message["feed"] = feed
     return encode(message).decode()
 
 
 def error_reply(
-    code: str, detail: str, task_id: str | None = None, group_id: str | None = None
+    code: str,
+    detail: str,
+    task_id: str | None = None,
+    group_id: str | None = None,
+    feed: str | None = None,
 ) -> Update:
     """An error answering a client frame; the connection stays open."""
-    return Update(None, Kind.REPLY, "error", error_message(code, detail, task_id, group_id))
+    text = error_message(code, detail, task_id, group_id, feed)
+    return Update(None, Kind.REPLY, "error", text)
 
 
 def unknown_task(task_id: str) -> Update:

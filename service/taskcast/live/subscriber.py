@@ -52,6 +52,7 @@ class Subscriber:
         "_failure",
         "_loop",
         "_pending",
+        "_pending_replies",
         "_replies",
         "_unfinished",
         "_wakeup",
@@ -79,6 +80,9 @@ class Subscriber:
         # a counter (never coalesced). Dicts keep insertion order.
         self._pending: dict[Hashable, Update] = {}
         self._replies = itertools.count()
+        # Replies waiting in the mailbox (statuses are bounded by what is watched: a
+        # feed's many tasks among them, so they are not counted against this).
+        self._pending_replies = 0
         self._wakeup: asyncio.Future[None] | None = None
         # A send that found the socket's buffer full, for the sender to finish.
         self._unfinished: tuple[Coroutine[Any, Any, None], Any, Kind] | None = None
@@ -129,8 +133,9 @@ class Subscriber:
         if not self._busy:
             self._send_now(update)
             return
-        if len(self._pending) >= self.max_replies + len(self.watching):
+        if self._pending_replies >= self.max_replies:
             raise MailboxOverflow
+        self._pending_replies += 1
         self._pending[("reply", next(self._replies))] = update
         self._wake()
 
@@ -149,6 +154,7 @@ class Subscriber:
             while self._pending and self.close_code is None:
                 updates = list(self._pending.values())
                 self._pending.clear()
+                self._pending_replies = 0
                 for update in updates:
                     self._send_now(update)
                     await self._complete_send()

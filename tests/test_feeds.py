@@ -1,0 +1,176 @@
+"""Whose tasks: ``taskcast.owned_by`` at dispatch, the owner and tags on every status, and
+an owner's live feed on ``/ws``, with the session's real worker, Redis and uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+import taskcast
+from taskcast.live.hub import Hub
+from taskcast_celery import keys
+from taskcast_celery.owners import OwnerError
+from tests import env
+from tests.support import eventually, read_until_closed, recv_json, session_app, ws_connect
+
+QUICK = {"total": 3, "step_seconds": 0.05}
+
+
+def owner() -> str:
+    """An owner of this test's own, so that no other test's tasks are in its feed."""
+    return f"user:{uuid.uuid4().hex[:12]}"
+
+
+def progress(owner_name: str, tags: tuple[str, ...] = (), **params: Any) -> str:
+    """Start the demo app's progress task from this process, owned by ``owner_name``."""
+    task = session_app().tasks["taskcast.progress"]
+    with taskcast.owned_by(owner_name, tags=tags):
+        return str(task.delay(**{**QUICK, **params}).id)
+
+
+async def subscribe_feed(ws: ClientConnection, owner_name: str, **extra: Any) -> dict[str, Any]:
+    """Subscribe to a feed; its first answer (the ``feed`` message)."""
+    await ws.send(json.dumps({"op": "subscribe", "feed": owner_name, **extra}))
+    answer = await recv_json(ws)
+    assert answer["type"] == "feed" and answer["feed"] == owner_name, answer
+    return answer
+
+
+async def statuses_until_final(ws: ClientConnection, task_id: str) -> list[dict[str, Any]]:
+    """The statuses of ``task_id`` on a feed socket, up to its final."""
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(20):
+        while not (seen and seen[-1]["final"]):
+            message = await recv_json(ws, within=20)
+            if message.get("task_id") == task_id:
+                seen.append(message)
+    return seen
+
+
+async def test_every_status_of_an_owned_task_carries_its_owner_and_tags(
+    client: httpx.AsyncClient, base_url: str, worker: object
+) -> None:
+    me = owner()
+    task_id = progress(me, tags=("report", "q3"))
+    # The SENT record already, before any worker ran it.
+    async with ws_connect(base_url, f"/ws/tasks/{task_id}") as ws:
+        messages, code = await read_until_closed(ws)
+    assert code == 1000 and messages[-1]["state"] == "SUCCESS"
+    for message in messages:
+        assert (message["owner"], message["tags"]) == (me, ["report", "q3"]), message
+    body = (await client.get(f"/tasks/{task_id}")).json()
+    assert (body["owner"], body["tags"]) == (me, ["report", "q3"])
+
+
+async def test_a_task_without_an_owner_says_nothing_of_one(client: httpx.AsyncClient) -> None:
+    task_id = str(session_app().tasks["taskcast.progress"].delay(**QUICK).id)
+    body = await eventually(lambda: client.get(f"/tasks/{task_id}"), lambda r: r.json()["final"])
+    assert "owner" not in body.json() and "tags" not in body.json()
+
+
+async def test_a_feed_answers_with_the_unfinished_tasks_then_follows_new_ones(
+    base_url: str, hub: Hub
+) -> None:
+    me = owner()
+    # Queued behind nothing but slow enough to be unfinished when the feed is asked.
+    running = progress(me, total=40, step_seconds=0.05)
+    async with ws_connect(base_url, "/ws") as ws:
+        first = await subscribe_feed(ws, me)
+        assert [status["task_id"] for status in first["tasks"]] == [running]
+        assert first["tasks"][0]["owner"] == me and isinstance(first["at"], int)
+        # A task started after the subscribe joins the feed by its announcement.
+        newer = progress(me)
+        seen = await statuses_until_final(ws, newer)
+    assert seen[0]["owner"] == me and seen[-1]["state"] == "SUCCESS"
+    await eventually(lambda: hub.watched_feeds, lambda feeds: me not in feeds)
+
+
+async def test_owners_never_see_each_others_tasks(base_url: str) -> None:
+    base = owner()
+    # One owner's name is the start of the other's: still two owners.
+    short, long = base, base + "2"
+    async with ws_connect(base_url, "/ws") as ws_short, ws_connect(base_url, "/ws") as ws_long:
+        await subscribe_feed(ws_short, short)
+        await subscribe_feed(ws_long, long)
+        theirs = progress(long)
+        mine = progress(short)
+        seen_short = await statuses_until_final(ws_short, mine)
+        seen_long = await statuses_until_final(ws_long, theirs)
+        # Each socket also saw nothing of the other's task meanwhile (it would have come
+        # before its own final, in the order the hub read them).
+    assert all(status["owner"] == short for status in seen_short)
+    assert all(status["owner"] == long for status in seen_long)
+
+
+async def test_a_resumed_feed_gets_the_finals_it_missed(base_url: str) -> None:
+    me = owner()
+    async with ws_connect(base_url, "/ws") as ws:
+        answer = await subscribe_feed(ws, me)
+    # Disconnected: a task of the owner starts and ends meanwhile.
+    missed = progress(me)
+    meta = keys.task_meta_key(env.KEY_PREFIX, missed)
+    backend = session_app().backend
+
+    def ended() -> bool:
+        raw = backend.client.get(meta)
+        return raw is not None and json.loads(raw)["status"] == "SUCCESS"
+
+    await eventually(ended, bool, within=20)
+    async with ws_connect(base_url, "/ws") as ws:
+        resumed = await subscribe_feed(ws, me, since=answer["at"])
+        fresh = await subscribe_feed(ws, owner())
+    replayed = {status["task_id"]: status["state"] for status in resumed["tasks"]}
+    assert replayed == {missed: "SUCCESS"}
+    assert fresh["tasks"] == []
+
+
+async def test_cancelling_an_owned_task_keeps_its_owner(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    me = owner()
+    task_id = progress(me, tags=("x",), total=200, step_seconds=0.05)
+    assert (await client.delete(f"/tasks/{task_id}")).status_code == 202
+    body = (await client.get(f"/tasks/{task_id}")).json()
+    assert body["state"] == "REVOKED"
+    assert (body["owner"], body["tags"]) == (me, ["x"])
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ({"op": "subscribe", "feed": "user/42"}, "invalid_feed"),
+        ({"op": "subscribe", "feed": ""}, "invalid_feed"),
+        ({"op": "subscribe", "feed": "x" * 129}, "invalid_feed"),
+        ({"op": "subscribe", "feed": 42}, "invalid_feed"),
+        ({"op": "subscribe", "feed": "user:1", "task_id": str(uuid.uuid4())}, "invalid_message"),
+        ({"op": "subscribe", "task_id": str(uuid.uuid4()), "since": 5}, "invalid_message"),
+        ({"op": "subscribe", "feed": "user:1", "since": -1}, "invalid_message"),
+    ],
+)
+async def test_a_bad_feed_frame_is_answered_and_the_socket_stays(
+    base_url: str, frame: dict[str, Any], code: str
+) -> None:
+    async with ws_connect(base_url, "/ws") as ws:
+        await ws.send(json.dumps(frame))
+        answer = await recv_json(ws)
+        assert (answer["type"], answer["code"]) == ("error", code), answer
+        await ws.send('{"op": "ping"}')
+        assert (await recv_json(ws))["type"] == "pong"
+
+
+def test_owned_by_checks_what_it_is_given() -> None:
+    for wrong in ("", "user/42", "x" * 129, "a b"):
+        with pytest.raises(OwnerError), taskcast.owned_by(wrong):
+            pass
+    with pytest.raises(OwnerError, match="tags"), taskcast.owned_by("u", tags="report"):
+        pass
+    with pytest.raises(OwnerError), taskcast.owned_by("u", webhook="ftp://example.com/"):
+        pass
+    with taskcast.owned_by("user:1", tags=["a", "a", "b"]) as ownership:
+        assert ownership.tags == ("a", "b")

@@ -260,3 +260,55 @@ def test_an_app_on_sentinels_gets_the_sentinel_backend_and_the_service_its_maste
         [("h1", 26379), ("h2", 26380)],
         {"db": 3, "password": "secret"},
     )
+
+
+def test_install_before_configuring_says_to_call_it_after() -> None:
+    app = Celery("early", set_as_current=False)
+    with pytest.raises(InstallError) as refused:
+        taskcast.install(app)
+    message = str(refused.value)
+    assert "result_backend is None, not set yet" in message
+    assert "call taskcast.install(app) after configuring the app" in message
+    assert "config_from_object" in message
+    # Called after configuring, as the message says: ready.
+    app.config_from_object({"result_backend": "redis://h/0"})
+    taskcast.install(app)
+    assert installation(app) is not None
+
+
+CANCEL_ON_LOSS = "worker_cancel_long_running_tasks_on_connection_loss"
+
+
+@pytest.mark.parametrize(
+    ("configure", "expected"),
+    [
+        (lambda app: None, False),
+        (lambda app: app.conf.update({CANCEL_ON_LOSS: True}), True),
+        (
+            lambda app: app.config_from_object(
+                {"result_backend": "redis://h/0", CANCEL_ON_LOSS: True}
+            ),
+            True,
+        ),
+        # Celery's old-style name, read as the new one.
+        (
+            lambda app: app.config_from_object(
+                {
+                    "CELERY_RESULT_BACKEND": "redis://h/0",
+                    "CELERYD_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS": True,
+                }
+            ),
+            True,
+        ),
+    ],
+    ids=["unset", "conf.update", "config_from_object", "old-style name"],
+)
+def test_a_broker_loss_cancels_no_running_task_unless_the_app_chose(
+    configure: Callable[[Celery], object], expected: bool
+) -> None:
+    """Celery 6 makes True the default: every running task cancelled and run again on a
+    broker failover (docs/operations.md, "When Redis goes away")."""
+    app = Celery("chooses", set_as_current=False, backend="redis://h/0")
+    configure(app)
+    taskcast.install(app)
+    assert app.conf[CANCEL_ON_LOSS] is expected

@@ -20,24 +20,30 @@ What it does to the app:
   before that worker started (so it never heard the revoke) skips it.
 * ``task_track_started`` (the STARTED state) and the events Flower shows
   (``worker_send_task_events``, ``task_send_sent_event``) are turned on.
+* **A broker failover cancels nothing**: ``worker_cancel_long_running_tasks_on_connection_loss``
+  is False unless the app chose (Celery 6 makes True the default), and its workers log
+  Celery's harmless gossip error on a lost broker as one line (see ``_QuietGossipClose``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 import weakref
 from collections.abc import Callable
+from contextvars import Token
 from typing import Any, cast
 
 from celery import Celery, signals
 from celery.app.amqp import AMQP
+from celery.exceptions import CPendingDeprecationWarning
 from kombu.utils.imports import symbol_by_name
 from kombu.utils.url import maybe_sanitize_url
 from pydantic import PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskcast_celery import keys
+from taskcast_celery import keys, owners
 from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.heartbeat import Heartbeat
 
@@ -49,6 +55,14 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "socket"})
 _SENTINEL_SCHEME = "sentinel"
 _BACKEND = f"{TaskcastRedisBackend.__module__}:{TaskcastRedisBackend.__name__}"
 _SENTINEL_BACKEND = f"{TaskcastSentinelBackend.__module__}:{TaskcastSentinelBackend.__name__}"
+# What a worker does with its running tasks when it loses the broker. True cancels every
+# running task that acknowledges late and lets the broker deliver it again: on a Sentinel
+# failover or a broker restart, every running task would start over, its progress going
+# back to 0 under its watchers' eyes (and its side effects repeated). Celery 5 defaults to
+# False but warns at every connection loss that Celery 6 will default to True.
+_CANCEL_ON_LOSS = "worker_cancel_long_running_tasks_on_connection_loss"
+# The first words of that warning (celery.worker.consumer.consumer.CANCEL_TASKS_BY_DEFAULT).
+_CANCEL_ON_LOSS_NOTICE = r"\s*In Celery 5\.1 we introduced an optional breaking change"
 
 
 class InstallError(Exception):
@@ -79,10 +93,14 @@ class Installation:
         self._app = weakref.ref(app)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat = Heartbeat(self._backend, heartbeat_interval)
+        # The ownership each running task was entered with, by task id (task_prerun to
+        # task_postrun, on the thread that runs it).
+        self._ownership: dict[str, Token[owners.Ownership | None]] = {}
         # Bound methods, held weakly by Celery's signals: connected while this lives.
         signals.task_prerun.connect(self._task_starts)
         signals.task_postrun.connect(self._task_ended)
         signals.task_received.connect(self._task_received)
+        signals.celeryd_after_setup.connect(self._worker_set_up)
 
     def _backend(self) -> TaskcastRedisBackend:
         app = self._app()
@@ -96,11 +114,18 @@ class Installation:
         # Beats before the task's STARTED record is stored (task_prerun comes first).
         if task_id and self._ours(getattr(sender, "app", None)):
             self.heartbeat.start(task_id)
+            # The task runs as its owner (from its message's headers): what it publishes
+            # (a chain's next step, a chord's callback) is the owner's too.
+            request = getattr(sender, "request", None)
+            self._ownership[task_id] = owners.adopt(owners.from_request(request))
 
     def _task_ended(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         # After the task's final (or RETRY) state is stored.
         if task_id and self._ours(getattr(sender, "app", None)):
             self.heartbeat.stop(task_id)
+            token = self._ownership.pop(task_id, None)
+            if token is not None:
+                owners.release(token)
 
     def _task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         """A worker of the app got a task: skip it if it was cancelled meanwhile.
@@ -120,6 +145,57 @@ class Installation:
             return
         if cancelled:
             sender.controller.state.revoked.add(request.id)
+
+    def _worker_set_up(self, sender: Any = None, instance: Any = None, **_: Any) -> None:
+        """A worker of the app has set its logging up (``celeryd_after_setup``): quiet
+        what Celery logs on a lost broker that says nothing to act on.
+
+        Here, and not in ``install``: these are the worker process's own logging and
+        warnings, and Celery's logging setup (just done) resets the warnings filters.
+        """
+        app = getattr(instance, "app", None)
+        if app is None or not self._ours(app):
+            return
+        if not app.conf[_CANCEL_ON_LOSS]:
+            # Celery warns at every connection loss that the default changes in Celery 6,
+            # whatever the app set: the app's choice is made, the notice is moot.
+            warnings.filterwarnings(
+                "ignore", message=_CANCEL_ON_LOSS_NOTICE, category=CPendingDeprecationWarning
+            )
+        bootsteps = logging.getLogger("celery.bootsteps")
+        if not any(isinstance(f, _QuietGossipClose) for f in bootsteps.filters):
+            bootsteps.addFilter(_QuietGossipClose())
+
+
+class _QuietGossipClose(logging.Filter):
+    """Celery's gossip error on a lost broker, as one WARNING line without a traceback.
+
+    When the consumer loses the broker, Celery (5.5 to 5.7 at least) sets its
+    ``connection`` to None (``Consumer.on_connection_error_after_connected``) before
+    restarting its bootsteps; Gossip, a ``ConsumerStep``, then closes its channel with
+    ``ignore_errors(c.connection, channel.close)``. The close fails (the broker is gone)
+    and kombu's ``ignore_errors`` looks up ``None.connection_errors`` to decide whether to
+    ignore it: an AttributeError, which ``Blueprint.send_all`` logs as "Error on
+    restarting Gossip" with a traceback, once per reconnection attempt (21 in one Sentinel
+    failover). The channel belonged to the dead connection and is dropped either way;
+    gossip starts again on the new connection. Older kombu failed the same close on
+    ``None.hostname`` (celery/kombu#582).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.levelno >= logging.ERROR
+            and isinstance(args, tuple)
+            and len(args) == 3
+            and args[1] == "Gossip"
+            and isinstance(args[2], AttributeError)
+            and "'NoneType' object has no attribute" in str(args[2])
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "gossip's channel went with the lost broker (%s %s: %r); it reconnects"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 # Every installed app, and what was installed for it.
@@ -156,6 +232,10 @@ def install(
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    if not _chosen(app, _CANCEL_ON_LOSS):
+        # Celery 6's default would cancel and redeliver every running task on a broker
+        # failover (see _CANCEL_ON_LOSS); an app that chose keeps its choice.
+        app.conf[_CANCEL_ON_LOSS] = False
     options = dict(app.conf.result_backend_transport_options or {})
     if "retry_policy" not in options:
         # Through a Redis restart rather than failing the tasks running meanwhile: a
@@ -183,6 +263,17 @@ def install(
     return app
 
 
+def _chosen(app: Celery, key: str) -> bool:
+    """Whether the app's configuration sets ``key`` itself, rather than leaving Celery's
+    default."""
+    conf: Any = app.conf
+    # Celery's settings are a chain of maps: what was set on app.conf, then the
+    # configuration source (config_from_object), Celery's defaults last. _to_keys gives
+    # every name the key may be set under (an old-style CELERYD_ one, a namespace's).
+    names = conf._to_keys(key)
+    return any(name in mapping for mapping in conf.maps[:-1] for name in names)
+
+
 def installation(app: Celery) -> Installation | None:
     """What ``install`` set up for ``app``; None when it was never installed."""
     return _INSTALLED.get(app)
@@ -199,6 +290,13 @@ def check_app(app: Celery) -> None:
         ) or backend_class in (_BACKEND, _SENTINEL_BACKEND)
     else:
         redis = False
+    if configured is None:
+        raise InstallError(
+            "taskcast needs a Redis result backend, and the app's result_backend is None, "
+            "not set yet: call taskcast.install(app) after configuring the app "
+            "(config_from_object, conf.update or Celery(backend=...)), with "
+            "result_backend a redis://, rediss://, socket:// or sentinel:// URL"
+        )
     if not redis:
         # As written, unless it holds a password.
         shown = (
@@ -267,5 +365,10 @@ class _SentFirst:
             self._send = type(self._amqp).send_task_message.func(self._amqp)  # type: ignore[attr-defined]
         task_id = message.properties["correlation_id"]
         backend = cast("TaskcastRedisBackend", self._amqp.app.backend)
-        backend.record_sent(task_id, name)
+        # Inside ``taskcast.owned_by`` (or a task that runs as its owner), the message
+        # carries the owner to the worker, and the SENT record to every watcher.
+        ownership = owners.current()
+        if ownership is not None:
+            message.headers.update(ownership.headers())
+        backend.record_sent(task_id, name, ownership)
         return self._send(producer, name, message, **options)

@@ -142,8 +142,8 @@ class _FeedWatch:
     # The owner's unfinished tasks, as read and announced (a dict as an ordered set).
     tasks: dict[str, None] = field(default_factory=dict)
     loaded: bool = False
-    # Tasks of its set that turned out unknown (a record that expired without a final):
-    # not followed again each time the set is read.
+    # Tasks of its set that ended, or turned out unknown (a record that expired without a
+    # final), while the set still holds them: not followed again each time it is read.
     gone: set[str] = field(default_factory=set)
 
 
@@ -441,6 +441,8 @@ class Hub:
                         if feed is None:
                             continue
                         feed.loaded = True
+                        # Only what the set still holds needs remembering as ended.
+                        feed.gone.intersection_update(task_ids)
                         for task_id in task_ids:
                             if task_id not in feed.gone:
                                 self._follow_for_feed(feed, task_id)
@@ -617,14 +619,16 @@ class Hub:
             subscriber.offer(update)
         feed = watch.feed
         if feed is not None:
-            if update.kind is Kind.UNKNOWN:
-                # No record and no worker: not the owner's task any more (its record
-                # expired without a final). Nothing to tell the feed.
-                feed.gone.add(task_id)
-            else:
+            if update.kind is not Kind.UNKNOWN:
+                # (No record and no worker: not the owner's task any more, its record
+                # expired without a final. Nothing to tell the feed.)
                 for subscriber in feed.subscribers:
                     if subscriber not in watch.subscribers:  # (it had it just now)
                         subscriber.offer(update)
+            if update.kind.terminal:
+                # Ended, for the feed: not followed again should the owner's set still
+                # hold it (a final written by a backend that is not taskcast's).
+                feed.gone.add(task_id)
         if update.kind.terminal:
             # Handed out to everyone watching, groups included: the watch is over.
             self._forget(task_id)

@@ -127,6 +127,7 @@ class HubStats:
     subscriptions: int
     watched_tasks: int
     watched_groups: int
+    watched_feeds: int
     stalled_tasks: int
     healthy: bool
     frames_sent: int
@@ -160,6 +161,11 @@ class _HubCollector:
             "taskcast_watched_groups",
             "Distinct groups the hub tallies (their members count in watched tasks).",
             value=stats.watched_groups,
+        )
+        yield GaugeMetricFamily(
+            "taskcast_watched_feeds",
+            "Distinct owners whose feeds the hub follows (their tasks count in watched tasks).",
+            value=stats.watched_feeds,
         )
         yield GaugeMetricFamily(
             "taskcast_stalled_tasks",

@@ -206,7 +206,7 @@ class Hub:
         return (
             f"<Hub {'healthy' if self.healthy else 'degraded'} "
             f"connections={len(self.connections)} tasks={len(self._watches)} "
-            f"groups={len(self._groups)}>"
+            f"groups={len(self._groups)} feeds={len(self._feeds)}>"
         )
 
     # -- called by the connections (synchronous: no await between check and act)
@@ -250,6 +250,7 @@ class Hub:
             subscriptions=subscriptions,
             watched_tasks=len(self._watches),
             watched_groups=len(self._groups),
+            watched_feeds=len(self._feeds),
             stalled_tasks=sum(watch.stalled for watch in self._watches.values()),
             healthy=self.healthy,
             frames_sent=sent,

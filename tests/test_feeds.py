@@ -13,11 +13,23 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 import taskcast
+from taskcast.app import create_app
 from taskcast.live.hub import Hub
 from taskcast_celery import keys
-from taskcast_celery.owners import OwnerError
+from taskcast_celery.owners import OwnerError, Ownership
 from tests import env
-from tests.support import eventually, read_until_closed, recv_json, session_app, ws_connect
+from tests.support import (
+    eventually,
+    read_until_closed,
+    recv_json,
+    running_server,
+    session_app,
+    settings_with,
+    small_window_socket,
+    write_progress,
+    write_success,
+    ws_connect,
+)
 
 QUICK = {"total": 3, "step_seconds": 0.05}
 
@@ -174,3 +186,69 @@ def test_owned_by_checks_what_it_is_given() -> None:
         pass
     with taskcast.owned_by("user:1", tags=["a", "a", "b"]) as ownership:
         assert ownership.tags == ("a", "b")
+
+
+async def test_a_feed_reader_that_stops_reading_does_not_delay_others(worker: object) -> None:
+    """A stalled feed reader holds its own socket; a fast one still gets every final."""
+    me = owner()
+    backend = session_app().backend
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    for task_id in ids:
+        backend.record_sent(task_id, "bench", Ownership(me))
+        write_progress(task_id, 0, 1000)
+    app = create_app(session_app(), settings=settings_with(slow_client_timeout=60))
+    big = "x" * 3000  # large frames fill the stalled reader's buffers quickly
+    async with (
+        running_server(app, send_buffer=4096) as url,
+        ws_connect(
+            url, "/ws", max_queue=1, sock=small_window_socket(url), close_timeout=0.2
+        ) as stalled,
+        ws_connect(url, "/ws") as fast,
+    ):
+        await stalled.send(json.dumps({"op": "subscribe", "feed": me}))
+        first = await subscribe_feed(fast, me)
+        assert {status["task_id"] for status in first["tasks"]} == set(ids)
+        # The stalled reader never reads again. Flood it (bounded), then end every task.
+        for current in range(1, 40):
+            await asyncio.to_thread(
+                lambda c=current: [write_progress(t, c, 1000, big) for t in ids]
+            )
+        hub: Hub = app.state.taskcast.hub
+        await eventually(lambda: [s for s in hub.connections if s.sending_since], bool)
+        await asyncio.to_thread(lambda: [write_success(t) for t in ids])
+        finals: set[str] = set()
+        async with asyncio.timeout(15):
+            while len(finals) < len(ids):
+                message = await recv_json(fast)
+                if message["type"] == "status" and message["final"]:
+                    assert message["owner"] == me and message["task_id"] not in finals
+                    finals.add(message["task_id"])
+    assert finals == set(ids)
+
+
+SECRET = "s" * 40
+KEY = "key-" + "k" * 30
+
+
+async def test_with_a_secret_a_feed_opens_only_with_its_own_token(worker: object) -> None:
+    me = owner()
+    app = create_app(session_app(), settings=settings_with(secret=SECRET, api_keys=(KEY,)))
+    task_token = taskcast.sign_watch_token(str(uuid.uuid4()), secret=SECRET)
+    async with running_server(app) as url, ws_connect(url, "/ws") as ws:
+        for token in (
+            None,
+            taskcast.sign_feed_token(me[:-1], secret=SECRET),  # a prefix of the owner
+            taskcast.sign_feed_token(me + "2", secret=SECRET),  # the owner, extended
+            task_token,
+            taskcast.sign_feed_token(me, secret="t" * 40),  # another service's secret
+        ):
+            frame = {"op": "subscribe", "feed": me, **({"token": token} if token else {})}
+            await ws.send(json.dumps(frame))
+            refused = await recv_json(ws)
+            assert (refused["code"], refused["feed"]) == ("unauthorized", me), refused
+        await subscribe_feed(ws, me, token=taskcast.sign_feed_token(me, secret=SECRET))
+        # An API key in the handshake opens any feed.
+        async with ws_connect(
+            url, "/ws", additional_headers={"Authorization": f"Bearer {KEY}"}
+        ) as keyed:
+            await subscribe_feed(keyed, owner())

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     secret: str = Field("", repr=False)
     # Seconds a watch token stays valid (default: as long as the served app keeps records).
     token_ttl: PositiveInt | None = None
+    # Whether an owner's feed token (taskcast.sign_feed_token), as a bearer credential,
+    # may also start exposed tasks: always as that owner. Off: feed tokens only read.
+    feed_tokens_may_start: bool = False
     # Origins whose pages may open WebSockets and call the API; empty: any may open a
     # WebSocket and no CORS is offered. ("*",) offers CORS to every origin.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()

@@ -12,6 +12,7 @@ Endpoints import this module (and the live layer), never each other.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import HTTPConnection, Request
@@ -22,14 +23,30 @@ from taskcast.api.errors import ApiError
 from taskcast.api.validation import parse_task_id
 from taskcast.auth import bearer
 from taskcast.groups import GroupStatus, GroupTally
+from taskcast.ids import OWNER_RULE, is_owner
+from taskcast.live.protocol import feed_key
 from taskcast.liveness import is_stalled
 from taskcast.state import AppState
 from taskcast.status import Status, decode_status
+from taskcast.tokens import TOKEN_VERSION
+from taskcast_celery.owners import OwnerError, Ownership, check_owner, check_tags
 
 # RFC 6750: a 401 names the scheme that would be accepted.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskcast"'}
 
 WORK_REFUSED = "an API key is required: Authorization: Bearer <key>"
+# A feed token that tries to start work (Guard.START), refused for one of three reasons.
+FEED_TOKEN_OWNER_MISSING = (
+    "a feed token starts tasks only as its owner: name it in the query, ?owner=<owner>"
+)
+FEED_TOKEN_OTHER_OWNER = (
+    "Authorization holds no API key, nor the feed token of {owner!r}: a feed token starts "
+    "tasks only as the owner it was signed for"
+)
+FEED_TOKEN_MAY_NOT_START = (
+    "a feed token may not start tasks here (TASKCAST_FEED_TOKENS_MAY_START is off): "
+    "an API key is required"
+)
 
 
 def watch_refused(what: str) -> str:
@@ -58,6 +75,11 @@ class Guard(enum.Enum):
     # Watch each of several ids, each with its own token (``/sse``): the endpoint refuses
     # each id alone, so one missing token does not close the others.
     WATCH_EACH = "watch_each"
+    # Read the owner the path's {owner} names (its history): its feed token, or an API key.
+    FEED = "feed"
+    # Start work, maybe as an owner (?owner=): what WORK needs; and where
+    # TASKCAST_FEED_TOKENS_MAY_START is on, the feed token of the owner named does too.
+    START = "start"
 
 
 class GuardedRoute(Route):
@@ -80,6 +102,10 @@ class GuardedRoute(Route):
         async def enforcing(request: Request) -> Response:
             if guard is Guard.WORK or guard is Guard.CANCEL:
                 authorize_work(request)
+            if guard is Guard.START:
+                authorize_start(request)
+            if guard is Guard.FEED:
+                require_feed(request, parse_owner(request.path_params["owner"]))
             if guard is Guard.WATCH or guard is Guard.CANCEL:
                 watched_id = parse_task_id(request.path_params[f"{what}_id"], what)
                 require_watch(request, watched_id, what)
@@ -111,6 +137,13 @@ def guarded(
 def authorize_work(request: Request) -> None:
     """Whether the caller may start or cancel work: 403 for a page of another site (CSRF,
     whatever the auth settings), then 401 without an API key where keys are set."""
+    refuse_foreign_page(request)
+    if not app_state(request).auth.may_dispatch(bearer(request.headers.get("authorization"))):
+        raise ApiError(401, "unauthorized", WORK_REFUSED, CHALLENGE)
+
+
+def refuse_foreign_page(request: Request) -> None:
+    """403 for a request from a page of another site (CSRF), whatever the auth settings."""
     state = app_state(request)
     foreign = state.sites.foreign_page(request.headers)
     if foreign is not None:
@@ -121,8 +154,85 @@ def authorize_work(request: Request) -> None:
             f"{foreign}; a page of another site may start or cancel work only when "
             "TASKCAST_ALLOWED_ORIGINS lists its origin",
         )
-    if not state.auth.may_dispatch(bearer(request.headers.get("authorization"))):
+
+
+def authorize_start(request: Request) -> None:
+    """Whether the caller may start work, maybe as the owner ``?owner=`` names: what
+    ``authorize_work`` asks; where keys are set and the caller has none, a feed token
+    for exactly that owner, if TASKCAST_FEED_TOKENS_MAY_START is on (403 naming why
+    when a live token is not enough; 401 for anything else)."""
+    refuse_foreign_page(request)
+    state = app_state(request)
+    credential = bearer(request.headers.get("authorization"))
+    if state.auth.may_dispatch(credential):
+        return
+    # No API key where keys are set. Only a feed token may still do: one that is not
+    # even shaped as a live token is no credential at all (401).
+    if credential is None or not state.auth.tokens_required or not _live_token(credential):
         raise ApiError(401, "unauthorized", WORK_REFUSED, CHALLENGE)
+    owner = request.query_params.get("owner")
+    if owner is None:
+        raise ApiError(403, "forbidden_owner", FEED_TOKEN_OWNER_MISSING)
+    # (A token names no owner: it is checked against the one the query names, exactly,
+    # so user:4's token never starts anything as user:42.)
+    if not is_owner(owner) or not state.auth.may_watch(feed_key(owner), credential, None):
+        raise ApiError(403, "forbidden_owner", FEED_TOKEN_OTHER_OWNER.format(owner=owner[:130]))
+    if not state.settings.feed_tokens_may_start:
+        raise ApiError(403, "forbidden_owner", FEED_TOKEN_MAY_NOT_START)
+
+
+def _live_token(credential: str) -> bool:
+    """Whether ``credential`` has a signed token's shape (``v1.<expiry>.<MAC>``) and an
+    expiry still ahead: a token for something else than was asked (403), as opposed to a
+    wrong or expired credential (401)."""
+    version, _, rest = credential.partition(".")
+    expires, _, mac = rest.partition(".")
+    return (
+        version == TOKEN_VERSION
+        and expires.isascii()
+        and expires.isdigit()
+        and int(expires) > time.time()
+        and bool(mac)
+    )
+
+
+def ownership_of(request: Request) -> Ownership | None:
+    """The owner and tags a dispatch's query gives (``?owner=user:42&tag=a&tag=b``), each
+    checked (422 ``invalid_owner`` saying why); None when it names no owner. They travel
+    in the query, so that a task's own parameters (the JSON body) stay the task's."""
+    given = request.query_params.getlist("owner")
+    tags = request.query_params.getlist("tag")
+    if len(given) > 1:
+        raise ApiError(422, "invalid_owner", f"give one owner, got {len(given)}")
+    if not given:
+        if tags:
+            raise ApiError(422, "invalid_owner", "tags go with an owner: ?owner=<owner>&tag=<tag>")
+        return None
+    try:
+        return Ownership(check_owner(given[0]), check_tags(tags))
+    except OwnerError as exc:
+        raise ApiError(422, "invalid_owner", str(exc)) from None
+
+
+def parse_owner(raw: str) -> str:
+    """An owner from a path, as taskcast takes them, or 422 ``invalid_owner`` before it can
+    become a Redis key."""
+    if not is_owner(raw):
+        shown = raw if len(raw) <= 64 else raw[:64] + "..."
+        raise ApiError(422, "invalid_owner", f"an owner is {OWNER_RULE}, got {shown!r}")
+    return raw
+
+
+def require_feed(request: Request, owner: str) -> None:
+    """401 unless the caller may read ``owner``'s tasks: its feed token (``?token=`` or
+    Bearer), or an API key, when tokens are on. A task's watch token never does: it is
+    bound to a task id, and a feed token to ``feed:`` and the owner, exactly."""
+    auth = app_state(request).auth
+    if not auth.tokens_required:
+        return  # Anyone may, as for reading a task.
+    token = request.query_params.get("token")
+    if not auth.may_watch(feed_key(owner), token, bearer(request.headers.get("authorization"))):
+        raise ApiError(401, "unauthorized", watch_refused("feed"), CHALLENGE)
 
 
 def may_watch(conn: HTTPConnection, watched_id: str, token: str | None) -> bool:

@@ -16,7 +16,7 @@ from kombu.utils.encoding import bytes_to_str
 from redis import Redis
 from redis.commands.core import Script
 
-from taskcast_celery import keys, owners
+from taskcast_celery import keys, owners, webhooks
 from taskcast_celery.keys import TASK_META
 from taskcast_celery.states import (
     FINAL_STATES,
@@ -79,7 +79,8 @@ end
 # KEYS[1]: the record. ARGV: the record's JSON, its TTL (0: none), the key prefix, the
 # owner ('' unknown, '-' none), the state, the task id, whether final ('1'), then for a
 # final: its error and result for the history (JSON), and the seconds history is kept.
-# Returns 0 (not written: already final), 1, or for an owned final {1, its webhook URL}.
+# Returns 0 (not written: already final), 1, or for an owned task's first final its entry's
+# {1, webhook, owner, name, tags} (nil for what it lacks), for its webhook.
 _STORE_LUA = (
     _CLOCK_LUA
     + """
@@ -134,7 +135,8 @@ if ARGV[7] == '1' then
     redis.call('ZADD', done, now, ARGV[6])
     redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. string.format('%d', now - keep * 1000))
     redis.call('EXPIRE', done, keep)
-    return {1, redis.call('HGET', entry, 'webhook')}
+    local found = redis.call('HMGET', entry, 'webhook', 'owner', 'name', 'tags')
+    return {1, found[1], found[2], found[3], found[4]}
 elseif state == 'STARTED' then
     redis.call('HSET', entry, 'state', state, 'started_at', string.format('%d', now_ms()))
 end
@@ -348,7 +350,11 @@ class TaskcastRedisBackend(RedisBackend):
             task_id,
             "1" if final else "",
         ]
-        self.ensure(self._store_script, ([key], [*args, *history]))
+        written = self.ensure(self._store_script, ([key], [*args, *history]))
+        if isinstance(written, list):
+            # An owned task's first final, written by this process alone: its webhook is
+            # queued here, once (taskcast_celery.webhooks).
+            webhooks.task_finished(self.app, task_id, state, written[1:], history[0], history[1])
         return result
 
 

@@ -18,6 +18,9 @@ What it does to the app:
   the service can tell a dead worker's task (stalled) from a slow one.
 * **Cancelled stays cancelled**: a worker that receives a task the service cancelled
   before that worker started (so it never heard the revoke) skips it.
+* **Webhooks**: the task ``taskcast.webhook`` delivers an owned task's final status to
+  its webhook (``taskcast_celery.webhooks``, whose ``TASKCAST_WEBHOOK_*`` settings are read
+  here).
 * ``task_track_started`` (the STARTED state) and the events Flower shows
   (``worker_send_task_events``, ``task_send_sent_event``) are turned on.
 * **A broker failover cancels nothing**: ``worker_cancel_long_running_tasks_on_connection_loss``
@@ -43,7 +46,7 @@ from kombu.utils.url import maybe_sanitize_url
 from pydantic import PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskcast_celery import keys, owners
+from taskcast_celery import keys, owners, webhooks
 from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.heartbeat import Heartbeat
 
@@ -259,6 +262,7 @@ def install(
     else:
         # Any callable will do where Celery expects the class: it is called with app=.
         app.amqp_cls = functools.partial(_amqp_recording_sent, app.amqp_cls)  # type: ignore[assignment]
+    webhooks.register(app)
     _INSTALLED[app] = Installation(app, interval)
     return app
 

@@ -70,7 +70,8 @@ PAGE_HTML = """<!doctype html>
 
 # What the tests call in the page: newClient(options) makes `window.client`, recording
 # its connection states and client-level errors; follow(kind, id, token) subscribes,
-# recording every callback of that subscription in `window.log` as {id, name, value}.
+# recording every callback of that subscription in `window.log` as {id, name, value};
+# followFeed(owner, token) does the same for an owner's feed.
 HARNESS_JS = """
 import * as taskcast from "/static/taskcast.js";
 
@@ -82,7 +83,8 @@ window.unsubscribers = {};
 
 const brief = (error) => ({
   code: error.code, detail: error.detail, status: error.status, retrying: error.retrying,
-  taskId: error.taskId, groupId: error.groupId, isError: error instanceof taskcast.TaskcastError,
+  taskId: error.taskId, groupId: error.groupId, feed: error.feed,
+  isError: error instanceof taskcast.TaskcastError,
 });
 
 window.newClient = (options = {}) => {
@@ -112,6 +114,19 @@ window.follow = (kind, id, token, extra = {}) => {
     ? window.client.subscribeGroup(id, handlers)
     : window.client.subscribe(id, handlers);
   window.unsubscribers[id] = stop;
+};
+
+// Follows an owner's feed, recording its callbacks in `window.log` as {id: owner, name,
+// value}: "snapshot" (the list of statuses), "status", "error".
+window.followFeed = (owner, token, extra = {}) => {
+  const push = (name, value) => window.log.push({ id: owner, name, value });
+  window.unsubscribers[owner] = window.client.subscribeFeed(owner, {
+    token,
+    onSnapshot: (tasks) => push("snapshot", tasks),
+    onStatus: (status) => push("status", status),
+    onError: (error) => push("error", brief(error)),
+    ...extra,
+  });
 };
 
 // Counts of a callback, by name, for the given id (or all).

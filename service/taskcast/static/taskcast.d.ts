@@ -51,6 +51,20 @@ export interface TaskStatus {
   result: unknown;
   /** On FAILURE and REVOKED. */
   error: TaskError | null;
+  /** Whose task it is, when it was started with one (`owned_by`, `?owner=`). */
+  owner?: string;
+  /** The tags it was started with, alongside its owner. */
+  tags?: string[];
+}
+
+/** A `feed` message: an owner's unfinished tasks (and, on a resume, the finals missed). */
+export interface FeedMessage {
+  type: "feed";
+  /** The owner. */
+  feed: string;
+  /** When it was made, on the service's Redis clock (ms): what a resume sends as `since`. */
+  at: number;
+  tasks: TaskStatus[];
 }
 
 /** A group's combined progress. */
@@ -105,6 +119,8 @@ export type ErrorCode =
   | "unavailable"
   | "too_many_connections"
   | "unauthorized"
+  | "invalid_feed"
+  | "invalid_owner"
   | (string & {});
 
 /** An `error` message. */
@@ -114,6 +130,8 @@ export interface ErrorMessage {
   detail: string;
   task_id?: string;
   group_id?: string;
+  /** The owner, for an error about a feed's subscription. */
+  feed?: string;
 }
 
 // -- REST replies ----------------------------------------------------------------------
@@ -153,6 +171,46 @@ export interface ExposedTask {
 /** A task's parameters, as JSON. */
 export type Params = Record<string, unknown>;
 
+/** One task in an owner's history (`GET /feeds/{owner}/tasks`). */
+export interface FeedTask {
+  task_id: string;
+  name: string;
+  state: TaskState;
+  owner: string;
+  tags: string[];
+  /** When it was sent (ms since the epoch). */
+  sent_at: number;
+  [field: string]: unknown;
+}
+
+/** A page of an owner's history, newest first; `next_cursor` null on the last page. */
+export interface FeedTasksPage {
+  tasks: FeedTask[];
+  next_cursor: string | null;
+}
+
+/** The listing's filters and page (as the service takes them), and the credential. */
+export interface FeedTasksOptions {
+  /** The owner's feed token, where the service signs them (an API key wins). */
+  token?: string | null;
+  state?: string;
+  name?: string;
+  tag?: string;
+  /** Only tasks sent since this time (ms since the epoch). */
+  since?: number;
+  limit?: number;
+  cursor?: string;
+}
+
+/** Whose a started task (or group) is: `?owner=` and `?tag=`. */
+export interface SubmitOptions {
+  owner?: string | null;
+  tags?: string[];
+  /** A credential for this call when the client has no API key (a feed token, where
+   * the service lets one start tasks as its owner). */
+  token?: string | null;
+}
+
 // -- the client ------------------------------------------------------------------------
 
 /**
@@ -168,6 +226,7 @@ export declare class TaskcastError extends Error {
       body?: unknown;
       taskId?: string;
       groupId?: string;
+      feed?: string;
       retrying?: boolean;
     },
   );
@@ -182,6 +241,8 @@ export declare class TaskcastError extends Error {
   body: { error: string; detail: string; [field: string]: unknown } | null | undefined;
   taskId: string | undefined;
   groupId: string | undefined;
+  /** The owner, for an error about a feed's subscription. */
+  feed: string | undefined;
   /** True when the client retries by itself and the subscription goes on. */
   retrying: boolean;
 }
@@ -271,6 +332,27 @@ export interface GroupHandlers extends Handlers<GroupStatus> {
   onFailure?: (failures: GroupFailure[], status: GroupStatus) => void;
 }
 
+/** Callbacks of an owner's feed (`subscribeFeed`). A feed never ends by itself. */
+export interface FeedHandlers {
+  /** The owner's feed token (`taskcast.sign_feed_token`), where the service signs them. */
+  token?: string | null;
+  /**
+   * The owner's unfinished tasks: first, and again after every reconnect, when the
+   * list also holds the finals of the tasks that ended while away (those not told yet).
+   */
+  onSnapshot?: (tasks: TaskStatus[]) => void;
+  /**
+   * Every later status of every task of the owner, new tasks included: never the same
+   * twice, nothing after a task's final.
+   */
+  onStatus?: (status: TaskStatus) => void;
+  /**
+   * An error that ends this subscription (`unauthorized`, `invalid_feed`); errors the
+   * client retries by itself go to the client's `onError`.
+   */
+  onError?: (error: TaskcastError) => void;
+}
+
 /** Stops a subscription: none of its callbacks follows. */
 export type Unsubscribe = () => void;
 
@@ -295,10 +377,18 @@ export declare class TaskcastClient {
   subscribe(taskId: string, handlers?: TaskHandlers): Unsubscribe;
   /** Follow a group of tasks as one status until it ends. */
   subscribeGroup(groupId: string, handlers?: GroupHandlers): Unsubscribe;
-  /** `POST /tasks/{name}`. */
-  submit(name: string, params?: Params): Promise<TaskReply>;
+  /** Follow every task of an owner, new ones included (docs/protocol.md, "Feeds"). */
+  subscribeFeed(owner: string, handlers?: FeedHandlers): Unsubscribe;
+  /** `GET /feeds/{owner}/tasks`: an owner's tasks, newest first, one page. */
+  feedTasks(owner: string, options?: FeedTasksOptions): Promise<FeedTasksPage>;
+  /** `POST /tasks/{name}`, as `options.owner` when given (`?owner=`). */
+  submit(name: string, params?: Params, options?: SubmitOptions): Promise<TaskReply>;
   /** `POST /groups/{name}`: one params object per member, or `count` members alike. */
-  submitGroup(name: string, members: Params[] | { count: number; params?: Params }): Promise<GroupReply>;
+  submitGroup(
+    name: string,
+    members: Params[] | { count: number; params?: Params },
+    options?: SubmitOptions,
+  ): Promise<GroupReply>;
   /** `DELETE /tasks/{id}`; rejects with status 409 (`already_final`) when it had ended. */
   cancel(taskId: string, options?: WatchOptions): Promise<TaskReply>;
   /** `DELETE /groups/{id}`; rejects with status 409 when every member had ended. */

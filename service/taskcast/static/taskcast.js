@@ -31,6 +31,11 @@
 // - Where WebSocket handshakes fail twice in a row while the service answers plain
 //   HTTP (a proxy that refuses the upgrade), it follows everything over Server-Sent
 //   Events (/sse) instead, one stream for all, opened again when the list changes.
+// - An owner's feed (subscribeFeed: every task of "user:42", new ones included) is one
+//   more subscription on the same socket; on every reconnect it is subscribed again
+//   with `since`, the time of the last feed message, so the finals of tasks that ended
+//   while away are sent again. Over Server-Sent Events each feed has its own stream
+//   (/sse/feeds/{owner}), which the browser resumes by itself (Last-Event-ID).
 
 /** The protocol version this client speaks (docs/protocol.md, v1). */
 export const PROTOCOL_VERSION = 1;
@@ -78,6 +83,17 @@ const FATAL_CODES = new Set([
 // Refused for now: the same subscribe is sent again later.
 const RETRY_CODES = new Set(["rate_limited", "unavailable"]);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// Owners as the service takes them (taskcast_celery.owners): checked here too, so that
+// a typo is said at once and never becomes a stream that is refused over and over.
+const OWNER = /^[A-Za-z0-9_.:@-]{1,128}$/;
+const OWNER_RULE = "1 to 128 characters of letters, digits and _.:@-";
+// Errors that end a feed's subscription for good.
+const FEED_FATAL_CODES = new Set(["unauthorized", "invalid_feed", "invalid_owner"]);
+// The statuses a feed remembers, to tell none twice: every unfinished task's, and the
+// finals since its last feed message (those a resume may send again). Past this many,
+// the oldest finals are forgotten (a long-lived connection gets no feed message to
+// prune them by); one of those replayed later would be told again.
+const FEED_KEPT = 5_000;
 
 /**
  * An error from the service or the network: a refused REST call (with the HTTP
@@ -90,7 +106,7 @@ export class TaskcastError extends Error {
    *   or `network_error` when the service could not be reached
    * @param {string} detail what was wrong, in words (also the error's `message`)
    * @param {{status?: number, body?: unknown, taskId?: string, groupId?: string,
-   *   retrying?: boolean}} [more]
+   *   feed?: string, retrying?: boolean}} [more]
    */
   constructor(code, detail, more = {}) {
     super(detail);
@@ -103,6 +119,8 @@ export class TaskcastError extends Error {
     this.body = more.body;
     this.taskId = more.taskId;
     this.groupId = more.groupId;
+    /** The owner, for an error about a feed's subscription. */
+    this.feed = more.feed;
     /** True when the client retries by itself (the subscription goes on). */
     this.retrying = Boolean(more.retrying);
   }
@@ -127,6 +145,9 @@ function report(error) {
   else setTimeout(() => { throw error; });
 }
 
+// The field a subscribe or unsubscribe names its subject by.
+const idField = (entry) => (entry.kind === "feed" ? "feed" : `${entry.kind}_id`);
+
 function call(fn, ...args) {
   if (typeof fn !== "function") return;
   try {
@@ -146,6 +167,14 @@ function canonical(message) {
 }
 
 const isNumber = (value) => typeof value === "number" && Number.isFinite(value);
+
+// The query that says whose a started task is: `?owner=user:42&tag=a` (or nothing).
+function ownership({ owner, tags } = {}) {
+  if (owner === undefined || owner === null) return "";
+  const query = new URLSearchParams({ owner: String(owner) });
+  for (const tag of tags || []) query.append("tag", String(tag));
+  return `?${query}`;
+}
 
 // Whether `next` may follow `last` (the last delivered, or null) for the same task or
 // group: never after a final, never the same again.
@@ -186,9 +215,10 @@ export class TaskcastClient {
   #WebSocket;
   #EventSource;
 
-  // Followed ids, one entry each (however many subscribe() calls share it).
+  // Followed ids, one entry each (however many subscribe() calls share it); feeds by owner.
   #tasks = new Map();
   #groups = new Map();
+  #feeds = new Map();
 
   #state = "idle";
   #transport;
@@ -318,13 +348,87 @@ export class TaskcastClient {
   }
 
   /**
-   * Start a task: `POST /tasks/{name}`.
+   * Follow every task of an owner (docs/protocol.md, "Feeds"): `onSnapshot` with its
+   * unfinished tasks, then `onStatus` with every status of every task of it, new tasks
+   * included. A feed never ends; after a reconnect `onSnapshot` comes again, with the
+   * tasks unfinished then and the finals of those that ended while away.
+   * @param {string} owner
+   * @param {import("./taskcast.d.ts").FeedHandlers} [handlers]
+   * @returns {() => void} stops this subscription (no callback of it follows)
+   */
+  subscribeFeed(owner, handlers = {}) {
+    if (this.#state === "closed") throw new Error("TaskcastClient: closed");
+    if (typeof owner !== "string") throw new TypeError("owner must be a string");
+    const listener = { ...handlers, told: false };
+    if (!OWNER.test(owner)) {
+      // Said like the server would, and asynchronously like any answer of it.
+      const shown = owner.length <= 64 ? owner : `${owner.slice(0, 64)}...`;
+      const detail = `feed must be an owner: ${OWNER_RULE}, got ${JSON.stringify(shown)}`;
+      let live = true;
+      queueMicrotask(() => {
+        if (live) call(listener.onError, new TaskcastError("invalid_feed", detail, { feed: owner }));
+      });
+      return () => { live = false; };
+    }
+    let entry = this.#feeds.get(owner);
+    const token = handlers.token ?? null;
+    if (entry === undefined) {
+      entry = {
+        kind: "feed", id: owner, token, listeners: new Set(), retryTimer: null, retries: 0,
+        snapshot: true,
+        // Redis's time (ms) of the last feed message or event: where a resume starts.
+        at: null,
+        // task_id -> the last status told (see FEED_KEPT); whether a snapshot came yet.
+        seen: new Map(), snapshotted: false,
+        // Server-Sent Events: this feed's own stream, and its connect timer.
+        source: null, sourceTimer: null,
+      };
+      this.#feeds.set(owner, entry);
+      entry.listeners.add(listener);
+      if (this.#state === "idle") this.connect();
+      else this.#follow(entry);
+    } else {
+      if (entry.token === null && token !== null) entry.token = token;
+      entry.listeners.add(listener);
+      // Joining a feed under way: its unfinished tasks as last told, at once.
+      queueMicrotask(() => {
+        if (!entry.snapshotted || listener.told || !entry.listeners.has(listener)) return;
+        listener.told = true;
+        call(listener.onSnapshot, [...entry.seen.values()].filter((status) => !status.final));
+      });
+    }
+    return () => this.#unsubscribe(entry, listener);
+  }
+
+  /**
+   * An owner's tasks, newest first, one page: `GET /feeds/{owner}/tasks` (filters and
+   * `cursor` as the service takes them; `token`: the owner's feed token, where the
+   * service signs them, unless the client has an API key).
+   * @param {string} owner
+   * @param {import("./taskcast.d.ts").FeedTasksOptions} [options]
+   * @returns {Promise<import("./taskcast.d.ts").FeedTasksPage>}
+   */
+  feedTasks(owner, options = {}) {
+    const { token, ...filters } = options;
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(filters)) {
+      if (value !== undefined && value !== null) query.set(name, String(value));
+    }
+    const search = query.toString();
+    const path = `feeds/${encodeURIComponent(owner)}/tasks${search ? `?${search}` : ""}`;
+    return this.#request("GET", path, { token });
+  }
+
+  /**
+   * Start a task: `POST /tasks/{name}` (`owner` and `tags`: whose it is, `?owner=`).
    * @param {string} name
    * @param {Record<string, unknown>} [params]
+   * @param {import("./taskcast.d.ts").SubmitOptions} [options]
    * @returns {Promise<import("./taskcast.d.ts").TaskReply>}
    */
-  submit(name, params = {}) {
-    return this.#request("POST", `tasks/${encodeURIComponent(name)}`, { body: params });
+  submit(name, params = {}, options = {}) {
+    const path = `tasks/${encodeURIComponent(name)}${ownership(options)}`;
+    return this.#request("POST", path, { body: params, token: options.token });
   }
 
   /**
@@ -332,11 +436,13 @@ export class TaskcastClient {
    * array), or `{count, params}` for `count` members alike.
    * @param {string} name
    * @param {Array<Record<string, unknown>> | {count: number, params?: Record<string, unknown>}} members
+   * @param {import("./taskcast.d.ts").SubmitOptions} [options]
    * @returns {Promise<import("./taskcast.d.ts").GroupReply>}
    */
-  submitGroup(name, members) {
+  submitGroup(name, members, options = {}) {
     const body = Array.isArray(members) ? { tasks: members } : members;
-    return this.#request("POST", `groups/${encodeURIComponent(name)}`, { body });
+    const path = `groups/${encodeURIComponent(name)}${ownership(options)}`;
+    return this.#request("POST", path, { body, token: options.token });
   }
 
   /**
@@ -405,8 +511,10 @@ export class TaskcastClient {
     this.#retryTimer = null;
     if (this.#stopWaking) this.#stopWaking();
     for (const entry of this.#entries()) clearTimeout(entry.retryTimer);
+    for (const entry of this.#feeds.values()) this.#closeFeedStream(entry);
     this.#tasks.clear();
     this.#groups.clear();
+    this.#feeds.clear();
     this.#waiting = [];
     this.#dropSocket(CLOSE_NORMAL);
     this.#dropStream();
@@ -467,28 +575,34 @@ export class TaskcastClient {
 
   #unsubscribe(entry, listener) {
     if (!entry.listeners.delete(listener) || entry.listeners.size > 0) return;
-    const entries = entry.kind === "task" ? this.#tasks : this.#groups;
-    if (entries.get(entry.id) !== entry) return; // ended already
+    if (this.#mapOf(entry).get(entry.id) !== entry) return; // ended already
     this.#forget(entry);
     if (this.#socket !== null && this.#socket.readyState === 1) {
-      this.#send({ op: "unsubscribe", [`${entry.kind}_id`]: entry.id });
+      this.#send({ op: "unsubscribe", [idField(entry)]: entry.id });
     } else if (this.#streamKeys.has(this.#key(entry))) {
       this.#streamChanged();
     }
   }
 
+  #mapOf(entry) {
+    if (entry.kind === "feed") return this.#feeds;
+    return entry.kind === "task" ? this.#tasks : this.#groups;
+  }
+
   // No callback of the entry follows, and it no longer holds a slot.
   #forget(entry) {
-    const entries = entry.kind === "task" ? this.#tasks : this.#groups;
-    entries.delete(entry.id);
+    this.#mapOf(entry).delete(entry.id);
     clearTimeout(entry.retryTimer);
     entry.retryTimer = null;
     this.#waiting = this.#waiting.filter((waiting) => waiting !== entry);
+    if (entry.kind === "feed") this.#closeFeedStream(entry);
   }
 
+  // Every subscription: tasks, groups and feeds.
   * #entries() {
     yield* this.#tasks.values();
     yield* this.#groups.values();
+    yield* this.#feeds.values();
   }
 
   #key = (entry) => `${entry.kind}:${entry.id}`;
@@ -496,16 +610,26 @@ export class TaskcastClient {
   // A new entry, or one to send again: over whichever transport is up.
   #follow(entry) {
     if (this.#transport === "websocket") this.#sendSubscribe(entry);
+    else if (entry.kind === "feed") this.#openFeedStream(entry);
     else if (!this.#streamKeys.has(this.#key(entry))) this.#streamChanged();
   }
 
   // -- messages (both transports) --------------------------------------------------
 
-  #onMessage(message) {
+  // `fromSocket`: a /ws frame, which serves feeds too (an event stream of /sse serves
+  // no feed: each has a stream of its own).
+  #onMessage(message, fromSocket = false) {
     if (message === null || typeof message !== "object") return;
     switch (message.type) {
       case "status":
+        // One frame for a task both followed and in a followed feed: told to both.
         this.#deliver(this.#tasks.get(message.task_id), message);
+        if (fromSocket && typeof message.owner === "string") {
+          this.#deliverFeedStatus(this.#feeds.get(message.owner), message);
+        }
+        break;
+      case "feed":
+        if (fromSocket) this.#deliverFeed(this.#feeds.get(message.feed), message);
         break;
       case "group":
         this.#deliver(this.#groups.get(message.group_id), message);
@@ -577,15 +701,18 @@ export class TaskcastClient {
     const detail = String(message.detail ?? code);
     const taskId = typeof message.task_id === "string" ? message.task_id : undefined;
     const groupId = typeof message.group_id === "string" ? message.group_id : undefined;
-    const entry = groupId !== undefined ? this.#groups.get(groupId)
-      : taskId !== undefined ? this.#tasks.get(taskId) : undefined;
-    if (entry !== undefined && FATAL_CODES.has(code)) {
+    const feed = typeof message.feed === "string" ? message.feed : undefined;
+    const entry = feed !== undefined ? this.#feeds.get(feed)
+      : groupId !== undefined ? this.#groups.get(groupId)
+        : taskId !== undefined ? this.#tasks.get(taskId) : undefined;
+    const fatal = entry !== undefined && entry.kind === "feed" ? FEED_FATAL_CODES : FATAL_CODES;
+    if (entry !== undefined && fatal.has(code)) {
       this.#fail(entry, message);
       return;
     }
     const retrying = entry !== undefined
       && (RETRY_CODES.has(code) || code === "too_many_subscriptions");
-    call(this.#onError, new TaskcastError(code, detail, { taskId, groupId, retrying }));
+    call(this.#onError, new TaskcastError(code, detail, { taskId, groupId, feed, retrying }));
     if (!retrying) return;
     if (code === "too_many_subscriptions") {
       // Sent again when one of this socket's subscriptions ends.
@@ -599,7 +726,7 @@ export class TaskcastClient {
   #fail(entry, message) {
     this.#forget(entry);
     const error = new TaskcastError(message.code, String(message.detail ?? message.code), {
-      taskId: message.task_id, groupId: message.group_id,
+      taskId: message.task_id, groupId: message.group_id, feed: message.feed,
     });
     for (const listener of [...entry.listeners]) {
       call(listener.onError, error);
@@ -626,8 +753,179 @@ export class TaskcastClient {
     entry.retryTimer = setTimeout(() => {
       entry.retryTimer = null;
       if (this.#transport === "websocket") this.#sendSubscribe(entry);
+      else if (entry.kind === "feed") this.#openFeedStream(entry);
       else this.#streamChanged();
     }, delay);
+  }
+
+  // -- feeds (both transports) -----------------------------------------------------
+
+  // A feed message: the owner's unfinished tasks now, and after a resume the finals of
+  // those that ended since. What this subscription was already told of a task is not
+  // told again (a final, or a status behind the last one told); the rest is the
+  // snapshot. What the next resume cannot send again is forgotten.
+  #deliverFeed(entry, message) {
+    if (entry === undefined || !Array.isArray(message.tasks)) return;
+    if (Number.isInteger(message.at)) entry.at = message.at;
+    entry.snapshot = false;
+    const tasks = [];
+    const listed = new Map();
+    for (const status of message.tasks) {
+      if (status === null || typeof status !== "object" || typeof status.task_id !== "string") {
+        continue;
+      }
+      const last = entry.seen.get(status.task_id) ?? null;
+      if (last !== null && last.final) {
+        listed.set(status.task_id, last); // replayed: told already
+        continue;
+      }
+      // A snapshot read by a process that lags may be behind what was told: the newer stays.
+      const current = last !== null && behind(last, status) ? last : status;
+      listed.set(status.task_id, current);
+      tasks.push(current);
+    }
+    // The next resume starts at this message's time or later: a task not listed now is
+    // neither unfinished nor a final it could send again.
+    entry.seen = listed;
+    entry.snapshotted = true;
+    entry.retries = 0;
+    for (const listener of [...entry.listeners]) {
+      if (!entry.listeners.has(listener)) continue; // unsubscribed by a callback
+      listener.told = true;
+      call(listener.onSnapshot, tasks);
+    }
+  }
+
+  // One status of a task of the owner's: told unless it is the same again, or after the
+  // task's final.
+  #deliverFeedStatus(entry, status) {
+    if (entry === undefined || !entry.snapshotted || typeof status.task_id !== "string") return;
+    const last = entry.seen.get(status.task_id) ?? null;
+    if (!follows(last, status)) return;
+    // Moved to the end: the oldest are the first forgotten.
+    entry.seen.delete(status.task_id);
+    entry.seen.set(status.task_id, status);
+    if (entry.seen.size > FEED_KEPT) {
+      for (const [taskId, kept] of entry.seen) {
+        if (entry.seen.size <= FEED_KEPT) break;
+        if (kept.final) entry.seen.delete(taskId);
+      }
+    }
+    for (const listener of [...entry.listeners]) {
+      if (!entry.listeners.has(listener)) continue;
+      listener.told = true;
+      call(listener.onStatus, status);
+    }
+  }
+
+  // Over Server-Sent Events: the feed's own stream, which the browser keeps open and
+  // resumes by itself (sending the last event's id back); opened again here only after
+  // a refusal, a failed start, or a switch of transport.
+  #openFeedStream(entry) {
+    if (entry.source !== null || this.#state === "closed" || this.#feeds.get(entry.id) !== entry) {
+      return;
+    }
+    const query = new URLSearchParams();
+    if (entry.token) query.set("token", entry.token);
+    if (entry.at !== null) query.set("last_event_id", String(entry.at));
+    const search = query.toString();
+    const url = `${new URL(`sse/feeds/${encodeURIComponent(entry.id)}`, this.#base).href}`
+      + (search ? `?${search}` : "");
+    let source;
+    try {
+      source = new this.#EventSource(url);
+    } catch (error) {
+      this.#refused(error);
+      this.#feedStreamLost(entry, null);
+      return;
+    }
+    entry.source = source;
+    entry.snapshot = true;
+    entry.sourceTimer = setTimeout(() => {
+      if (entry.source === source && source.readyState !== 1) this.#feedStreamLost(entry, null);
+    }, CONNECT_TIMEOUT_MS);
+    const onEvent = (event, deliver) => {
+      if (entry.source !== source) return;
+      // The event's time on Redis's clock: where the next resume starts.
+      if (/^[0-9]{1,15}$/.test(event.lastEventId)) entry.at = Number(event.lastEventId);
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      deliver(message);
+    };
+    source.addEventListener("open", () => {
+      if (entry.source === source) clearTimeout(entry.sourceTimer);
+    });
+    source.addEventListener("feed", (event) => onEvent(event, (m) => this.#deliverFeed(entry, m)));
+    source.addEventListener("status", (event) => {
+      onEvent(event, (m) => this.#deliverFeedStatus(entry, m));
+    });
+    source.addEventListener("error", () => {
+      // A browser retries a dropped stream by itself (readyState CONNECTING), but not
+      // one that was refused (any answer but 200: CLOSED). This client takes over then.
+      if (entry.source === source && source.readyState === 2) this.#feedStreamLost(entry, url);
+    });
+  }
+
+  #closeFeedStream(entry) {
+    clearTimeout(entry.sourceTimer);
+    entry.sourceTimer = null;
+    if (entry.source !== null) entry.source.close();
+    entry.source = null;
+  }
+
+  // The feed's stream failed (`refusedUrl`: it was answered with an error, which is
+  // asked for): a refusal that asking again would not change ends the subscription;
+  // anything else is tried again after the backoff (at least the server's Retry-After).
+  async #feedStreamLost(entry, refusedUrl) {
+    this.#closeFeedStream(entry);
+    let waitMs = 0;
+    if (refusedUrl !== null) {
+      waitMs = await this.#whyFeedRefused(entry, refusedUrl);
+      if (waitMs === null) return; // ended
+    }
+    if (this.#feeds.get(entry.id) !== entry || this.#transport !== "sse") return;
+    if (this.#state === "closed" || entry.source !== null) return;
+    clearTimeout(entry.retryTimer);
+    const delay = Math.max(waitMs, backoffDelay(entry.retries));
+    entry.retries += 1;
+    entry.retryTimer = setTimeout(() => {
+      entry.retryTimer = null;
+      if (this.#transport === "sse") this.#openFeedStream(entry);
+    }, delay);
+  }
+
+  // The same request by fetch, which can read the answer: 401 and 422 end the feed's
+  // subscription (null); else how long to wait at least, in ms.
+  async #whyFeedRefused(entry, url) {
+    const controller = new AbortController();
+    let response;
+    try {
+      response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: controller.signal });
+    } catch {
+      return 0;
+    }
+    if (response.ok) {
+      controller.abort(); // a stream after all: it failed in passing
+      return 0;
+    }
+    const body = await response.json().catch(() => null);
+    const code = (body && body.error) || `http_${response.status}`;
+    const detail = (body && body.detail) || `HTTP ${response.status}`;
+    if (response.status === 401 || response.status === 422) {
+      if (this.#feeds.get(entry.id) === entry) {
+        this.#fail(entry, { type: "error", code, detail, feed: entry.id });
+      }
+      return null;
+    }
+    call(this.#onError, new TaskcastError(code, detail, {
+      status: response.status, body, feed: entry.id, retrying: true,
+    }));
+    const seconds = Number(response.headers.get("Retry-After"));
+    return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 0;
   }
 
   // -- the connection --------------------------------------------------------------
@@ -642,8 +940,15 @@ export class TaskcastClient {
     this.#retryTimer = null;
     if (this.#state === "closed") return;
     this.#setState("connecting");
-    if (this.#transport === "sse") this.#openStream();
-    else this.#openSocket();
+    if (this.#transport === "sse") {
+      this.#openStream();
+      // Each feed on a stream of its own (those still open resume by themselves).
+      for (const entry of this.#feeds.values()) this.#openFeedStream(entry);
+    } else {
+      // Back to the WebSocket: feeds are subscribed on it once it opens.
+      for (const entry of this.#feeds.values()) this.#closeFeedStream(entry);
+      this.#openSocket();
+    }
   }
 
   // Wait (at least `atLeastMs`: a server's Retry-After), then open again.
@@ -710,7 +1015,7 @@ export class TaskcastClient {
       } catch {
         return;
       }
-      this.#onMessage(message);
+      this.#onMessage(message, true);
     });
     // "error" is always followed by "close": one place decides what happens next.
     ws.addEventListener("close", (event) => {
@@ -759,8 +1064,10 @@ export class TaskcastClient {
 
   #sendSubscribe(entry) {
     entry.snapshot = true;
-    const frame = { op: "subscribe", [`${entry.kind}_id`]: entry.id };
+    const frame = { op: "subscribe", [idField(entry)]: entry.id };
     if (entry.token) frame.token = entry.token;
+    // A feed resumed: the finals of its tasks that ended since are sent again.
+    if (entry.kind === "feed" && entry.at !== null) frame.since = entry.at;
     this.#send(frame);
   }
 
@@ -814,14 +1121,16 @@ export class TaskcastClient {
 
   // -- Server-Sent Events ----------------------------------------------------------
 
-  // What one stream follows: every entry, up to the stream's limit (the rest join as
-  // those end).
+  // What one stream follows: every task and group, up to the stream's limit (the rest
+  // join as those end). Feeds have streams of their own.
   #streamEntries() {
-    return [...this.#entries()].slice(0, this.#maxSubscriptions);
+    return [...this.#tasks.values(), ...this.#groups.values()].slice(0, this.#maxSubscriptions);
   }
 
   #waitingForStream() {
-    for (const entry of this.#entries()) if (!this.#streamKeys.has(this.#key(entry))) return true;
+    for (const entry of this.#entries()) {
+      if (entry.kind !== "feed" && !this.#streamKeys.has(this.#key(entry))) return true;
+    }
     return false;
   }
 

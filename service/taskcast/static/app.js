@@ -18,6 +18,15 @@ const LIST_RETRY_MS = 5000;
 const MAX_LISTED_MEMBERS = 10000;
 // The order of a group's per-state counts: finished first, then under way, then queued.
 const STATE_ORDER = ["SUCCESS", "FAILURE", "REVOKED", "PROGRESS", "STARTED", "RETRY", "SENT"];
+// The page's owner: whose the tasks it starts are, and whose "My tasks" shows. Kept in
+// local storage (every tab of this browser shares it); `?owner=` in the address sets it,
+// so that another browser can be given the same one.
+const OWNER_STORAGE = "taskcast.owner";
+// Owners as the service takes them (taskcast_celery.owners).
+const OWNER = /^[A-Za-z0-9_.:@-]{1,128}$/;
+// A task of the owner's seen live before the history lists it (started elsewhere): the
+// history is read again this long after, for its name and start time, once for many.
+const LIST_AGAIN_MS = 300;
 
 // task_id -> {id, name, params, token, status, unknown, denied, el}; token: the watch
 // token from the dispatch reply, when the service signs them (TASKCAST_SECRET).
@@ -26,6 +35,7 @@ const tasks = new Map();
 // error, el}; status: the last group message.
 const groups = new Map();
 let apiKey = readStored(API_KEY_STORAGE);
+let owner = startingOwner();
 // True while rows saved by an earlier visit are put back (they are not scrolled to).
 let restoring = false;
 
@@ -674,9 +684,10 @@ async function onGroupSubmit(event) {
     showFormError(form, err.message);
     return;
   }
-  await post(form, () => client.submitGroup(name, members), (reply) => {
+  await post(form, () => client.submitGroup(name, members, { owner }), (reply) => {
     const size = Array.isArray(members) ? members.length : members.count;
     addGroup(reply.group_id, name, size, about, reply.token);
+    for (const taskId of reply.task_ids || []) nameMine(taskId, name);
   });
 }
 
@@ -718,9 +729,10 @@ async function onSubmit(event) {
     showFormError(form, err.message);
     return;
   }
-  await post(form, () => client.submit(name, params), (reply) =>
-    addTask(reply.task_id, name, params, reply.token),
-  );
+  await post(form, () => client.submit(name, params, { owner }), (reply) => {
+    addTask(reply.task_id, name, params, reply.token);
+    nameMine(reply.task_id, name);
+  });
 }
 
 // -- remembered across reloads ---------------------------------------------------
@@ -821,6 +833,200 @@ function clearFinished() {
   save();
 }
 
+// -- My tasks: every task of the page's owner, live ------------------------------
+
+// task_id -> {id, name, sentAt, status, live, el}: `status` the newest known (the
+// history's entry until the feed tells one: then `live`, and the history's word no
+// longer counts, being older).
+const mine = new Map();
+const mineList = $("#mine-list");
+let stopFeed = null;
+let listAgainTimer = null;
+// Bumped on every change of owner: answers about an earlier owner are dropped.
+let ownerGeneration = 0;
+
+function readLocal(name) {
+  try {
+    return localStorage.getItem(name) || null;
+  } catch {
+    return null;
+  }
+}
+
+function keepOwner(value) {
+  try {
+    localStorage.setItem(OWNER_STORAGE, value);
+  } catch {
+    // Storage disabled: the owner lasts until the page is reloaded.
+  }
+}
+
+// `?owner=` in the address, else the one this browser kept, else a new one.
+function startingOwner() {
+  const asked = new URLSearchParams(location.search).get("owner");
+  const kept = readLocal(OWNER_STORAGE);
+  const chosen = [asked, kept].find((value) => value && OWNER.test(value));
+  // (getRandomValues, not randomUUID: the page may be served over plain HTTP on a LAN.)
+  const random = [...crypto.getRandomValues(new Uint8Array(4))]
+    .map((byte) => byte.toString(16).padStart(2, "0"))
+    .join("");
+  const value = chosen || `demo:${random}`;
+  keepOwner(value);
+  return value;
+}
+
+function setMineStatus(text) {
+  $("#mine-status").textContent = text;
+}
+
+function showMineCount() {
+  const count = mine.size;
+  const running = [...mine.values()].filter((item) => !(item.status && item.status.final)).length;
+  setMineStatus(count === 0
+    ? `No tasks of ${owner} yet.`
+    : `${count} task${count === 1 ? "" : "s"} of ${owner}, ${running} unfinished.`);
+}
+
+// One row per task; made when first heard of (from the history or the feed).
+function mineItem(taskId) {
+  let item = mine.get(taskId);
+  if (item !== undefined) return item;
+  const el = $("#mine-template").content.firstElementChild.cloneNode(true);
+  el.dataset.taskId = taskId;
+  const shortId = $(".mine-id", el);
+  shortId.textContent = taskId.slice(0, 8);
+  shortId.title = taskId;
+  item = { id: taskId, name: null, sentAt: null, status: null, live: false, el };
+  mine.set(taskId, item);
+  return item;
+}
+
+function drawMine(item) {
+  const { el, status } = item;
+  const state = status ? status.state : "…";
+  el.dataset.state = state;
+  $(".mine-state", el).textContent = state;
+  $(".mine-name", el).textContent = item.name || "task";
+  const progress = status && status.progress;
+  const percent = progress && typeof progress.percent === "number" ? progress.percent : null;
+  $(".mine-percent", el).textContent =
+    percent !== null && !status.final ? `${Math.floor(percent)}%` : "";
+}
+
+// Newest first: by the time each was sent; those not listed yet (just started,
+// somewhere) on top, newest of them first.
+function orderMine() {
+  const items = [...mine.values()];
+  const unlisted = items.filter((item) => item.sentAt === null).reverse();
+  const listed = items.filter((item) => item.sentAt !== null).sort((a, b) => b.sentAt - a.sentAt);
+  const wanted = [...unlisted, ...listed].map((item) => item.el);
+  const current = [...mineList.children];
+  if (wanted.length !== current.length || wanted.some((el, i) => el !== current[i])) {
+    mineList.replaceChildren(...wanted);
+  }
+  showMineCount();
+}
+
+// A status from the feed: the task's newest word (the client tells none twice, nor one
+// after a task's final).
+function mineStatus(status) {
+  const item = mineItem(status.task_id);
+  item.status = status;
+  item.live = true;
+  drawMine(item);
+  if (item.sentAt === null) listMineSoon();
+}
+
+// A task started on this page: its name is known before the history lists it.
+function nameMine(taskId, name) {
+  const item = mineItem(taskId);
+  if (item.name === null) item.name = name;
+  drawMine(item);
+  orderMine();
+}
+
+// The owner's history, first page: what survives a reload, and the names of tasks the
+// feed told of first.
+async function listMine() {
+  const generation = ownerGeneration;
+  let page;
+  try {
+    page = await client.feedTasks(owner);
+  } catch (error) {
+    if (generation !== ownerGeneration) return;
+    const why = error instanceof TaskcastError ? error.detail : String(error);
+    setMineStatus(`Could not list the tasks of ${owner}: ${why}`);
+    return;
+  }
+  if (generation !== ownerGeneration || !page || !Array.isArray(page.tasks)) return;
+  for (const entry of page.tasks) {
+    if (!entry || typeof entry.task_id !== "string") continue;
+    const item = mineItem(entry.task_id);
+    if (typeof entry.name === "string") item.name = entry.name;
+    if (typeof entry.sent_at === "number") item.sentAt = entry.sent_at;
+    // The feed's word is newer than the history's, once there is one.
+    if (!item.live) item.status = { ...entry, final: isFinalState(entry.state) };
+    drawMine(item);
+  }
+  orderMine();
+}
+
+const isFinalState = (state) => ["SUCCESS", "FAILURE", "REVOKED"].includes(state);
+
+function listMineSoon() {
+  if (listAgainTimer !== null) return;
+  listAgainTimer = setTimeout(() => {
+    listAgainTimer = null;
+    listMine();
+  }, LIST_AGAIN_MS);
+}
+
+// Follow the owner's feed and read its history; again from scratch for another owner.
+function followOwner() {
+  ownerGeneration += 1;
+  if (stopFeed) stopFeed();
+  clearTimeout(listAgainTimer);
+  listAgainTimer = null;
+  mine.clear();
+  mineList.replaceChildren();
+  $("#owner-form input").value = owner;
+  setMineStatus(`Reading the tasks of ${owner}…`);
+  stopFeed = client.subscribeFeed(owner, {
+    onSnapshot: (statuses) => {
+      for (const status of statuses) mineStatus(status);
+      orderMine();
+    },
+    onStatus: (status) => {
+      mineStatus(status);
+      orderMine();
+    },
+    onError: (error) => {
+      // Where the service signs feeds, following one needs the owner's feed token,
+      // which only the app that knows its users can hand out: the history still lists.
+      setMineStatus(`Not live: ${error.detail}`);
+    },
+  });
+  listMine();
+}
+
+$("#owner-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  changeOwner();
+});
+$("#owner-form input").addEventListener("change", changeOwner);
+
+function changeOwner() {
+  const value = $("#owner-form input").value.trim();
+  if (value === owner) return;
+  if (!OWNER.test(value)) {
+    setMineStatus("An owner is 1 to 128 characters of letters, digits and _.:@-");
+    return;
+  }
+  owner = value;
+  keepOwner(owner);
+  followOwner();
+}
+
 groupForm.addEventListener("submit", onGroupSubmit);
 $("select[name=task]", groupForm).addEventListener("change", () => showGroupFields(groupForm));
 loadTasks();
@@ -830,3 +1036,4 @@ restore();
 save();
 // Live from the start, tasks or not: the badge says so.
 client.connect();
+followOwner();

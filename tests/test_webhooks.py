@@ -92,7 +92,7 @@ def started(worker: WorkerProcess, app: Celery) -> WorkerProcess:
 def hooks(redis_client: redis.Redis) -> Iterator[Hooks]:
     queue = f"test-webhooks-{uuid.uuid4().hex[:8]}"
     receiver = WebhookReceiver().start()
-    down_ports = [free_port(), free_port()]
+    down_ports = [free_port() for _ in range(3)]
     configured_owner = owner()
     allowed = ",".join(f"127.0.0.1:{port}" for port in (receiver.port, *down_ports))
     worker_env = {
@@ -113,8 +113,8 @@ def hooks(redis_client: redis.Redis) -> Iterator[Hooks]:
         try:
             yield setup
         finally:
-            if setup.running is not None:
-                setup.running.stop()
+            # The module's worker, or the one that replaced it.
+            setup.running.stop()
             receiver.stop()
             app.close()
 
@@ -208,6 +208,21 @@ async def test_a_receiver_down_for_ten_seconds_gets_the_final_afterwards(hooks: 
     assert stamps == sorted(stamps)
     for request in requests:
         assert verified(request)["data"]["task_id"] == task_id
+
+
+async def test_a_delivery_gives_up_after_its_retry_seconds(hooks: Hooks) -> None:
+    # A delivery as taskcast queues one, but whose first attempt was (it says) a day less
+    # 1.5 s ago: the worker's TASKCAST_WEBHOOK_RETRY_SECONDS (a day) ends 1.5 s from now.
+    message_id = webhook_id(str(uuid.uuid4()))
+    url = f"https://127.0.0.1:{hooks.down_ports[2]}/never"
+    first_attempt = time.time() - 86_400 + 1.5
+    hooks.app.send_task("taskcast.webhook", args=[message_id, url, "{}", first_attempt])
+    (given_up,) = await eventually(lambda: logged(hooks.logfile, message_id, "given up"), bool)
+    assert "ERROR" in given_up[1] and "no connection" in given_up[1]
+    # Tried again meanwhile (the last wait cut short to end at the deadline), then no more.
+    failures = logged(hooks.logfile, message_id, "failed")
+    assert len(failures) >= 2 and all(at <= given_up[0] for at, _ in failures)
+    assert given_up[0] >= first_attempt + 86_400 - 0.1
 
 
 async def test_a_delivery_survives_its_worker_killed_outright(

@@ -7,7 +7,9 @@ async for status in watch("http://127.0.0.1:8000", task_id):
 ```
 
 ``submit_group``, ``get_group`` and ``watch_group`` do the same for a group (a batch of
-tasks started together, followed as one status object).
+tasks started together, followed as one status object). ``submit(..., owner=...)`` starts
+a task of an owner; ``get_history`` lists an owner's tasks and ``watch_feed`` follows them
+all live.
 
 Where the service has auth on (docs/security.md), ``submit`` and ``submit_group`` take an
 ``api_key`` and return the watch ``token``, which ``get_status`` and ``watch`` (or
@@ -26,7 +28,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -85,7 +87,17 @@ class UnknownTaskName(TaskcastError):
 
 class InvalidParams(TaskcastError):
     """``submit`` or ``submit_group`` gave parameters the task refuses, or a group request
-    the service refuses (HTTP 400, 413 or 422)."""
+    the service refuses (HTTP 400, 413 or 422); or ``get_history`` a query it refuses."""
+
+
+class InvalidOwner(TaskcastError):
+    """An owner or tag the service does not take (HTTP 422 ``invalid_owner``, WebSocket
+    ``invalid_feed``): 1 to 128 characters of letters, digits and ``_.:@-``."""
+
+
+class Forbidden(TaskcastError):
+    """Credentials the service understood but that do not allow the call (HTTP 403): a
+    feed token starting a task as another owner, or where feed tokens may not start any."""
 
 
 class AlreadyEnded(TaskcastError):
@@ -169,7 +181,13 @@ _TASK = _Subject("task", "status", TaskNotFound, InvalidTaskId)
 _GROUP = _Subject("group", "group", GroupNotFound, InvalidGroupId)
 _SUBMIT_REFUSALS: _Refusals = {
     (404, "unknown_task_name"): UnknownTaskName,
+    (422, "invalid_owner"): InvalidOwner,
+    (403, "forbidden_owner"): Forbidden,
     **dict.fromkeys([(400, None), (413, None), (422, None)], InvalidParams),
+}
+_HISTORY_REFUSALS: _Refusals = {
+    (422, "invalid_owner"): InvalidOwner,
+    (422, None): InvalidParams,
 }
 
 
@@ -184,12 +202,17 @@ async def _call(
     refusals: _Refusals,
     body: object = None,
     credential: str | None = None,
+    query: list[tuple[str, str]] | None = None,
 ) -> Any:
     """The JSON body of the ``expected`` answer; anything else raised as a TaskcastError."""
     try:
         async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as http:
             response = await http.request(
-                method, url, json=body, headers=_authorization(credential)
+                method,
+                url,
+                json=body,
+                headers=_authorization(credential),
+                params=tuple(query or ()),
             )
     except httpx.TimeoutException:
         raise ServiceUnavailable(f"{url} did not answer within {_HTTP_TIMEOUT:g} s") from None
@@ -259,19 +282,46 @@ async def list_tasks(base_url: str) -> list[dict[str, Any]]:
     return tasks
 
 
+def _owned(owner: str | None, tags: Sequence[str]) -> list[tuple[str, str]]:
+    """A dispatch's owner and tags, as the query carries them (``?owner=&tag=&tag=``)."""
+    if owner is None:
+        if tags:
+            raise InvalidOwner("tags go with an owner: give owner= too")
+        return []
+    if isinstance(tags, str):
+        raise InvalidOwner("tags is a list of tags, not one string")
+    return [("owner", owner), *(("tag", tag) for tag in tags)]
+
+
 async def submit(
-    base_url: str, name: str, params: dict[str, Any], *, api_key: str | None = None
-) -> dict[str, str]:
+    base_url: str,
+    name: str,
+    params: dict[str, Any],
+    *,
+    api_key: str | None = None,
+    owner: str | None = None,
+    tags: Sequence[str] = (),
+    token: str | None = None,
+) -> dict[str, Any]:
     """Start task ``name`` with ``params`` (``POST /tasks/{name}``), with ``api_key``
-    where the service wants one.
+    where the service wants one; as ``owner``'s task with ``tags`` when given (with an
+    API key, or where the service has none; or with ``token``, the owner's feed token,
+    where the service lets feed tokens start tasks).
 
     Returns ``{"task_id", "status_url", "ws_url"}``, plus ``"token"`` (the task's watch
-    token) when the service signs them. Raises UnknownTaskName, InvalidParams (with the
-    service's explanation), Unauthorized, ServiceUnavailable (also when the service
-    cannot reach its broker), or TaskcastError for an answer that is not taskcast's.
+    token) when the service signs them, and ``"owner"`` and ``"tags"`` when given.
+    Raises UnknownTaskName, InvalidParams (with the service's explanation), InvalidOwner,
+    Unauthorized, Forbidden, ServiceUnavailable (also when the service cannot reach its
+    broker), or TaskcastError for an answer that is not taskcast's.
     """
-    links: dict[str, str] = await _call(
-        "POST", _TASK.url(base_url, name), 202, _SUBMIT_REFUSALS, params, credential=api_key
+    links: dict[str, Any] = await _call(
+        "POST",
+        _TASK.url(base_url, name),
+        202,
+        _SUBMIT_REFUSALS,
+        params,
+        credential=api_key or token,
+        query=_owned(owner, tags),
     )
     return links
 
@@ -284,10 +334,14 @@ async def submit_group(
     params: dict[str, Any] | None = None,
     tasks: list[dict[str, Any]] | None = None,
     api_key: str | None = None,
+    owner: str | None = None,
+    tags: Sequence[str] = (),
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Start a group of task ``name`` (``POST /groups/{name}``): ``count`` members that
     all take ``params`` (the task's defaults without), or one member per parameter object
-    in ``tasks``; with ``api_key`` where the service wants one.
+    in ``tasks``; with ``api_key`` where the service wants one; every member ``owner``'s,
+    with ``tags``, when given (as for ``submit``, ``token`` being the owner's feed token).
 
     Returns ``{"group_id", "task_ids", "status_url", "ws_url"}``, plus ``"token"`` (the
     group's watch token) when the service signs them. Raises UnknownTaskName,
@@ -299,9 +353,58 @@ async def submit_group(
     given = {"count": count, "params": params, "tasks": tasks}
     body = {key: value for key, value in given.items() if value is not None}
     reply: dict[str, Any] = await _call(
-        "POST", _GROUP.url(base_url, name), 202, _SUBMIT_REFUSALS, body, credential=api_key
+        "POST",
+        _GROUP.url(base_url, name),
+        202,
+        _SUBMIT_REFUSALS,
+        body,
+        credential=api_key or token,
+        query=_owned(owner, tags),
     )
     return reply
+
+
+async def get_history(
+    base_url: str,
+    owner: str,
+    *,
+    state: str | None = None,
+    name: str | None = None,
+    tag: str | None = None,
+    since: int | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    token: str | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """A page of ``owner``'s tasks, newest first (``GET /feeds/{owner}/tasks``):
+    ``{"tasks": [...], "next_cursor": ...}``. Each task has ``task_id``, ``name``,
+    ``state``, ``final``, ``owner``, ``tags``, ``sent_at``, ``started_at``,
+    ``finished_at`` (Unix ms), ``error`` and ``result`` (cut to 2 KiB). Only those in
+    ``state``, of ``name``, with ``tag``, sent at ``since`` (Unix ms) or later; at most
+    ``limit`` (1 to 200, 50 by default); from ``cursor``, the ``next_cursor`` of the page
+    before (None when nothing older is listed; a page may be short and have one).
+
+    Read with the owner's feed ``token`` or an ``api_key`` where the service signs tokens.
+    Raises InvalidOwner, InvalidParams (a query the service refuses), Unauthorized,
+    ServiceUnavailable, or TaskcastError for an answer that is not taskcast's.
+    """
+    given = {
+        "state": state,
+        "name": name,
+        "tag": tag,
+        "since": since,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    query = [(key, str(value)) for key, value in given.items() if value is not None]
+    url = f"{_base(base_url)}/feeds/{_segment(owner)}/tasks"
+    page: dict[str, Any] = await _call(
+        "GET", url, 200, _HISTORY_REFUSALS, credential=api_key or token, query=query
+    )
+    if not isinstance(page, dict) or not isinstance(page.get("tasks"), list):
+        raise TaskcastError(f"{url} does not answer as taskcast does")
+    return page
 
 
 def _without_estimates(status: dict[str, Any]) -> dict[str, Any]:
@@ -475,6 +578,136 @@ async def _follow(
         await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
 
 
+# Tasks a feed watch remembers the last status of, to skip repeats after a reconnect (the
+# oldest forgotten first): far more than a feed follows at once (1,000 unfinished).
+_FEED_MEMORY = 10_000
+
+
+def watch_feed(
+    base_url: str,
+    owner: str,
+    *,
+    token: str | None = None,
+    api_key: str | None = None,
+    give_up_after: float = 30.0,
+    retry_initial: float = 0.5,
+    retry_max: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the status of every task of ``owner`` as it changes: first the current
+    status of each of its unfinished tasks, then every status of every task of it, new
+    ones included. A feed has no end: close the generator to stop.
+
+    It subscribes on ``/ws`` (``{"op": "subscribe", "feed": owner, "token": token}``);
+    ``token`` is the owner's feed token, ``api_key`` goes in the handshake. A dropped
+    connection is opened again after the backoff of ``watch``, and the subscription
+    resumes from the last ``feed`` answer's time (``since``): the finals of the tasks that
+    ended meanwhile come then. A status the same as the last one yielded for its task
+    (estimates aside), or any after its final, is skipped.
+
+    Raises InvalidOwner, Unauthorized, and ServiceUnavailable after ``give_up_after``
+    seconds without a working connection.
+    """
+    return _follow_feed(
+        base_url, owner, token, api_key, give_up_after, retry_initial, retry_max, open_timeout
+    )
+
+
+async def _follow_feed(
+    base_url: str,
+    owner: str,
+    token: str | None,
+    api_key: str | None,
+    give_up_after: float,
+    retry_initial: float,
+    retry_max: float,
+    open_timeout: float,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The reconnecting feed behind ``watch_feed``."""
+    scheme, rest = _base(base_url).split("://", 1)
+    url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
+    headers = _authorization(api_key)
+    # The last status yielded of each task (its final too: nothing follows that).
+    shown: dict[str, dict[str, Any]] = {}
+    at: int | None = None
+    failures = 0
+    offline_since = time.monotonic()
+    while True:
+        reason: str
+        delivered = False
+        try:
+            async with connect(
+                url,
+                additional_headers=headers,
+                open_timeout=open_timeout,
+                compression=None,
+                max_size=_MAX_FRAME_BYTES,
+            ) as ws:
+                frame: dict[str, Any] = {"op": "subscribe", "feed": owner}
+                if token is not None:
+                    frame["token"] = token
+                if at is not None:
+                    frame["since"] = at
+                await ws.send(json.dumps(frame))
+                async for raw in ws:
+                    message = json.loads(raw)
+                    kind = message.get("type")
+                    if kind == "error":
+                        _raise_for_feed_error(owner, message)
+                    if kind == "feed":
+                        at, delivered = message.get("at", at), True
+                        statuses = message.get("tasks") or []
+                    elif kind == "status":
+                        statuses = [message]
+                    else:
+                        continue
+                    for status in statuses:
+                        status.pop("type", None)
+                        task_id = str(status.get("task_id"))
+                        last = shown.pop(task_id, None)
+                        if last is not None and (
+                            last.get("final")
+                            or _without_estimates(status) == _without_estimates(last)
+                        ):
+                            shown[task_id] = last
+                            continue
+                        shown[task_id] = status
+                        if len(shown) > _FEED_MEMORY:
+                            del shown[next(iter(shown))]
+                        yield status
+            reason = f"the connection closed ({ws.close_code})"
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            reason = f"the connection dropped ({code or 'no close frame'})"
+        except InvalidURI as exc:
+            raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
+        except InvalidStatus as exc:
+            status_code = exc.response.status_code
+            if status_code < 500:
+                raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
+            reason = f"{url} answered HTTP {status_code}"
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            reason = f"cannot reach {url}: {_reason(exc)}"
+        if delivered:
+            failures, offline_since = 0, time.monotonic()
+        remaining = offline_since + give_up_after - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(f"{reason}; gave up after {give_up_after:g} s")
+        ceiling = min(retry_max, retry_initial * 2**failures)
+        failures += 1
+        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
+
+
+def _raise_for_feed_error(owner: str, message: dict[str, Any]) -> None:
+    detail = str(message.get("detail", "error"))
+    code = message.get("code")
+    if code == "unauthorized":
+        raise Unauthorized(detail)
+    if code == "invalid_feed":
+        raise InvalidOwner(detail)
+    raise TaskcastError(f"the service refused the feed of {owner}: {detail}")
+
+
 async def cancel(
     base_url: str, task_id: str, *, token: str | None = None, api_key: str | None = None
 ) -> dict[str, Any]:
@@ -532,9 +765,25 @@ class Client:
         """The tasks the service lets clients start: see ``list_tasks``."""
         return await list_tasks(self.base_url)
 
-    async def submit(self, name: str, params: dict[str, Any] | None = None) -> dict[str, str]:
-        """Start task ``name``: see ``submit``."""
-        return await submit(self.base_url, name, params or {}, api_key=self.api_key)
+    async def submit(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
+        tags: Sequence[str] = (),
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """Start task ``name`` (``owner``'s, with ``tags``): see ``submit``."""
+        return await submit(
+            self.base_url,
+            name,
+            params or {},
+            api_key=self.api_key,
+            owner=owner,
+            tags=tags,
+            token=token,
+        )
 
     async def submit_group(
         self,
@@ -543,10 +792,55 @@ class Client:
         count: int | None = None,
         params: dict[str, Any] | None = None,
         tasks: list[dict[str, Any]] | None = None,
+        owner: str | None = None,
+        tags: Sequence[str] = (),
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Start a group of task ``name``: see ``submit_group``."""
         return await submit_group(
-            self.base_url, name, count=count, params=params, tasks=tasks, api_key=self.api_key
+            self.base_url,
+            name,
+            count=count,
+            params=params,
+            tasks=tasks,
+            api_key=self.api_key,
+            owner=owner,
+            tags=tags,
+            token=token,
+        )
+
+    async def get_history(
+        self,
+        owner: str,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+        since: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of ``owner``'s tasks, newest first: see ``get_history``."""
+        return await get_history(
+            self.base_url,
+            owner,
+            state=state,
+            name=name,
+            tag=tag,
+            since=since,
+            limit=limit,
+            cursor=cursor,
+            token=token,
+            api_key=self.api_key,
+        )
+
+    def watch_feed(
+        self, owner: str, *, token: str | None = None, give_up_after: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every status of every task of ``owner``, live: see ``watch_feed``."""
+        return watch_feed(
+            self.base_url, owner, token=token, api_key=self.api_key, give_up_after=give_up_after
         )
 
     async def get_status(self, task_id: str, *, token: str | None = None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The ``taskcast`` command: ``dev`` (everything on one machine), ``serve``, ``worker``,
-and the clients ``tasks``, ``submit``, ``submit-group`` and ``watch``.
+and the clients ``tasks``, ``submit``, ``submit-group``, ``watch`` and ``feed``.
 
 ``serve``, ``worker`` and ``dev`` take the Celery app to serve as ``celery -A`` does
 (``--app proj.celery:app``, or ``TASKCAST_CELERY_APP``; the demo app without). The
@@ -156,6 +156,28 @@ def run_watch(args: argparse.Namespace) -> int:
             token,
             args.api_key,
             target.group,
+        )
+    )
+
+
+def run_feed(args: argparse.Namespace) -> int:
+    """Follow an owner's tasks live (``--list``: print a page of its history instead)."""
+    if args.list:
+        query = {
+            "state": args.state,
+            "name": args.name,
+            "tag": args.tag,
+            "limit": args.limit,
+            "cursor": args.cursor,
+        }
+        return terminal.run(
+            lambda console: terminal.list_feed(
+                console, args.url, args.owner, args.token, args.api_key, **query
+            )
+        )
+    return terminal.run(
+        lambda console: terminal.follow_feed(
+            console, args.url, args.owner, args.give_up, args.token, args.api_key
         )
     )
 
@@ -407,6 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_client_options(watch)
 
+    feed = commands.add_parser(
+        "feed",
+        help="show every status of an owner's tasks live (--list: its history)",
+        epilog="exit status: 4 (never: a feed has no end), 5 invalid owner or query, "
+        "6 service unreachable, 7 missing or wrong credentials, 2 usage error, "
+        "130 interrupted; --list: 0",
+    )
+    feed.add_argument("owner", metavar="OWNER", help="whose tasks: user:42, team-7, ...")
+    feed.add_argument(
+        "--token",
+        default=os.environ.get("TASKCAST_TOKEN") or None,
+        help="the owner's feed token, where the service signs tokens (default: $TASKCAST_TOKEN)",
+    )
+    feed.add_argument(
+        "--list", action="store_true", help="print a page of the owner's history, newest first"
+    )
+    listing = feed.add_argument_group("with --list")
+    listing.add_argument("--state", help="only tasks in this state (SUCCESS, PROGRESS, ...)")
+    listing.add_argument("--name", help="only tasks of this name")
+    listing.add_argument("--tag", help="only tasks with this tag")
+    listing.add_argument("--limit", type=int, metavar="N", help="most tasks (1 to 200; 50)")
+    listing.add_argument("--cursor", help="the page after the one that printed it")
+    _add_client_options(feed)
+
     task_help = (
         "a task the service exposes (taskcast tasks lists them); "
         "'%(prog)s NAME --help' lists its parameters"
@@ -459,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_watch(args)
     if args.command == "tasks":
         return run_tasks(args)
+    if args.command == "feed":
+        return run_feed(args)
     if args.command in ("submit", "submit-group"):
         return run_submit(args, args.rest, group=args.command == "submit-group")
     return _server("serve", run_serve, args)

@@ -1,12 +1,13 @@
-"""What ``taskcast watch``, ``taskcast submit`` and ``taskcast submit-group`` show in a
-terminal, and their exit codes.
+"""What ``taskcast watch``, ``taskcast submit``, ``taskcast submit-group`` and
+``taskcast feed`` show in a terminal, and their exit codes.
 
 On a terminal a task or a group is a live progress bar (state, bar, percent, ETA, then
 the task's message or how many of the group's members are done). When the output is not
 a terminal (a pipe, a file, CI), every change that shows is one plain line, because
 redrawing a bar there would leave escape codes or a single final frame. A running task
 whose worker has gone silent (the status's ``stalled``) shows STALLED where its ETA would
-be, until it is heard from again; so does a group with such a member.
+be, until it is heard from again; so does a group with such a member. An owner's feed
+is many tasks at once: one plain line per status, each naming its task, terminal or not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
@@ -24,8 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from taskcast.client import (
+    Forbidden,
     GroupNotFound,
     InvalidGroupId,
+    InvalidOwner,
     InvalidParams,
     InvalidTaskId,
     TaskcastError,
@@ -33,10 +37,12 @@ from taskcast.client import (
     Unauthorized,
     UnknownTaskName,
     get_group,
+    get_history,
     get_status,
     submit,
     submit_group,
     watch,
+    watch_feed,
     watch_group,
 )
 from taskcast.client import (
@@ -77,9 +83,9 @@ def error_exit(exc: TaskcastError) -> Exit:
     """The exit code for a client error."""
     if isinstance(exc, TaskNotFound | GroupNotFound | UnknownTaskName):
         return Exit.NOT_FOUND
-    if isinstance(exc, InvalidTaskId | InvalidGroupId | InvalidParams):
+    if isinstance(exc, InvalidTaskId | InvalidGroupId | InvalidParams | InvalidOwner):
         return Exit.REJECTED
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, Unauthorized | Forbidden):
         return Exit.UNAUTHORIZED
     return Exit.UNAVAILABLE
 
@@ -342,6 +348,88 @@ async def submit_task_group(
     if not follow:
         return Exit.SUCCESS
     return await _follow(console, base_url, group_id, give_up_after, token, api_key, group=True)
+
+
+# Names of an owner's tasks a feed has learnt from its history, read again (one page) when
+# a task it does not know shows up; the newest this many tasks are asked for.
+_NAMES_PAGE = 50
+
+
+def feed_line(status: dict[str, Any], name: str | None) -> str:
+    """One status of an owner's feed as one line: the task's id (short), its name when
+    known, then what ``status_line`` says: ``1f0c9e2a  taskcast.progress  PROGRESS  40.0% ...``."""
+    return f"{str(status['task_id'])[:8]}  {name or '-'}  {status_line(status)}".rstrip()
+
+
+async def follow_feed(
+    console: Console,
+    base_url: str,
+    owner: str,
+    give_up_after: float,
+    token: str | None = None,
+    api_key: str | None = None,
+) -> Exit:
+    """``taskcast feed OWNER``: one line per status of any task of the owner, live, until
+    interrupted (a feed has no end)."""
+
+    async def learn_names() -> None:
+        page = await get_history(base_url, owner, limit=_NAMES_PAGE, token=token, api_key=api_key)
+        names.update({task["task_id"]: task["name"] for task in page["tasks"]})
+
+    names: dict[str, str | None] = {}
+    # Asked once over REST first: a wrong URL, owner or token fails at once, where the
+    # feed itself would keep retrying for ``give_up_after`` seconds; and it names tasks.
+    await learn_names()
+    statuses = watch_feed(
+        base_url, owner, token=token, api_key=api_key, give_up_after=give_up_after
+    )
+    async for status in statuses:
+        task_id = str(status["task_id"])
+        if task_id not in names:
+            # A task newer than the names known: it is on the history's first page.
+            await learn_names()
+            names.setdefault(task_id, None)
+        if worth_a_line(status):
+            _say(console, feed_line(status, names[task_id]))
+    raise TaskcastError("the feed ended")
+
+
+def _when(ms: int | None) -> str:
+    """A time of the history (Unix ms) as UTC, to the second."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def history_line(task: dict[str, Any]) -> str:
+    """One task of an owner's history: id, sent (UTC), name, state, then its error or
+    result: ``1f0c9e2a  2026-01-02 10:00:00  taskcast.progress  SUCCESS   result: 3``."""
+    parts = [task["task_id"], _when(task["sent_at"]), task["name"] or "-", f"{task['state']:<8}"]
+    if task["error"]:
+        parts.append(f"{task['error']['type']}: {task['error']['message']}")
+    elif task["state"] == "SUCCESS":
+        parts.append(f"result: {json.dumps(task['result'])}")
+    return "  ".join(parts).rstrip()
+
+
+async def list_feed(
+    console: Console,
+    base_url: str,
+    owner: str,
+    token: str | None = None,
+    api_key: str | None = None,
+    **query: Any,
+) -> Exit:
+    """``taskcast feed OWNER --list``: a page of the owner's history, newest first, one
+    line per task; then the cursor of the next page, when there is one."""
+    page = await get_history(base_url, owner, token=token, api_key=api_key, **query)
+    if not page["tasks"]:
+        _say(console, f"no task of {owner} is listed" + (" here" if query.get("cursor") else ""))
+    for task in page["tasks"]:
+        _say(console, history_line(task))
+    if page.get("next_cursor"):
+        _say(console, f"next page: --cursor {page['next_cursor']}")
+    return Exit.SUCCESS
 
 
 def run(command: Callable[[Console], Coroutine[Any, Any, Exit]]) -> int:

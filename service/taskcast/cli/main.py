@@ -432,9 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     feed = commands.add_parser(
         "feed",
         help="show every status of an owner's tasks live (--list: its history)",
-        epilog="exit status: 4 (never: a feed has no end), 5 invalid owner or query, "
-        "6 service unreachable, 7 missing or wrong credentials, 2 usage error, "
-        "130 interrupted; --list: 0",
+        epilog="exit status: a feed has no end (Ctrl-C: 130); --list: 0 once printed; "
+        "5 invalid owner or query, 6 service unreachable, 7 missing or wrong credentials, "
+        "2 usage error",
     )
     feed.add_argument("owner", metavar="OWNER", help="whose tasks: user:42, team-7, ...")
     feed.add_argument(

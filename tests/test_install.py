@@ -28,6 +28,7 @@ from taskcast.served import AppError, serve_app
 from taskcast_celery import keys
 from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
 from taskcast_celery.install import InstallError, installation
+from taskcast_celery.owners import Ownership
 from tests import env
 from tests.support import WorkerProcess
 
@@ -312,3 +313,20 @@ def test_a_broker_loss_cancels_no_running_task_unless_the_app_chose(
     configure(app)
     taskcast.install(app)
     assert app.conf[CANCEL_ON_LOSS] is expected
+
+
+def test_history_lasts_what_the_environment_or_install_says(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKCAST_HISTORY_SECONDS", "120")
+    from_env = taskcast.install(fresh_app("history-env", env.KEY_PREFIX + "history:"))
+    given = taskcast.install(
+        fresh_app("history-arg", env.KEY_PREFIX + "history:"), history_seconds=30
+    )
+    assert from_env.conf.taskcast_history_seconds == 120
+    assert given.conf.taskcast_history_seconds == 30
+    # What an owned task's entry lives for, from its SENT record on.
+    task_id = str(uuid.uuid4())
+    given.backend.record_sent(task_id, "t", Ownership("user:history"))
+    ttl = redis_client.ttl(keys.history_key(given.backend.key_prefix, task_id))
+    assert 0 < ttl <= 30

@@ -43,11 +43,15 @@ from celery.app.amqp import AMQP
 from celery.exceptions import CPendingDeprecationWarning
 from kombu.utils.imports import symbol_by_name
 from kombu.utils.url import maybe_sanitize_url
-from pydantic import PositiveFloat
+from pydantic import PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskcast_celery import keys, owners, webhooks
-from taskcast_celery.backend import TaskcastRedisBackend, TaskcastSentinelBackend
+from taskcast_celery.backend import (
+    DEFAULT_HISTORY_SECONDS,
+    TaskcastRedisBackend,
+    TaskcastSentinelBackend,
+)
 from taskcast_celery.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
@@ -85,6 +89,9 @@ class InstallSettings(BaseSettings):
     # (a restart, a failover) before the write, and so the task, fails. Celery's own
     # default gives up after about 20 s.
     redis_retry_seconds: PositiveFloat = 300.0
+    # Seconds an owned task stays in its owner's history (taskcast.owned_by), from when
+    # it was sent: a week.
+    history_seconds: PositiveInt = DEFAULT_HISTORY_SECONDS
 
 
 class Installation:
@@ -210,6 +217,7 @@ def install(
     *,
     heartbeat_interval: float | None = None,
     redis_retry_seconds: float | None = None,
+    history_seconds: int | None = None,
 ) -> Celery:
     """Make ``app`` taskcast-ready, and return it.
 
@@ -220,7 +228,9 @@ def install(
     task's worker beats; ``redis_retry_seconds`` (default ``TASKCAST_REDIS_RETRY_SECONDS``
     or 300) how long a worker keeps trying to store a state while Redis is unreachable,
     unless the app's ``result_backend_transport_options`` has a ``retry_policy`` of its
-    own. Calling it again on the same app changes nothing.
+    own; ``history_seconds`` (default ``TASKCAST_HISTORY_SECONDS`` or a week) how long an
+    owned task stays in its owner's history. Calling it again on the same app changes
+    nothing.
     """
     if app in _INSTALLED:
         return app
@@ -235,6 +245,8 @@ def install(
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    # Read by the backend wherever the app runs: producers list a task, workers end it.
+    app.conf.taskcast_history_seconds = history_seconds or settings.history_seconds
     if not _chosen(app, _CANCEL_ON_LOSS):
         # Celery 6's default would cancel and redeliver every running task on a broker
         # failover (see _CANCEL_ON_LOSS); an app that chose keeps its choice.

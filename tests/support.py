@@ -508,3 +508,12 @@ def apt_install(package: str, binary: str) -> str:
         if done.returncode != 0:
             pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return binary
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for want of an outside service (``reason`` says which, and how to
+    point the tests at one); under ``CI=true``, where every service must be there, fail.
+    Never returns."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required: CI=true)")
+    pytest.skip(reason)

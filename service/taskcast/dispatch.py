@@ -10,6 +10,7 @@ import anyio.to_thread
 from celery import group
 from celery.result import GroupResult
 
+from taskcast.broker import BrokerCheck
 from taskcast.served import ServedApp
 from taskcast_celery import keys
 from taskcast_celery.expose import Exposure
@@ -27,6 +28,8 @@ class Dispatcher:
     def __init__(self, served: ServedApp) -> None:
         self.served = served
         self.celery_app = served.celery
+        # Whether the broker takes connections (/readyz), asked as this publishes.
+        self.broker = BrokerCheck(served.celery)
 
     async def submit(self, exposure: Exposure, kwargs: dict[str, Any]) -> str:
         """Publish a task and return its id. Its SENT record exists before the message."""

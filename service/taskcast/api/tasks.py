@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal, TypedDict
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +28,7 @@ from taskcast.api.guards import (
 )
 from taskcast.api.responses import json_response
 from taskcast.api.validation import parse_group, parse_params, parse_task_id, read_body
+from taskcast.broker import BrokerState
 from taskcast.catalog import TaskList, describe
 from taskcast.dispatch import DispatchError
 from taskcast.status import decode_status, encode_status
@@ -130,7 +132,38 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+RedisState = Literal["ok", "unreachable", "timed out", "recovering"]
+
+
+class Readiness(TypedDict, total=False):
+    """``/readyz``'s answer: each dependency's state, and what a degraded broker is."""
+
+    status: Literal["ready", "degraded"]
+    redis: RedisState
+    broker: BrokerState
+    detail: str
+
+
 async def readyz(request: Request) -> Response:
+    """Ready when the result store answers, the hub has caught up with it, and the broker
+    takes a connection; each within TASKCAST_READY_TIMEOUT (checked at once, so the answer
+    takes that long at most)."""
+    state = app_state(request)
+    timeout = state.settings.ready_timeout
+    redis, broker = await asyncio.gather(
+        _redis_readiness(request), state.dispatcher.broker.check(timeout)
+    )
+    reply: Readiness = {"status": "ready", "redis": redis, "broker": broker.state}
+    if broker.detail is not None:
+        # The broker's URL without its password: which of several brokers is down.
+        reply["detail"] = broker.detail
+    if redis != "ok" or not broker.ok:
+        reply["status"] = "degraded"
+        return json_response(reply, status_code=503)
+    return json_response(reply)
+
+
+async def _redis_readiness(request: Request) -> RedisState:
     state = app_state(request)
     try:
         async with asyncio.timeout(state.settings.ready_timeout):
@@ -139,12 +172,11 @@ async def readyz(request: Request) -> Response:
         state.metrics.readyz_redis_errors.inc()
         # The kind of failure only: the exception's text names hosts and ports.
         logger.warning("readiness: Redis did not answer: %r", exc)
-        reason = "timed out" if isinstance(exc, TimeoutError) else "unreachable"
-        return json_response({"status": "degraded", "redis": reason}, status_code=503)
+        return "timed out" if isinstance(exc, TimeoutError) else "unreachable"
     if not state.hub.healthy:
         # Redis answers again, but the hub has not yet caught up after the outage.
-        return json_response({"status": "degraded", "redis": "recovering"}, status_code=503)
-    return json_response({"status": "ready", "redis": "ok"})
+        return "recovering"
+    return "ok"
 
 
 routes = [

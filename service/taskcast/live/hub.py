@@ -186,6 +186,8 @@ class Hub:
         # Groups with a change not yet sent, held back by the group frame interval.
         self._groups_due: dict[_GroupWatch, None] = {}
         self._feeds: dict[str, _FeedWatch] = {}
+        # Feeds with subscribers waiting for their first answer.
+        self._feeds_waiting: dict[_FeedWatch, None] = {}
         # Owners whose unfinished tasks are to be read; announced (owner, task id) pairs.
         self._feeds_to_load: set[str] = set()
         self._announced: list[tuple[str, str]] = []
@@ -312,8 +314,14 @@ class Hub:
                 self._feed_channels_to_unsubscribe.discard(owner)
                 self._feed_channels_to_subscribe.add(owner)
         feed.subscribers.pop(subscriber, None)
-        feed.waiting[subscriber] = since_ms
         subscriber.watching.add(feed_key(owner))
+        if since_ms is None and self._feed_read(feed):
+            # Followed already, every task of it read: answered now, as ``watch`` is.
+            subscriber.offer(feed_snapshot(owner, self.store.clock.now_ms(), self._statuses(feed)))
+            feed.subscribers[subscriber] = None
+            return
+        feed.waiting[subscriber] = since_ms
+        self._feeds_waiting[feed] = None
         self._wake.set()
 
     def unwatch(self, watched_id: str, subscriber: Subscriber) -> None:
@@ -325,6 +333,8 @@ class Hub:
             if feed is not None:
                 feed.subscribers.pop(subscriber, None)
                 feed.waiting.pop(subscriber, None)
+                if not feed.waiting:
+                    self._feeds_waiting.pop(feed, None)
                 if not feed.subscribers and not feed.waiting:
                     self._forget_feed(owner)
             return
@@ -460,6 +470,11 @@ class Hub:
                     # The read time stands for the write time: records carry no time of
                     # their own, and with push the read follows the write within ms.
                     self._apply_all(ids, beat_ids, reading, loop.time())
+                # In the same turn: under steady traffic a turn with nothing to read may
+                # never come, and a new feed subscriber would wait for it.
+                ready = self._feeds_ready()
+                if ready:
+                    await self._answer_feeds(ready)
                 continue
             ready = self._feeds_ready()
             if ready:
@@ -690,18 +705,25 @@ class Hub:
                 if subscriber not in watch.subscribers:
                     subscriber.offer(watch.update)
 
+    def _feed_read(self, feed: _FeedWatch) -> bool:
+        """Whether a feed's set, and every task of it, has been read."""
+        return feed.loaded and all(
+            (watch := self._watches.get(task_id)) is None or watch.loaded for task_id in feed.tasks
+        )
+
+    def _statuses(self, feed: _FeedWatch) -> list[str]:
+        """The status messages of a feed's unfinished tasks, as last sent."""
+        return [
+            update.text
+            for task_id in feed.tasks
+            if (watch := self._watches.get(task_id)) is not None
+            and (update := watch.update) is not None
+            and update.type == "status"
+        ]
+
     def _feeds_ready(self) -> list[_FeedWatch]:
         """Feeds with new subscribers to answer, whose set and tasks have all been read."""
-        return [
-            feed
-            for feed in self._feeds.values()
-            if feed.waiting
-            and feed.loaded
-            and all(
-                (watch := self._watches.get(task_id)) is None or watch.loaded
-                for task_id in feed.tasks
-            )
-        ]
+        return [feed for feed in self._feeds_waiting if self._feed_read(feed)]
 
     async def _answer_feeds(self, ready: list[_FeedWatch]) -> None:
         """Answer the new subscribers of ``ready`` feeds: one ``feed`` message each, with
@@ -730,13 +752,7 @@ class Hub:
         for feed in ready:
             if self._feeds.get(feed.owner) is not feed:
                 continue  # its last subscriber left during the reads
-            current = [
-                update.text
-                for task_id in feed.tasks
-                if (watch := self._watches.get(task_id)) is not None
-                and (update := watch.update) is not None
-                and update.type == "status"
-            ]
+            current = self._statuses(feed)
             plain: Update | None = None
             for subscriber, resume_from in list(feed.waiting.items()):
                 if resume_from is None:
@@ -755,9 +771,12 @@ class Hub:
                 del feed.waiting[subscriber]
                 subscriber.offer(answer)
                 feed.subscribers[subscriber] = None
+            if not feed.waiting:
+                self._feeds_waiting.pop(feed, None)
 
     def _forget_feed(self, owner: str) -> None:
         feed = self._feeds.pop(owner)
+        self._feeds_waiting.pop(feed, None)
         self._feeds_to_load.discard(owner)
         for task_id in feed.tasks:
             watch = self._watches.get(task_id)

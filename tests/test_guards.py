@@ -53,18 +53,24 @@ async def test_every_route_declares_its_guard_enforces_it_and_documents_it() -> 
                 expected = {
                     Guard.OPEN: set(),
                     Guard.WORK: {"bearer"},
+                    Guard.START: {"bearer"},
                     Guard.WATCH: {"bearer", "watchToken"},
                     Guard.WATCH_EACH: {"bearer", "watchToken"},
+                    Guard.FEED: {"bearer", "watchToken"},
                     Guard.CANCEL: {"bearer"},
                 }[route.guard]
                 assert schemes == expected, (method, path)
                 if route.guard in (Guard.OPEN, Guard.WATCH_EACH):
                     continue
                 concrete = path.replace("{task_id}", some_id).replace("{group_id}", some_id)
+                concrete = concrete.replace("{owner}", "user:42")
                 refused = await http.request(method, concrete)
                 assert refused.status_code == 401, (method, path, refused.text)
-                what = "group" if "{group_id}" in path else "task"
-                wanted = WORK_REFUSED if route.guard is not Guard.WATCH else watch_refused(what)
+                what = {"{group_id}": "group", "{owner}": "feed"}.get(
+                    next((p for p in ("{group_id}", "{owner}") if p in path), ""), "task"
+                )
+                watching = route.guard in (Guard.WATCH, Guard.FEED)
+                wanted = watch_refused(what) if watching else WORK_REFUSED
                 assert refused.json() == {"error": "unauthorized", "detail": wanted}
                 assert refused.headers["www-authenticate"] == 'Bearer realm="taskcast"'
 

@@ -184,7 +184,8 @@ async def test_unknown_task_name_and_routes_are_json_errors(client: httpx.AsyncC
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "redis": "ok"})
+    expected = {"status": "ready", "redis": "ok", "broker": "ok"}
+    assert (ready.status_code, ready.json()) == (200, expected)
 
 
 async def test_readiness_reports_redis_down() -> None:
@@ -198,7 +199,8 @@ async def test_readiness_reports_redis_down() -> None:
     async with running_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json() == {"status": "degraded", "redis": "unreachable"}
+        # The broker (its own Redis, up) is not what failed.
+        assert ready.json() == {"status": "degraded", "redis": "unreachable", "broker": "ok"}
         assert (await http.get("/healthz")).status_code == 200
 
 

@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from taskcast import metrics
-from taskcast.api import celery_progress, demo, dev, openapi, sse, tasks, tutorial, ws
+from taskcast.api import celery_progress, demo, dev, feeds, openapi, sse, tasks, tutorial, ws
 from taskcast.api.errors import EXCEPTION_HANDLERS
 from taskcast.auth import Auth, SiteCheck, Sites
 from taskcast.dispatch import Dispatcher
@@ -104,6 +104,7 @@ class Service(Starlette):
         super().__init__(
             routes=[
                 *tasks.routes,
+                *feeds.routes,
                 *ws.routes,
                 *sse.routes,
                 *tutorial.routes(served.tasks),

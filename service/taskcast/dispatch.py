@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import anyio.to_thread
@@ -12,14 +13,25 @@ from celery.result import GroupResult
 
 from taskcast.broker import BrokerCheck
 from taskcast.served import ServedApp
-from taskcast_celery import keys
+from taskcast_celery import keys, owners
 from taskcast_celery.expose import Exposure
+from taskcast_celery.owners import Ownership
 
 logger = logging.getLogger(__name__)
 
 
 class DispatchError(Exception):
     """The broker could not take the task; nothing was left half-dispatched."""
+
+
+def _owned(ownership: Ownership | None, publish: Callable[..., None], *args: Any) -> None:
+    """``publish(*args)`` inside ``ownership`` (``taskcast.owned_by``'s context variable),
+    set here, in the thread that publishes: the install's publish hook reads it there."""
+    token = owners.adopt(ownership)
+    try:
+        publish(*args)
+    finally:
+        owners.release(token)
 
 
 class Dispatcher:
@@ -31,22 +43,30 @@ class Dispatcher:
         # Whether the broker takes connections (/readyz), asked as this publishes.
         self.broker = BrokerCheck(served.celery)
 
-    async def submit(self, exposure: Exposure, kwargs: dict[str, Any]) -> str:
-        """Publish a task and return its id. Its SENT record exists before the message."""
+    async def submit(
+        self, exposure: Exposure, kwargs: dict[str, Any], ownership: Ownership | None = None
+    ) -> str:
+        """Publish a task (``ownership``'s, when given) and return its id. Its SENT
+        record exists before the message."""
         task_id = str(uuid.uuid4())
-        await anyio.to_thread.run_sync(self._publish, exposure.task_name, kwargs, task_id)
+        await anyio.to_thread.run_sync(
+            _owned, ownership, self._publish, exposure.task_name, kwargs, task_id
+        )
         return task_id
 
     async def submit_group(
-        self, exposure: Exposure, members: list[dict[str, Any]]
+        self,
+        exposure: Exposure,
+        members: list[dict[str, Any]],
+        ownership: Ownership | None = None,
     ) -> tuple[str, list[str]]:
-        """Publish a Celery group, one task per parameter set; return the group's id and
-        its members' ids. Every member's SENT record, and the group's record of its
-        members, exist before the reply."""
+        """Publish a Celery group, one task per parameter set (each ``ownership``'s, when
+        given); return the group's id and its members' ids. Every member's SENT record,
+        and the group's record of its members, exist before the reply."""
         group_id = str(uuid.uuid4())
         task_ids = [str(uuid.uuid4()) for _ in members]
         await anyio.to_thread.run_sync(
-            self._publish_group, exposure.task_name, members, group_id, task_ids
+            _owned, ownership, self._publish_group, exposure.task_name, members, group_id, task_ids
         )
         return group_id, task_ids
 

@@ -30,7 +30,8 @@ MAX_WEBHOOK_CHARS = 2048
 OWNER_PATTERN = rf"^[A-Za-z0-9_.:@-]{{1,{MAX_OWNER_CHARS}}}$"
 OWNER_RULE = f"1 to {MAX_OWNER_CHARS} characters of letters, digits and _.:@-"
 _OWNER = re.compile(OWNER_PATTERN)
-_TAG = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_TAG_CHARS}}}")
+TAG_PATTERN = rf"^[A-Za-z0-9_.:@-]{{1,{MAX_TAG_CHARS}}}$"
+_TAG = re.compile(TAG_PATTERN)
 
 # The message headers that carry them (custom headers reach the worker's task.request).
 OWNER_HEADER = "taskcast_owner"

@@ -18,6 +18,7 @@ from taskcast.api.guards import app_state
 from taskcast.dispatch import DispatchError
 from taskcast.status import UuidText
 from taskcast_celery.expose import Exposure
+from taskcast_celery.owners import Ownership
 
 # A failed publish, as the client hears of it (the reason goes to the log).
 QUEUE_FAILED = "could not queue the {}: the broker or the result store is unavailable; retry"
@@ -33,6 +34,8 @@ _TOKEN = Field(
     description="the watch token, present when the service signs them (TASKCAST_SECRET); "
     "status_url and ws_url carry it too"
 )
+_OWNER = Field(description="whose task it is: the ?owner= of the dispatch, when given")
+_TAGS = Field(description="its tags (?tag=), with its owner")
 
 
 class TaskLinks(TypedDict):
@@ -42,6 +45,8 @@ class TaskLinks(TypedDict):
     status_url: str
     ws_url: str
     token: NotRequired[Annotated[str, _TOKEN]]
+    owner: NotRequired[Annotated[str, _OWNER]]
+    tags: NotRequired[Annotated[list[str], _TAGS]]
 
 
 class GroupLinks(TypedDict):
@@ -52,6 +57,8 @@ class GroupLinks(TypedDict):
     status_url: str
     ws_url: str
     token: NotRequired[Annotated[str, _TOKEN]]
+    owner: NotRequired[Annotated[str, _OWNER]]
+    tags: NotRequired[Annotated[list[str], _TAGS]]
 
 
 class GroupCancelled(GroupLinks):
@@ -87,22 +94,27 @@ def service_root(request: Request) -> str:
     return root.rstrip("/")
 
 
-def task_links(request: Request, task_id: str) -> TaskLinks:
+def task_links(request: Request, task_id: str, ownership: Ownership | None = None) -> TaskLinks:
     """Where a client reads a task's status once (REST) and follows it live (WebSocket),
-    with its watch token (in the reply, and in both URLs) when tokens are on."""
+    with its watch token (in the reply, and in both URLs) when tokens are on; and whose
+    it is, when the dispatch said."""
     status_url, ws_url, token = _links(request, paths.TASK_STATUS, paths.WS_TASK, task_id=task_id)
     links: TaskLinks = {"task_id": task_id, "status_url": status_url, "ws_url": ws_url}
     if token:
         links["token"] = token
+    if ownership is not None:
+        links["owner"], links["tags"] = ownership.owner, list(ownership.tags)
     return links
 
 
-async def dispatch_task(request: Request, exposure: Exposure, params: BaseModel) -> str:
-    """Publish a task with checked parameters, answering 503 (and queueing nothing) when
-    the broker is down."""
+async def dispatch_task(
+    request: Request, exposure: Exposure, params: BaseModel, ownership: Ownership | None = None
+) -> str:
+    """Publish a task with checked parameters (as ``ownership``'s, when given),
+    answering 503 (and queueing nothing) when the broker is down."""
     state = app_state(request)
     try:
-        task_id = await state.dispatcher.submit(exposure, exposure.kwargs(params))
+        task_id = await state.dispatcher.submit(exposure, exposure.kwargs(params), ownership)
     except DispatchError as exc:
         state.metrics.dispatched(exposure.name, "publish_failed")
         state.metrics.dispatch_redis_errors.inc()
@@ -112,8 +124,11 @@ async def dispatch_task(request: Request, exposure: Exposure, params: BaseModel)
     return task_id
 
 
-def group_links(request: Request, group_id: str, task_ids: list[str]) -> GroupLinks:
-    """A group's REST and WebSocket URLs, with its watch token when tokens are on."""
+def group_links(
+    request: Request, group_id: str, task_ids: list[str], ownership: Ownership | None = None
+) -> GroupLinks:
+    """A group's REST and WebSocket URLs, with its watch token when tokens are on, and
+    its members' owner and tags when the dispatch gave them."""
     status_url, ws_url, token = _links(
         request, paths.GROUP_STATUS, paths.WS_GROUP, group_id=group_id
     )
@@ -125,4 +140,6 @@ def group_links(request: Request, group_id: str, task_ids: list[str]) -> GroupLi
     }
     if token:
         links["token"] = token
+    if ownership is not None:
+        links["owner"], links["tags"] = ownership.owner, list(ownership.tags)
     return links

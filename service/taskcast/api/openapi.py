@@ -19,13 +19,16 @@ from starlette.routing import BaseRoute, Route
 from taskcast.api.dispatching import GroupCancelled, GroupLinks, TaskLinks, service_root
 from taskcast.api.errors import ErrorBody
 from taskcast.api.guards import Guard, app_state, guarded
-from taskcast.api.queries import EmailQuery, ProgressQuery, SleepQuery
+from taskcast.api.queries import EmailQuery, HistoryQuery, ProgressQuery, SleepQuery
 from taskcast.api.responses import json_response
 from taskcast.bars import GroupProgress, TaskProgress
 from taskcast.catalog import TaskList
 from taskcast.groups import GroupStatus
+from taskcast.history import HistoryPage
+from taskcast.ids import OWNER_PATTERN
 from taskcast.status import Status
 from taskcast_celery.expose import Exposure
+from taskcast_celery.owners import MAX_TAGS, TAG_PATTERN
 
 _REF = "#/components/schemas/{model}"
 # The payloads the API answers with, by the name their schema goes under.
@@ -39,6 +42,7 @@ _PAYLOADS: dict[str, Any] = {
     "ErrorBody": ErrorBody,
     "CeleryProgressTask": TaskProgress,
     "CeleryProgressGroup": GroupProgress,
+    "HistoryPage": HistoryPage,
 }
 _ID = {
     "name": "task_id",
@@ -47,6 +51,37 @@ _ID = {
     "schema": {"type": "string", "format": "uuid"},
 }
 _GROUP_ID = {**_ID, "name": "group_id"}
+_OWNER = {
+    "name": "owner",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": OWNER_PATTERN},
+}
+# A dispatch's owner and tags (``guards.ownership_of``): in the query, so that the body
+# stays the task's own parameters.
+_OWNED = [
+    {
+        "name": "owner",
+        "in": "query",
+        "required": False,
+        "description": "Whose task it is (its history and live feed): with an API key, or "
+        "where no keys are set; with TASKCAST_FEED_TOKENS_MAY_START, the feed token's owner.",
+        "schema": {"type": "string", "pattern": OWNER_PATTERN},
+    },
+    {
+        "name": "tag",
+        "in": "query",
+        "required": False,
+        "style": "form",
+        "explode": True,
+        "description": "A tag of the task (repeat it for more); only with owner.",
+        "schema": {
+            "type": "array",
+            "items": {"type": "string", "pattern": TAG_PATTERN},
+            "maxItems": MAX_TAGS,
+        },
+    },
+]
 
 # OpenAPI security requirements: any one of the alternatives, each a scheme by name.
 _Security = list[dict[str, list[str]]]
@@ -56,13 +91,14 @@ _SECURITY_SCHEMES = {
         "type": "http",
         "scheme": "bearer",
         "description": "One of TASKCAST_API_KEYS; where a task is read, also that task's "
-        "watch token.",
+        "watch token; where an owner's tasks are listed, its feed token.",
     },
     "watchToken": {
         "type": "apiKey",
         "in": "query",
         "name": "token",
-        "description": "The task's watch token, as its dispatch returned it.",
+        "description": "The task's watch token, as its dispatch returned it; for an "
+        "owner's feed, its feed token (taskcast.sign_feed_token).",
     },
 }
 
@@ -163,6 +199,7 @@ def build(
             "post": {
                 "summary": exposure.summary or f"Start {name}.",
                 "operationId": f"submit_{name}",
+                "parameters": _OWNED,
                 "requestBody": {
                     # No body means no parameters: fine unless the task requires some.
                     "required": required,
@@ -171,8 +208,9 @@ def build(
                 "responses": {
                     "202": _ok("Queued.", refs["TaskLinks"]),
                     "400": _error("Body is not JSON."),
+                    "403": _error("A page of another site, or a feed token not allowed."),
                     "413": _error("Body too large."),
-                    "422": _error("Invalid parameters."),
+                    "422": _error("Invalid parameters, owner or tags."),
                     "503": _error("Broker unavailable."),
                 },
             }
@@ -181,6 +219,7 @@ def build(
             "post": {
                 "summary": f"Start a group of {name} tasks: count copies, or one per params.",
                 "operationId": f"submit_group_{name}",
+                "parameters": _OWNED,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -192,8 +231,9 @@ def build(
                 "responses": {
                     "202": _ok("Queued.", refs["GroupLinks"]),
                     "400": _error("Body is not JSON."),
+                    "403": _error("A page of another site, or a feed token not allowed."),
                     "413": _error("Body too large."),
-                    "422": _error("Invalid parameters."),
+                    "422": _error("Invalid parameters, owner or tags."),
                     "503": _error("Broker unavailable."),
                 },
             }
@@ -244,14 +284,56 @@ def build(
             },
         },
     }
+    paths["/feeds/{owner}/tasks"] = {
+        "get": {
+            "summary": "An owner's tasks, newest first, a page at a time (docs/protocol.md, "
+            "Owners and history).",
+            "operationId": "list_feed_tasks",
+            # (Its token is the watchToken security scheme's.)
+            "parameters": [_OWNER, *(p for p in _query(HistoryQuery) if p["name"] != "token")],
+            "responses": {
+                "200": _ok("A page of the owner's tasks.", refs["HistoryPage"]),
+                "422": _error("Malformed owner or query."),
+            },
+        }
+    }
     probe = {"type": "object", "properties": {"status": {"type": "string"}}}
     paths["/healthz"] = {
         "get": {"summary": "Process alive.", "responses": {"200": _ok("Alive.", probe)}}
     }
+    readiness = {
+        "type": "object",
+        "required": ["status", "redis", "broker"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "degraded"]},
+            "redis": {
+                "type": "string",
+                "enum": ["ok", "unreachable", "timed out", "recovering"],
+                "description": "The result store: records, heartbeats, their channels.",
+            },
+            "broker": {
+                "type": "string",
+                "enum": ["ok", "unreachable", "timed out"],
+                "description": "The Celery app's broker (Redis or RabbitMQ): where dispatches go.",
+            },
+            "detail": {
+                "type": "string",
+                "description": "When the broker is not ok: which one (its URL without "
+                "the password), and what failed.",
+            },
+        },
+    }
     paths["/readyz"] = {
         "get": {
-            "summary": "Redis answers.",
-            "responses": {"200": _ok("Ready.", probe), "503": _ok("Degraded.", probe)},
+            "summary": "Redis and the broker answer, each within TASKCAST_READY_TIMEOUT.",
+            "description": "Ready: the result store answers (and the hub has caught up "
+            "with it after an outage), and the broker takes a connection (checked at most "
+            "once a second per process; probes in between get the last verdict). Either "
+            "down: 503, saying which.",
+            "responses": {
+                "200": _ok("Ready.", readiness),
+                "503": _ok("Degraded: Redis or the broker is down.", readiness),
+            },
         }
     }
     paths["/metrics"] = {
@@ -287,6 +369,8 @@ def build(
     security = {
         Guard.OPEN: [],
         Guard.WORK: keyed,
+        Guard.START: keyed,
+        Guard.FEED: watched,
         Guard.WATCH: watched,
         Guard.WATCH_EACH: watched,
         Guard.CANCEL: keyed or watched,
@@ -411,6 +495,31 @@ _RESUME = {
     "schema": {"type": "string"},
 }
 
+_FEED_EVENTS = {
+    "description": "An event stream (docs/protocol.md, Feeds): a feed event (the owner's "
+    "unfinished tasks), then a status event for every status of the owner's tasks; each "
+    "event's id is a time on Redis's clock (ms) to resume from.",
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"enum": ["feed", "status"]},
+                    "id": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                    "data": {"type": "string", "contentMediaType": "application/json"},
+                },
+                "required": ["event", "id", "data"],
+            }
+        }
+    },
+}
+_FEED_RESUME = {
+    **_RESUME,
+    "description": "Resume after this event (as the Last-Event-ID header does): the "
+    "finals of the tasks that ended since are sent again. Empty: from the start.",
+    "schema": {"type": "string", "pattern": "^([0-9]{1,15})?$"},
+}
+
 
 def _stream_paths() -> dict[str, Any]:
     """The Server-Sent Events endpoints."""
@@ -452,6 +561,18 @@ def _stream_paths() -> dict[str, Any]:
                 "summary": "Follow a group on an event stream.",
                 "parameters": [_GROUP_ID, _RESUME],
                 "responses": {"200": _EVENTS, **refused},
+            }
+        },
+        "/sse/feeds/{owner}": {
+            "get": {
+                "summary": "Follow every task of an owner on an event stream (never ends).",
+                "parameters": [_OWNER, _FEED_RESUME],
+                "responses": {
+                    "200": _FEED_EVENTS,
+                    "400": _error("Malformed query or Last-Event-ID."),
+                    "422": _error("Malformed owner."),
+                    "503": _error("Too many connections."),
+                },
             }
         },
     }

@@ -14,6 +14,14 @@ since: no status twice, and a final missed in the drop is sent again. Once every
 on the stream has ended, an ``end`` event closes it; a browser that reconnects anyway
 is answered 204, which tells it to stop.
 
+``GET /sse/feeds/{owner}``: an owner's feed (``FeedStream``), as ``/ws`` subscribes to
+it: a ``feed`` event (the owner's unfinished tasks), then a ``status`` event for every
+status of every task of the owner. A feed never ends. Its ids are times on Redis's clock
+(ms): the ``feed`` event's is its ``at``, a status event's the time it was written; a
+client back with ``Last-Event-ID: N`` resubscribes from N, as ``/ws``'s ``since`` does
+(the finals of the tasks that ended since then, less the hub's margin, with every
+unfinished task), so a final missed in a drop is sent again.
+
 How an event reaches the client: as a WebSocket frame does (``taskcast.live.subscriber``).
 The hub hands each update to every stream (a ``Connection``), whose write makes the event
 at once, from the hub's own call, while the socket has room: uvicorn's HTTP send only
@@ -61,7 +69,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from taskcast.api.connection import CLOSE_TIMEOUT, Connection
 from taskcast.api.errors import ApiError
-from taskcast.api.guards import CHALLENGE, Guard, app_state, guarded, may_watch, watch_refused
+from taskcast.api.guards import (
+    CHALLENGE,
+    Guard,
+    app_state,
+    guarded,
+    may_watch,
+    parse_owner,
+    watch_refused,
+)
 from taskcast.api.validation import parse_task_id
 from taskcast.live import protocol
 from taskcast.live.protocol import Update
@@ -79,6 +95,11 @@ _END = ServerSentEvent(orjson.dumps({"type": "end"}).decode(), event="end", id=E
 _SEEN = re.compile(r"([0-9a-f]{8})(f?[0-9a-f]{8})")
 _ID_PREFIX = 8
 _QUERY_NAMES = frozenset({"task", "group", "token", "last_event_id"})
+# A feed event's id: a time on Redis's clock in ms (15 digits last until the year 33658).
+_FEED_ID = re.compile(r"[0-9]{1,15}")
+# The ``at`` at the head of a feed message, as ``protocol.feed_snapshot`` writes it (an
+# owner holds no quote): the feed event's id, read without parsing its tasks.
+_FEED_AT = re.compile(r'\{"type":"feed","feed":"[^"]*","at":([0-9]+)[,}]')
 
 # What EventSourceResponse sent, in its order.
 _HEADERS = [
@@ -289,6 +310,44 @@ class EventStream(Connection):
                 hub.watch_group(item.id, members, self)
 
 
+class FeedStream(EventStream):
+    """An owner's feed as an event stream: the hub's feed message, then every status of
+    the owner's tasks, each with the time (Redis's clock, ms) it was written as its id,
+    so that a client coming back resumes from there. It never ends by itself: a feed has
+    no final (a task's final status is one event among others)."""
+
+    __slots__ = ("_last_ms", "owner", "since_ms")
+
+    def __init__(self, state: AppState, client: str, owner: str, since_ms: int | None) -> None:
+        super().__init__(state, client, [], {}, {}, set())
+        self.owner = owner
+        self.since_ms = since_ms
+        # The last id written: ids never go back, though Redis's clock is read again now
+        # and then (the offset may move by a few ms) and a failover brings another clock.
+        # (Not seeded with since_ms: the client's word, where the feed event's is Redis's.)
+        self._last_ms = 0
+
+    def __repr__(self) -> str:
+        return f"<FeedStream of {self.owner!r} from {self.client}>"
+
+    def _message(self, update: Update) -> Message | None:
+        if update.watched_id is None:
+            return None  # an answer to nothing this stream asked (there is no client request)
+        if update.type == "feed":
+            found = _FEED_AT.match(update.text)
+            written = int(found.group(1)) if found else self.state.hub.store.clock.now_ms()
+        elif update.type == "status":
+            # Never earlier than the record it shows: the hub read it before this write.
+            written = self.state.hub.store.clock.now_ms()
+        else:
+            return None  # (the hub hands a feed nothing else)
+        self._last_ms = max(self._last_ms, written)
+        return _event(update, str(self._last_ms), False)
+
+    def on_connect(self) -> None:
+        self.state.hub.watch_feed(self.owner, self, self.since_ms)
+
+
 def _server_stopping() -> bool:
     """Whether the server is shutting down, as sse-starlette tells it: its ``AppStatus``
     (set by the handler it installs on uvicorn's ``Server.handle_exit``, so by SIGTERM or
@@ -470,6 +529,41 @@ def parse_watched(items: list[tuple[str, str]], limit: int) -> list[Watched]:
     return watched
 
 
+def parse_feed_resume(last_event_id: str | None) -> int | None:
+    """The time a feed's stream resumes from: the id of its last event the client had
+    (a time in ms); None for a first connection. Anything else is refused (400): the
+    ids of this stream are the only ones it takes."""
+    if not last_event_id:
+        return None
+    if _FEED_ID.fullmatch(last_event_id) is None:
+        shown = last_event_id if len(last_event_id) <= 64 else last_event_id[:64] + "..."
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            "a feed's stream resumes from the id of one of its events (a time in ms), "
+            f"got {shown!r}",
+        )
+    return int(last_event_id)
+
+
+async def sse_feed(request: Request) -> Response:
+    # The guard has checked the owner (422) and its feed token or an API key (401).
+    owner = parse_owner(request.path_params["owner"])
+    extra = set(request.query_params) - {"token", "last_event_id"}
+    if extra:
+        raise ApiError(400, "invalid_query", f"unexpected query parameter {sorted(extra)[0]!r}")
+    since_ms = parse_feed_resume(
+        request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    )
+    state = app_state(request)
+    client = request.client.host if request.client else ""
+    stream = FeedStream(state, client, owner, since_ms)
+    too_many = stream.admit()
+    if too_many is not None:
+        raise ApiError(503, "too_many_connections", too_many.detail, {"Retry-After": "5"})
+    return _Response(stream)
+
+
 async def sse_many(request: Request) -> Response:
     limit = app_state(request).settings.max_subscriptions
     return await _open(request, parse_watched(request.query_params.multi_items(), limit), many=True)
@@ -479,4 +573,5 @@ routes = [
     guarded("/sse", sse_many, guard=Guard.WATCH_EACH),
     guarded("/sse/tasks/{task_id}", sse_task, guard=Guard.WATCH),
     guarded("/sse/groups/{group_id}", sse_group, guard=Guard.WATCH),
+    guarded("/sse/feeds/{owner}", sse_feed, guard=Guard.FEED),
 ]

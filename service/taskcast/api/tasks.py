@@ -22,6 +22,7 @@ from taskcast.api.guards import (
     Guard,
     app_state,
     guarded,
+    ownership_of,
     read_group_status,
     read_members,
     read_status,
@@ -51,13 +52,14 @@ def exposed(request: Request) -> Exposure:
 async def submit(request: Request) -> Response:
     exposure = exposed(request)
     try:
+        ownership = ownership_of(request)
         body = await read_body(request, app_state(request).settings.max_body_bytes)
         params = parse_params(exposure.params, body)
     except ApiError:
         app_state(request).metrics.dispatched(exposure.name, "invalid")
         raise
-    task_id = await dispatch_task(request, exposure, params)
-    links = task_links(request, task_id)
+    task_id = await dispatch_task(request, exposure, params, ownership)
+    links = task_links(request, task_id, ownership)
     return json_response(links, status_code=202, headers={"Location": links["status_url"]})
 
 
@@ -87,6 +89,7 @@ async def submit_group(request: Request) -> Response:
     state = app_state(request)
     exposure = exposed(request)
     try:
+        ownership = ownership_of(request)
         body = await read_body(request, state.settings.max_body_bytes)
         members = parse_group(exposure.params, body, state.settings.max_group_size)
     except ApiError:
@@ -94,14 +97,14 @@ async def submit_group(request: Request) -> Response:
         raise
     try:
         group_id, task_ids = await state.dispatcher.submit_group(
-            exposure, [exposure.kwargs(params) for params in members]
+            exposure, [exposure.kwargs(params) for params in members], ownership
         )
     except DispatchError as exc:
         state.metrics.dispatched(exposure.name, "publish_failed", len(members))
         state.metrics.dispatch_redis_errors.inc()
         raise ApiError(503, "broker_unavailable", QUEUE_FAILED.format("group")) from exc
     state.metrics.dispatched(exposure.name, "ok", len(task_ids))
-    links = group_links(request, group_id, task_ids)
+    links = group_links(request, group_id, task_ids, ownership)
     return json_response(links, status_code=202, headers={"Location": links["status_url"]})
 
 
@@ -181,10 +184,10 @@ async def _redis_readiness(request: Request) -> RedisState:
 
 routes = [
     guarded("/tasks", list_tasks),
-    guarded("/tasks/{name}", submit, "POST", Guard.WORK),
+    guarded("/tasks/{name}", submit, "POST", Guard.START),
     guarded(paths.TASK_STATUS, task_status, guard=Guard.WATCH),
     guarded(paths.TASK_STATUS, cancel_task, "DELETE", Guard.CANCEL),
-    guarded("/groups/{name}", submit_group, "POST", Guard.WORK),
+    guarded("/groups/{name}", submit_group, "POST", Guard.START),
     guarded(paths.GROUP_STATUS, group_status, guard=Guard.WATCH),
     guarded(paths.GROUP_STATUS, cancel_group, "DELETE", Guard.CANCEL),
     guarded("/healthz", healthz),

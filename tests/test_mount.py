@@ -117,6 +117,11 @@ def lifespans_started() -> int:
     return sum(task.get_name() == "taskcast-lifespan" for task in asyncio.all_tasks())
 
 
+def hubs() -> set[asyncio.Task[object]]:
+    """The hubs running on this loop (the session's own among them)."""
+    return {task for task in asyncio.all_tasks() if task.get_name() == "taskcast-hub"}
+
+
 async def dispatch(http: httpx.AsyncClient, base: str, path: str, body: Any) -> dict[str, Any]:
     response = await http.post(f"{base}{path}", json=body)
     assert response.status_code == 202, response.text
@@ -267,7 +272,7 @@ async def test_a_request_starts_the_lifespan_of_an_app_mounted_without_one(
 ) -> None:
     jobs = create_app(session_app(), settings=settings_with())
     outer = Starlette(routes=[Mount(PREFIX, jobs)])
-    started_before = lifespans_started()
+    started_before, hubs_before = lifespans_started(), hubs()
     async with running_server(outer) as url, httpx.AsyncClient(timeout=10) as http:
         assert not hasattr(jobs.state, "taskcast")
         # Many first requests at once share one start.
@@ -275,6 +280,11 @@ async def test_a_request_starts_the_lifespan_of_an_app_mounted_without_one(
         assert {answer.status_code for answer in answers} == {200}
         assert hasattr(jobs.state, "taskcast")
         assert lifespans_started() == started_before + 1
+        (hub_task,) = hubs() - hubs_before
+    # Stopped on demand: its hub and Redis closed, its task gone.
+    await jobs.aclose()
+    assert lifespans_started() == started_before
+    assert hub_task.done()
 
 
 async def test_behind_a_proxy_that_strips_the_prefix(worker: WorkerProcess) -> None:

@@ -124,6 +124,16 @@ class Service(Starlette):
             await self._start_in_background()
         await super().__call__(scope, receive, send)
 
+    async def aclose(self) -> None:
+        """Stop the lifespan a request started (where no server or outer app ran one):
+        for a program that stops taskcast before its event loop ends (tests do). Without
+        it, the end of the loop stops it."""
+        background, self._background = self._background, None
+        if background is not None and not background.task.done():
+            background.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background.task
+
     async def _start_in_background(self) -> None:
         loop = asyncio.get_running_loop()
         # No await between the test and the assignment: concurrent first requests share
@@ -139,14 +149,22 @@ class Service(Starlette):
             raise
 
 
+# The lifespans requests started, while they run.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
 class _Background:
     """A service's lifespan run by a task of the loop, for as long as the loop runs."""
 
     def __init__(self, service: Service, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.started: asyncio.Future[None] = loop.create_future()
-        # A hard reference: the loop keeps only a weak one to its tasks.
         self.task = loop.create_task(self._run(service), name="taskcast-lifespan")
+        # A hard reference until it ends: the loop keeps only a weak one to its tasks,
+        # and a service dropped while its lifespan runs would leave it to the collector
+        # (closing it mid-await, its clean-up never run).
+        _BACKGROUND.add(self.task)
+        self.task.add_done_callback(_BACKGROUND.discard)
 
     async def _run(self, service: Service) -> None:
         try:

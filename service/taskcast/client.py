@@ -128,6 +128,44 @@ def _detail(response: httpx.Response) -> tuple[str, str]:
     return "", f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
+class _Backoff:
+    """Between attempts to reach a followed stream again: a random wait between half
+    and all of ``retry_initial * 2**n``, at most ``retry_max`` (so many clients spread
+    out), until ``give_up_after`` seconds have passed without a working connection."""
+
+    def __init__(self, give_up_after: float, retry_initial: float, retry_max: float) -> None:
+        self.give_up_after = give_up_after
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.failures = 0
+        self.offline_since = time.monotonic()
+
+    async def wait(self, reason: str, delivered: bool) -> None:
+        """Wait before the next attempt (counted afresh when the last one delivered
+        something); ServiceUnavailable, naming ``reason``, once it is time to give up."""
+        if delivered:
+            self.failures, self.offline_since = 0, time.monotonic()
+        remaining = self.offline_since + self.give_up_after - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(f"{reason}; gave up after {self.give_up_after:g} s")
+        ceiling = min(self.retry_max, self.retry_initial * 2**self.failures)
+        self.failures += 1
+        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
+
+
+def _connect_failure(exc: BaseException, base_url: str, url: str) -> str:
+    """Why a WebSocket could not be opened, to try again later; raises TaskcastError for
+    what trying again cannot change (not a service URL, a refusal below HTTP 500)."""
+    if isinstance(exc, InvalidURI):
+        raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
+    if isinstance(exc, InvalidStatus):
+        status_code = exc.response.status_code
+        if status_code < 500:
+            raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
+        return f"{url} answered HTTP {status_code}"
+    return f"cannot reach {url}: {_reason(exc)}"
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost cause, in words: "Connection refused", not "All connection attempts
     failed", which is all that httpx's own message says."""
@@ -520,8 +558,7 @@ async def _follow(
     url = subject.ws_url(base_url, watched_id)
     headers = _authorization(credential)
     last: dict[str, Any] | None = None
-    failures = 0
-    offline_since = time.monotonic()
+    backoff = _Backoff(give_up_after, retry_initial, retry_max)
     while True:
         reason: str
         delivered = False
@@ -559,23 +596,9 @@ async def _follow(
             if code == _CLOSE_UNAUTHORIZED:
                 raise Unauthorized(f"not allowed to watch {subject.word} {watched_id}") from None
             reason = f"the connection dropped ({code or 'no close frame'})"
-        except InvalidURI as exc:
-            raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
-        except InvalidStatus as exc:
-            status_code = exc.response.status_code
-            if status_code < 500:
-                raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
-            reason = f"{url} answered HTTP {status_code}"
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            reason = f"cannot reach {url}: {_reason(exc)}"
-        if delivered:
-            failures, offline_since = 0, time.monotonic()
-        remaining = offline_since + give_up_after - time.monotonic()
-        if remaining <= 0:
-            raise ServiceUnavailable(f"{reason}; gave up after {give_up_after:g} s")
-        ceiling = min(retry_max, retry_initial * 2**failures)
-        failures += 1
-        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
+        except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as exc:
+            reason = _connect_failure(exc, base_url, url)
+        await backoff.wait(reason, delivered)
 
 
 # Tasks a feed watch remembers the last status of, to skip repeats after a reconnect (the
@@ -630,8 +653,7 @@ async def _follow_feed(
     # The last status yielded of each task (its final too: nothing follows that).
     shown: dict[str, dict[str, Any]] = {}
     at: int | None = None
-    failures = 0
-    offline_since = time.monotonic()
+    backoff = _Backoff(give_up_after, retry_initial, retry_max)
     while True:
         reason: str
         delivered = False
@@ -679,23 +701,9 @@ async def _follow_feed(
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = f"the connection dropped ({code or 'no close frame'})"
-        except InvalidURI as exc:
-            raise TaskcastError(f"not a service URL: {base_url!r} ({exc})") from None
-        except InvalidStatus as exc:
-            status_code = exc.response.status_code
-            if status_code < 500:
-                raise TaskcastError(f"{url} refused the WebSocket: HTTP {status_code}") from None
-            reason = f"{url} answered HTTP {status_code}"
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            reason = f"cannot reach {url}: {_reason(exc)}"
-        if delivered:
-            failures, offline_since = 0, time.monotonic()
-        remaining = offline_since + give_up_after - time.monotonic()
-        if remaining <= 0:
-            raise ServiceUnavailable(f"{reason}; gave up after {give_up_after:g} s")
-        ceiling = min(retry_max, retry_initial * 2**failures)
-        failures += 1
-        await asyncio.sleep(min(remaining, random.uniform(ceiling / 2, ceiling)))
+        except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as exc:
+            reason = _connect_failure(exc, base_url, url)
+        await backoff.wait(reason, delivered)
 
 
 def _raise_for_feed_error(owner: str, message: dict[str, Any]) -> None:

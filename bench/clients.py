@@ -264,6 +264,18 @@ def _sockets_main(
     asyncio.run(_run_sockets(report, urls, server_closes, sends))
 
 
+def stop_children(pipes: Sequence[Connection], processes: Sequence[Any]) -> None:
+    """Tell each client process to stop, and wait for it (killed after 10 s)."""
+    for pipe in pipes:
+        with contextlib.suppress(OSError):
+            pipe.send("stop")
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 class Sockets:
     """WebSocket clients (``ws://`` URLs) or Server-Sent Events clients (``http://``) to
     ``urls``, spread over ``processes`` processes.
@@ -309,14 +321,7 @@ class Sockets:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send("stop")
-        for process in self.processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        stop_children(self.pipes, self.processes)
 
     def frame(self, k: int, timeout: float = 60.0) -> tuple[float, float]:
         """Wait until every socket has its k-th frame; the first and last arrival times."""

@@ -36,7 +36,6 @@ followed feed: its owned SENT record written -> its first status at the feed's c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import math
 import multiprocessing
@@ -61,6 +60,7 @@ from websockets.http11 import Response
 from websockets.sync.client import connect
 from websockets.uri import WebSocketURI, parse_uri
 
+from bench.clients import stop_children
 from bench.redis_commands import commands
 from bench.stack import Server, Stack, cpu_seconds, machine, parser, percentile, table
 
@@ -251,14 +251,7 @@ class _Followers:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send("stop")
-        for process in self.processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        stop_children(self.pipes, self.processes)
 
     def start(self) -> None:
         for pipe in self.pipes:

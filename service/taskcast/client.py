@@ -128,6 +128,18 @@ def _detail(response: httpx.Response) -> tuple[str, str]:
     return "", f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
+def _open(url: str, headers: dict[str, str], open_timeout: float) -> connect:
+    """A WebSocket to the service, as every follower opens one: no compression (small
+    JSON frames), frames no larger than the service sends."""
+    return connect(
+        url,
+        additional_headers=headers,
+        open_timeout=open_timeout,
+        compression=None,
+        max_size=_MAX_FRAME_BYTES,
+    )
+
+
 class _Backoff:
     """Between attempts to reach a followed stream again: a random wait between half
     and all of ``retry_initial * 2**n``, at most ``retry_max`` (so many clients spread
@@ -563,13 +575,7 @@ async def _follow(
         reason: str
         delivered = False
         try:
-            async with connect(
-                url,
-                additional_headers=headers,
-                open_timeout=open_timeout,
-                compression=None,
-                max_size=_MAX_FRAME_BYTES,
-            ) as ws:
+            async with _open(url, headers, open_timeout) as ws:
                 async for raw in ws:
                     message = json.loads(raw)
                     if message.get("type") == "error":
@@ -658,13 +664,7 @@ async def _follow_feed(
         reason: str
         delivered = False
         try:
-            async with connect(
-                url,
-                additional_headers=headers,
-                open_timeout=open_timeout,
-                compression=None,
-                max_size=_MAX_FRAME_BYTES,
-            ) as ws:
+            async with _open(url, headers, open_timeout) as ws:
                 frame: dict[str, Any] = {"op": "subscribe", "feed": owner}
                 if token is not None:
                     frame["token"] = token

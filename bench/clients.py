@@ -84,15 +84,24 @@ class _Tally:
             self.report.send(("error", why))
 
 
-class _Socket(asyncio.Protocol):
-    """One WebSocket client that counts the text frames it receives."""
+class WebSocketClient(asyncio.Protocol):
+    """A bare sans-I/O WebSocket client on an asyncio transport (no task per socket):
+    it opens the handshake, sends ``sends`` once it is accepted, and hands each text
+    frame to ``text``; subclasses say what a frame and a refusal mean."""
 
-    def __init__(self, uri: WebSocketURI, tally: _Tally, sends: Sequence[str]) -> None:
+    def __init__(self, uri: WebSocketURI, sends: Sequence[str]) -> None:
         self.protocol = ClientProtocol(uri, max_size=None)
-        self.tally = tally
         self.sends = sends
-        self.frames = 0
         self.transport: asyncio.Transport | None = None
+
+    def text(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """A text frame arrived at ``now`` (the parser's buffer: copy what is kept)."""
+
+    def opened(self) -> None:
+        """The handshake was accepted; the subscribes go out next."""
+
+    def refused(self, status_code: int) -> None:
+        """The handshake was answered with another status than 101."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -102,24 +111,18 @@ class _Socket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
+        now = time.time()
         for event in self.protocol.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
-                    self.frames += 1
-                    self.tally.received(self.frames)
+                    self.text(event.data, now)
             elif isinstance(event, Response) and event.status_code != 101:
-                self.tally.failed(f"handshake refused: HTTP {event.status_code}")
+                self.refused(event.status_code)
             elif isinstance(event, Response):
+                self.opened()
                 for text in self.sends:
                     self.protocol.send_text(text.encode())
         self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # The code the server sent (the protocol's close_code waits for a state this
-        # bare transport never reports).
-        received = self.protocol.close_rcvd
-        code = received.code if received is not None else None
-        self.tally.closed(code, self.frames, f"a socket closed early (code {code}, {exc!r})")
 
     def _flush(self) -> None:
         assert self.transport is not None
@@ -128,6 +131,29 @@ class _Socket(asyncio.Protocol):
                 self.transport.write(chunk)
             elif self.transport.can_write_eof():
                 self.transport.write_eof()
+
+
+class _Socket(WebSocketClient):
+    """One WebSocket client that counts the text frames it receives."""
+
+    def __init__(self, uri: WebSocketURI, tally: _Tally, sends: Sequence[str]) -> None:
+        super().__init__(uri, sends)
+        self.tally = tally
+        self.frames = 0
+
+    def text(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        self.frames += 1
+        self.tally.received(self.frames)
+
+    def refused(self, status_code: int) -> None:
+        self.tally.failed(f"handshake refused: HTTP {status_code}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The code the server sent (the protocol's close_code waits for a state this
+        # bare transport never reports).
+        received = self.protocol.close_rcvd
+        code = received.code if received is not None else None
+        self.tally.closed(code, self.frames, f"a socket closed early (code {code}, {exc!r})")
 
 
 class _EventStream(asyncio.Protocol):

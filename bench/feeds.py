@@ -54,13 +54,10 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.sync.client import connect
 from websockets.uri import WebSocketURI, parse_uri
 
-from bench.clients import stop_children
+from bench.clients import WebSocketClient, stop_children
 from bench.redis_commands import commands
 from bench.stack import Server, Stack, cpu_seconds, machine, parser, percentile, table
 
@@ -129,54 +126,33 @@ class _Tally:
             self.report.send(("error", why))
 
 
-class _Follower(asyncio.Protocol):
+class _Follower(WebSocketClient):
     """One WebSocket client: sends its subscribes once connected, takes the first
     ``answer`` frames as their answer, then hands every frame to the tally."""
 
     def __init__(self, uri: WebSocketURI, tally: _Tally, sends: Sequence[str], answer: int) -> None:
-        self.protocol = ClientProtocol(uri, max_size=None)
+        super().__init__(uri, sends)
         self.tally = tally
-        self.sends = sends
         self.answer = answer
         self.subscribed_at = 0.0
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.protocol.send_request(self.protocol.connect())
-        self._flush()
+    def opened(self) -> None:
+        self.subscribed_at = time.time()
 
-    def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        now = time.time()
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame):
-                if event.opcode is not Opcode.TEXT:
-                    continue
-                if self.answer:
-                    self.answer -= 1
-                    if not self.answer:
-                        self.tally.answered(now - self.subscribed_at)
-                    continue
-                # (A bytearray from the parser: a copy of a few hundred bytes.)
-                self.tally.received(bytes(event.data), now)
-            elif isinstance(event, Response) and event.status_code != 101:
-                self.tally.failed(f"handshake refused: HTTP {event.status_code}")
-            elif isinstance(event, Response):
-                self.subscribed_at = time.time()
-                for text in self.sends:
-                    self.protocol.send_text(text.encode())
-        self._flush()
+    def text(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        if self.answer:
+            self.answer -= 1
+            if not self.answer:
+                self.tally.answered(now - self.subscribed_at)
+            return
+        # (A bytearray from the parser: a copy of a few hundred bytes.)
+        self.tally.received(bytes(data), now)
+
+    def refused(self, status_code: int) -> None:
+        self.tally.failed(f"handshake refused: HTTP {status_code}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.tally.failed(f"a socket closed early ({exc!r})")
-
-    def _flush(self) -> None:
-        assert self.transport is not None
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
 
 
 async def _run_followers(

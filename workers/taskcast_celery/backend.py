@@ -147,17 +147,21 @@ return 1
 # SENT only where the task has no record yet, announced only when written: SENT over a
 # live task's state would make a watcher step backwards, and a retry's re-publish (same
 # id) must not reset the task.
-_RECORD_SENT_LUA = """
-local written
-if tonumber(ARGV[2]) > 0 then
-    written = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX')
-else
-    written = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-end
-if written then
-    redis.call('PUBLISH', KEYS[1], ARGV[1])
+_WRITE_SENT_LUA = """
+local function write_sent()
+    local written
+    if tonumber(ARGV[2]) > 0 then
+        written = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX')
+    else
+        written = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+    end
+    if written then
+        redis.call('PUBLISH', KEYS[1], ARGV[1])
+    end
+    return written
 end
 """
+_RECORD_SENT_LUA = _WRITE_SENT_LUA + "write_sent()\n"
 
 # The same for an owned task, which also joins its owner's history: its entry (kept for
 # the history's seconds), its owner's list and unfinished tasks (each trimmed of what is
@@ -167,17 +171,11 @@ end
 # webhook ('' none), the history's seconds, the feed channel.
 _RECORD_OWNED_SENT_LUA = (
     _CLOCK_LUA
+    + _WRITE_SENT_LUA
     + """
-local written
-if tonumber(ARGV[2]) > 0 then
-    written = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX')
-else
-    written = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-end
-if not written then
+if not write_sent() then
     return 0
 end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
 local now = now_ms()
 local keep = tonumber(ARGV[8])
 local oldest = now - keep * 1000

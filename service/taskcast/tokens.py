@@ -15,6 +15,9 @@ import hmac
 import re
 import time
 
+# The owners' rule where it is written once (a module of the standard library only, too).
+from taskcast_celery.owners import OWNER_PATTERN, OWNER_RULE
+
 # A shorter secret is refused: a guessable one protects nothing.
 MIN_SECRET_CHARS = 32
 
@@ -58,11 +61,6 @@ def verify(
     return now < int(expires) and (max_ttl is None or int(expires) <= now + max_ttl)
 
 
-# Owners as taskcast_celery.owners checks them (written out here: this module needs
-# nothing but the standard library, for web apps that only mint tokens).
-_OWNER = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-OWNER_RULE = "1 to 128 characters of letters, digits and _.:@-"
-
 # Ids are UUIDs in lower case, as the service keeps them: a token is bound to that form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # An hour: the service refuses a token that lasts longer than its TASKCAST_TOKEN_TTL
@@ -105,7 +103,7 @@ def sign_feed_token(owner: str, *, secret: str, ttl: int | None = None) -> str:
     never longer than the service's ``TASKCAST_TOKEN_TTL``)."""
     if len(secret) < MIN_SECRET_CHARS:
         raise ValueError(f"secret: the service needs at least {MIN_SECRET_CHARS} characters")
-    if not _OWNER.fullmatch(owner):
+    if not re.fullmatch(OWNER_PATTERN, owner):
         raise ValueError(f"owner must be {OWNER_RULE}, got {owner!r}")
     lifetime = DEFAULT_TTL if ttl is None else ttl
     if lifetime <= 0:

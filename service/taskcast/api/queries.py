@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from taskcast.history import MAX_LIMIT
-from taskcast_celery.owners import MAX_TAG_CHARS
+from taskcast_celery.owners import TAG_PATTERN
 
 
 class _Query(BaseModel):
@@ -51,7 +51,7 @@ class HistoryQuery(_Query):
     )
     tag: str | None = Field(
         None,
-        pattern=rf"^[A-Za-z0-9_.:@-]{{1,{MAX_TAG_CHARS}}}$",
+        pattern=TAG_PATTERN,
         description="Only tasks with this tag.",
     )
     since: int | None = Field(

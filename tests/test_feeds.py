@@ -18,6 +18,7 @@ from taskcast.live.hub import Hub
 from taskcast_celery import keys
 from taskcast_celery.owners import OwnerError, Ownership
 from tests import env
+from tests.owning import KEY, QUICK, SECRET, new_owner, start_owned
 from tests.support import (
     eventually,
     read_until_closed,
@@ -30,20 +31,6 @@ from tests.support import (
     write_success,
     ws_connect,
 )
-
-QUICK = {"total": 3, "step_seconds": 0.05}
-
-
-def owner() -> str:
-    """An owner of this test's own, so that no other test's tasks are in its feed."""
-    return f"user:{uuid.uuid4().hex[:12]}"
-
-
-def progress(owner_name: str, tags: tuple[str, ...] = (), **params: Any) -> str:
-    """Start the demo app's progress task from this process, owned by ``owner_name``."""
-    task = session_app().tasks["taskcast.progress"]
-    with taskcast.owned_by(owner_name, tags=tags):
-        return str(task.delay(**{**QUICK, **params}).id)
 
 
 async def subscribe_feed(ws: ClientConnection, owner_name: str, **extra: Any) -> dict[str, Any]:
@@ -68,8 +55,8 @@ async def statuses_until_final(ws: ClientConnection, task_id: str) -> list[dict[
 async def test_every_status_of_an_owned_task_carries_its_owner_and_tags(
     client: httpx.AsyncClient, base_url: str, worker: object
 ) -> None:
-    me = owner()
-    task_id = progress(me, tags=("report", "q3"))
+    me = new_owner()
+    task_id = start_owned(me, tags=("report", "q3"))
     # The SENT record already, before any worker ran it.
     async with ws_connect(base_url, f"/ws/tasks/{task_id}") as ws:
         messages, code = await read_until_closed(ws)
@@ -89,29 +76,29 @@ async def test_a_task_without_an_owner_says_nothing_of_one(client: httpx.AsyncCl
 async def test_a_feed_answers_with_the_unfinished_tasks_then_follows_new_ones(
     base_url: str, hub: Hub
 ) -> None:
-    me = owner()
+    me = new_owner()
     # Queued behind nothing but slow enough to be unfinished when the feed is asked.
-    running = progress(me, total=40, step_seconds=0.05)
+    running = start_owned(me, total=40, step_seconds=0.05)
     async with ws_connect(base_url, "/ws") as ws:
         first = await subscribe_feed(ws, me)
         assert [status["task_id"] for status in first["tasks"]] == [running]
         assert first["tasks"][0]["owner"] == me and isinstance(first["at"], int)
         # A task started after the subscribe joins the feed by its announcement.
-        newer = progress(me)
+        newer = start_owned(me)
         seen = await statuses_until_final(ws, newer)
     assert seen[0]["owner"] == me and seen[-1]["state"] == "SUCCESS"
     await eventually(lambda: hub.watched_feeds, lambda feeds: me not in feeds)
 
 
 async def test_owners_never_see_each_others_tasks(base_url: str) -> None:
-    base = owner()
+    base = new_owner()
     # One owner's name is the start of the other's: still two owners.
     short, long = base, base + "2"
     async with ws_connect(base_url, "/ws") as ws_short, ws_connect(base_url, "/ws") as ws_long:
         await subscribe_feed(ws_short, short)
         await subscribe_feed(ws_long, long)
-        theirs = progress(long)
-        mine = progress(short)
+        theirs = start_owned(long)
+        mine = start_owned(short)
         seen_short = await statuses_until_final(ws_short, mine)
         seen_long = await statuses_until_final(ws_long, theirs)
         # Each socket also saw nothing of the other's task meanwhile (it would have come
@@ -121,11 +108,11 @@ async def test_owners_never_see_each_others_tasks(base_url: str) -> None:
 
 
 async def test_a_resumed_feed_gets_the_finals_it_missed(base_url: str) -> None:
-    me = owner()
+    me = new_owner()
     async with ws_connect(base_url, "/ws") as ws:
         answer = await subscribe_feed(ws, me)
     # Disconnected: a task of the owner starts and ends meanwhile.
-    missed = progress(me)
+    missed = start_owned(me)
     meta = keys.task_meta_key(env.KEY_PREFIX, missed)
     backend = session_app().backend
 
@@ -136,7 +123,7 @@ async def test_a_resumed_feed_gets_the_finals_it_missed(base_url: str) -> None:
     await eventually(ended, bool, within=20)
     async with ws_connect(base_url, "/ws") as ws:
         resumed = await subscribe_feed(ws, me, since=answer["at"])
-        fresh = await subscribe_feed(ws, owner())
+        fresh = await subscribe_feed(ws, new_owner())
     replayed = {status["task_id"]: status["state"] for status in resumed["tasks"]}
     assert replayed == {missed: "SUCCESS"}
     assert fresh["tasks"] == []
@@ -145,8 +132,8 @@ async def test_a_resumed_feed_gets_the_finals_it_missed(base_url: str) -> None:
 async def test_cancelling_an_owned_task_keeps_its_owner(
     client: httpx.AsyncClient, base_url: str
 ) -> None:
-    me = owner()
-    task_id = progress(me, tags=("x",), total=200, step_seconds=0.05)
+    me = new_owner()
+    task_id = start_owned(me, tags=("x",), total=200, step_seconds=0.05)
     assert (await client.delete(f"/tasks/{task_id}")).status_code == 202
     body = (await client.get(f"/tasks/{task_id}")).json()
     assert body["state"] == "REVOKED"
@@ -190,7 +177,7 @@ def test_owned_by_checks_what_it_is_given() -> None:
 
 async def test_a_feed_reader_that_stops_reading_does_not_delay_others(worker: object) -> None:
     """A stalled feed reader holds its own socket; a fast one still gets every final."""
-    me = owner()
+    me = new_owner()
     backend = session_app().backend
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for task_id in ids:
@@ -226,12 +213,8 @@ async def test_a_feed_reader_that_stops_reading_does_not_delay_others(worker: ob
     assert finals == set(ids)
 
 
-SECRET = "s" * 40
-KEY = "key-" + "k" * 30
-
-
 async def test_with_a_secret_a_feed_opens_only_with_its_own_token(worker: object) -> None:
-    me = owner()
+    me = new_owner()
     app = create_app(session_app(), settings=settings_with(secret=SECRET, api_keys=(KEY,)))
     task_token = taskcast.sign_watch_token(str(uuid.uuid4()), secret=SECRET)
     async with running_server(app) as url, ws_connect(url, "/ws") as ws:
@@ -251,4 +234,4 @@ async def test_with_a_secret_a_feed_opens_only_with_its_own_token(worker: object
         async with ws_connect(
             url, "/ws", additional_headers={"Authorization": f"Bearer {KEY}"}
         ) as keyed:
-            await subscribe_feed(keyed, owner())
+            await subscribe_feed(keyed, new_owner())

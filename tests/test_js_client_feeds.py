@@ -10,14 +10,12 @@ this process, owned (``taskcast.owned_by``), as a producer elsewhere would.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext
 
-import taskcast
 from taskcast.app import create_app
 from taskcast.cli.devstack import free_port
 from taskcast.live.hub import Hub
@@ -25,11 +23,10 @@ from taskcast.live.protocol import feed_key
 from taskcast_celery import keys
 from tests import env
 from tests.browser import Harness, check_followed, open_harness
+from tests.owning import new_owner, start_owned
 from tests.support import WorkerProcess, eventually, running_server, session_app
 
 pytestmark = pytest.mark.timeout(120)
-
-QUICK = {"total": 3, "step_seconds": 0.05}
 
 
 @pytest.fixture
@@ -37,18 +34,6 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     context = await browser.new_context()
     yield context
     await context.close()
-
-
-def owner() -> str:
-    """An owner of this test's own, so that no other test's tasks are in its feed."""
-    return f"user:{uuid.uuid4().hex[:12]}"
-
-
-def progress(owner_name: str, **params: Any) -> str:
-    """Start the demo app's progress task from this process, owned by ``owner_name``."""
-    task = session_app().tasks["taskcast.progress"]
-    with taskcast.owned_by(owner_name):
-        return str(task.delay(**{**QUICK, **params}).id)
 
 
 def ended(task_id: str) -> bool:
@@ -97,17 +82,17 @@ FEED_TOLD = """([me, id, final]) => log.some((e) => e.id === me && (
 async def test_a_feed_over_the_websocket_then_resumed_after_the_server_dropped_it(
     context: BrowserContext, base_url: str, worker: WorkerProcess, hub: Hub
 ) -> None:
-    me, stranger = owner(), owner()
+    me, stranger = new_owner(), new_owner()
     harness = await open_harness(context, base_url)
-    running = progress(me, total=20, step_seconds=0.1)
+    running = start_owned(me, total=20, step_seconds=0.1)
     await harness.run("(me) => { newClient(); followFeed(me, null); }", me)
     await harness.until("(me) => count('snapshot', me) === 1", me)
     [snapshot] = [e["value"] for e in await harness.log() if e["name"] == "snapshot"]
     assert [status["task_id"] for status in snapshot] == [running]
     # A new task of the owner's joins the feed; another owner's never does. One task is
     # also followed on its own: its subscription is told each status once, as the feed.
-    newer = progress(me)
-    theirs = progress(stranger)
+    newer = start_owned(me)
+    theirs = start_owned(stranger)
     await harness.run("(id) => follow('task', id, null)", newer)
     for task_id in (newer, running):
         await harness.until(FEED_TOLD, [me, task_id, True])
@@ -142,7 +127,7 @@ async def test_a_final_that_ended_while_the_service_was_down_reaches_the_feed(
     sockets and streams closed), the task ends meanwhile, and the feed resumed on the
     service started again is told the final, once."""
     port = free_port()
-    me_ws, me_sse = owner(), owner()
+    me_ws, me_sse = new_owner(), new_owner()
     async with running_server(create_app(), port=port) as url:
         ws_page = await open_harness(context, url)
         sse_page = await open_harness(context, url)
@@ -153,8 +138,8 @@ async def test_a_final_that_ended_while_the_service_was_down_reaches_the_feed(
         for page, me in ((ws_page, me_ws), (sse_page, me_sse)):
             await page.until("(me) => count('snapshot', me) === 1", me)
         # Long enough to be running when the service stops, whatever the load.
-        ws_task = progress(me_ws, total=30, step_seconds=0.1)
-        sse_task = progress(me_sse, total=30, step_seconds=0.1)
+        ws_task = start_owned(me_ws, total=30, step_seconds=0.1)
+        sse_task = start_owned(me_sse, total=30, step_seconds=0.1)
         for page, me, task_id in ((ws_page, me_ws, ws_task), (sse_page, me_sse, sse_task)):
             await page.until(FEED_TOLD, [me, task_id, False])
     # Down while both end: their finals are in Redis, never sent on any connection.

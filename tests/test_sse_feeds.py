@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from taskcast.app import create_app
 from taskcast.live.hub import Hub
 from taskcast_celery import keys
 from tests import env
+from tests.owning import KEY, SECRET, new_owner, start_owned
 from tests.support import (
     Event,
     Reader,
@@ -26,22 +26,6 @@ from tests.support import (
     session_app,
     settings_with,
 )
-
-SECRET = "s" * 40
-KEY = "key-" + "k" * 30
-QUICK = {"total": 3, "step_seconds": 0.05}
-
-
-def owner() -> str:
-    """An owner of this test's own, so that no other test's tasks are in its feed."""
-    return f"user:{uuid.uuid4().hex[:12]}"
-
-
-def progress(owner_name: str, **params: Any) -> str:
-    """Start the demo app's progress task from this process, owned by ``owner_name``."""
-    task = session_app().tasks["taskcast.progress"]
-    with taskcast.owned_by(owner_name):
-        return str(task.delay(**{**QUICK, **params}).id)
 
 
 async def until(reader: Reader, done: Callable[[Event], bool], within: float = 20) -> list[Event]:
@@ -70,8 +54,8 @@ def ended(task_id: str) -> bool:
 async def test_a_feed_stream_starts_with_the_unfinished_tasks_then_every_status(
     client: httpx.AsyncClient, worker: WorkerProcess, hub: Hub
 ) -> None:
-    me = owner()
-    running = progress(me, total=40, step_seconds=0.05)
+    me = new_owner()
+    running = start_owned(me, total=40, step_seconds=0.05)
     async with client.stream("GET", f"/sse/feeds/{me}") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -79,7 +63,7 @@ async def test_a_feed_stream_starts_with_the_unfinished_tasks_then_every_status(
         first = await anext(reader.blocks)
         assert (first.retry, first.comments) == (2000, ["taskcast"])
         [snapshot] = await until(reader, lambda e: True)
-        newer = progress(me)
+        newer = start_owned(me)
         seen = await until(reader, final_of(newer))
         assert me in hub.watched_feeds
     assert snapshot.event == "feed" and snapshot.id == str(snapshot.message["at"])
@@ -102,10 +86,10 @@ async def test_a_feed_stream_starts_with_the_unfinished_tasks_then_every_status(
 async def test_a_stream_back_with_its_last_event_id_gets_the_finals_it_missed(
     client: httpx.AsyncClient, worker: WorkerProcess
 ) -> None:
-    me = owner()
+    me = new_owner()
     url = f"/sse/feeds/{me}"
     # Unfinished while the stream is open; it ends while the client is away.
-    running = progress(me, total=20, step_seconds=0.1)
+    running = start_owned(me, total=20, step_seconds=0.1)
     async with client.stream("GET", url) as response:
         reader = Reader(response)
         seen = await until(
@@ -113,7 +97,7 @@ async def test_a_stream_back_with_its_last_event_id_gets_the_finals_it_missed(
         )
     last_id = str(seen[-1].id)
     # And one that starts and ends while away.
-    missed = progress(me)
+    missed = start_owned(me)
     await eventually(lambda: ended(running) and ended(missed), bool, within=20)
     async with client.stream("GET", url, headers={"Last-Event-ID": last_id}) as response:
         [resumed] = await until(Reader(response), lambda e: True)
@@ -133,7 +117,7 @@ async def test_a_stream_back_with_its_last_event_id_gets_the_finals_it_missed(
 async def test_two_owners_never_see_each_others_tasks(
     client: httpx.AsyncClient, worker: WorkerProcess
 ) -> None:
-    short = owner()
+    short = new_owner()
     # One owner's name is the start of the other's: still two owners.
     long = short + "2"
     async with (
@@ -143,8 +127,8 @@ async def test_two_owners_never_see_each_others_tasks(
         short_reader, long_reader = Reader(short_response), Reader(long_response)
         await until(short_reader, lambda e: e.event == "feed")
         await until(long_reader, lambda e: e.event == "feed")
-        theirs = progress(long)
-        mine = progress(short)
+        theirs = start_owned(long)
+        mine = start_owned(short)
         seen_short = await until(short_reader, final_of(mine))
         seen_long = await until(long_reader, final_of(theirs))
     assert {e.message["owner"] for e in seen_short} == {short}

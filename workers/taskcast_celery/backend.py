@@ -38,6 +38,11 @@ _NOT_PROGRESS = frozenset({SENT, PENDING, RECEIVED, STARTED, RETRY, *FINAL_STATE
 # record is final (the states of FINAL_STATES, written out once here).
 IS_FINAL_LUA = (
     """
+local function final_status(status)
+    return """
+    + " or ".join(f"status == '{state}'" for state in sorted(FINAL_STATES))
+    + """
+end
 local function is_final(record)
     if not record then
         return false
@@ -46,10 +51,7 @@ local function is_final(record)
     if not ok or type(meta) ~= 'table' then
         return false
     end
-    local status = meta['status']
-    return """
-    + " or ".join(f"status == '{state}'" for state in sorted(FINAL_STATES))
-    + """
+    return final_status(meta['status'])
 end
 """
 )
@@ -83,6 +85,7 @@ end
 # {1, webhook, owner, name, tags} (nil for what it lacks), for its webhook.
 _STORE_LUA = (
     _CLOCK_LUA
+    + IS_FINAL_LUA
     + """
 local old = redis.call('GET', KEYS[1])
 local previous = nil
@@ -92,13 +95,8 @@ if old then
         previous = decoded
     end
 end
-if previous then
-    local status = previous['status']
-    if """
-    + " or ".join(f"status == '{state}'" for state in sorted(FINAL_STATES))
-    + """ then
-        return 0
-    end
+if previous and final_status(previous['status']) then
+    return 0
 end
 local record = ARGV[1]
 local owner = ARGV[4]

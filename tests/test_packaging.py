@@ -126,7 +126,8 @@ def test_a_client_only_install_imports_taskcast_without_the_server(
         "print(taskcast.__version__, taskcast.Client('http://127.0.0.1:1'))\n"
         "task = '0B1E0000-0000-4000-8000-000000000000'\n"
         "token = taskcast.sign_watch_token(task, secret='s' * 32)\n"
-        "print(token.startswith('v1.'))\n"
+        "feed = taskcast.sign_feed_token('user:42', secret='s' * 32)\n"
+        "print(token.startswith('v1.') and feed.startswith('v1.'))\n"
         "try:\n    taskcast.install\nexcept ModuleNotFoundError as exc:\n    print(exc)\n"
     )
     shown = subprocess.run(
@@ -147,6 +148,17 @@ EXTRA_MODULES = {"celery": "celery", "server": "starlette", "flower": "flower"}
 PROBE = """
 import importlib.util, sys, taskcast
 assert taskcast.__file__.startswith(sys.prefix), taskcast.__file__
+# The public names each install offers, resolved as a user's code would (a name whose
+# extra is missing raises, naming it).
+public = {
+    "celery": ("install", "expose", "ProgressReporter", "owned_by"),
+    "starlette": ("create_app",),
+}
+for module, names in public.items():
+    if importlib.util.find_spec(module) is not None:
+        for name in names:
+            assert callable(getattr(taskcast, name)), name
+assert taskcast.sign_feed_token("user:42", secret="s" * 32).startswith("v1.")
 print(taskcast.__version__)
 for module in sys.argv[1:]:
     print(module, importlib.util.find_spec(module) is not None)
